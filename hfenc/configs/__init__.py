@@ -1,0 +1,1 @@
+"""Bundled config.json files (values only) for offline lock plans."""

@@ -1,0 +1,262 @@
+"""HFTextEncoder: a Hugging Face transformer + pooler + projection, as one nn.Module.
+
+Keeps the public surface of open_clip's HF text tower (constructor, attributes, `forward`,
+`lock`, `set_grad_checkpointing`, `init_parameters`, and the `transformer.*` / `proj.*`
+state-dict layout, so trained towers load with `load_state_dict`) and fixes the defects listed
+in SPEC.md section 2; each fix names its defect where it is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from .archs import ARCHS, Arch, discover_arch
+from .errors import ConfigError, ModelLoadError, UnknownChoiceError
+from .models import resolve_model, weight_files
+from .poolers import canonical_pooler, get_pooler
+
+PROJ_TYPES = ("none", "linear", "mlp")
+transformers.logging.set_verbosity_error()  # keep loading reports out of hfenc's own output
+transformers.utils.logging.disable_progress_bar()
+
+
+def load_config(path: str | Path) -> transformers.PretrainedConfig:
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _model_class(arch: Arch | None) -> Any:
+    if arch is None or arch.model_class is None:
+        return transformers.AutoModel
+    module = transformers
+    if not hasattr(module, arch.model_class):  # e.g. M2M100Encoder lives in its model module only
+        module = getattr(transformers.models, arch.model_type.replace("-", "_"))
+        module = getattr(module, f"modeling_{arch.model_type.replace('-', '_')}")
+    return getattr(module, arch.model_class)
+
+
+def _build_kwargs(arch: Arch | None, add_pooling_layer: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if arch is not None and arch.pooling_layer:
+        kwargs["add_pooling_layer"] = add_pooling_layer
+    return kwargs
+
+
+def build_transformer_from_config(config: Any, arch: Arch | None, add_pooling_layer: bool) -> nn.Module:
+    """Random weights from a config (also used on the meta device by lock plans)."""
+    cls = _model_class(arch)
+    kwargs = _build_kwargs(arch, add_pooling_layer)
+    if cls is transformers.AutoModel:
+        return transformers.AutoModel.from_config(config, **kwargs)
+    return cls(config, **kwargs)
+
+
+def _load_encoder_only(cls: Any, path: Path, config: Any, dtype: torch.dtype | None) -> nn.Module:
+    """Build an encoder class whose checkpoint is a full seq2seq model (NLLB/M2M100), loading only
+    the encoder's tensors from it (SPEC.md defect 8: the decoder is never read)."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        module = cls(config)
+    files = weight_files(path)
+    if not files:
+        raise ModelLoadError(f"no weights (model.safetensors or pytorch_model.bin) in {path}")
+    wanted = dict(module.state_dict())
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as fh:
+                keys = list(fh.keys())
+                for key in keys:
+                    for prefix in ("model.encoder.", "encoder."):
+                        if key.startswith(prefix) and key[len(prefix):] in wanted:
+                            state[key[len(prefix):]] = fh.get_tensor(key)
+                    if key in ("model.shared.weight", "shared.weight"):
+                        state.setdefault("embed_tokens.weight", fh.get_tensor(key))
+        else:
+            raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            for key, value in raw.items():
+                for prefix in ("model.encoder.", "encoder."):
+                    if key.startswith(prefix) and key[len(prefix):] in wanted:
+                        state[key[len(prefix):]] = value
+                if key in ("model.shared.weight", "shared.weight"):
+                    state.setdefault("embed_tokens.weight", value)
+    missing = [k for k, v in wanted.items() if k not in state and v.is_floating_point() and not k.endswith("weights")]
+    if missing:
+        raise ModelLoadError(f"the checkpoint in {path} lacks encoder weights such as {missing[0]!r}")
+    module = module.to_empty(device="cpu")
+    module.load_state_dict(state, strict=False)
+    # Buffers (sinusoidal positions) are not in the checkpoint: rebuild them on the real device.
+    fresh = cls(config)
+    for name, buf in fresh.named_buffers():
+        module.get_buffer(name).copy_(buf)
+    return module.to(dtype) if dtype is not None else module
+
+
+def load_transformer(
+    path: Path, config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None
+) -> tuple[nn.Module, list[str]]:
+    """Load pretrained weights; returns the module and the names of weights the checkpoint lacked."""
+    cls = _model_class(arch)
+    if arch is not None and arch.model_class == "M2M100Encoder":
+        return _load_encoder_only(cls, path, config, dtype), []
+    if not weight_files(path):
+        raise ModelLoadError(f"no weights (model.safetensors or pytorch_model.bin) in {path}")
+    kwargs = _build_kwargs(arch, add_pooling_layer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, info = cls.from_pretrained(
+                str(path), config=config, local_files_only=True, output_loading_info=True,
+                attn_implementation="sdpa", dtype=dtype or torch.float32, **kwargs,
+            )
+    except (ValueError, ImportError) as exc:
+        if "sdpa" not in str(exc).lower() and "attn_implementation" not in str(exc):
+            raise ModelLoadError(f"cannot load the weights in {path}: {str(exc).splitlines()[0]}") from exc
+        model, info = cls.from_pretrained(  # a family without SDPA support: eager attention
+            str(path), config=config, local_files_only=True, output_loading_info=True,
+            dtype=dtype or torch.float32, **kwargs,
+        )
+    except Exception as exc:  # truncated or corrupt weight files
+        raise ModelLoadError(f"cannot load the weights in {path}: {str(exc).splitlines()[0]}") from exc
+    return model, list(info.get("missing_keys", []))
+
+
+def build_projection(width: int, output_dim: int, proj_type: str | None) -> nn.Module:
+    kind = "none" if proj_type is None else proj_type
+    if kind not in PROJ_TYPES:
+        raise UnknownChoiceError("projection", proj_type, PROJ_TYPES)
+    if kind == "none":
+        if width != output_dim:  # SPEC.md defect 7: the seed silently left no `proj` at all
+            raise ConfigError(
+                f"output_dim {output_dim} differs from the model width {width} and no projection "
+                f"was asked for; choose a projection: linear or mlp",
+            )
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(width, output_dim, bias=False)
+    hidden = (width + output_dim) // 2
+    return nn.Sequential(
+        nn.Linear(width, hidden, bias=False), nn.GELU(), nn.Linear(hidden, output_dim, bias=False)
+    )
+
+
+class HFTextEncoder(nn.Module):
+    """Hugging Face text encoder: transformer -> pooler -> projection."""
+
+    output_tokens: bool
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        output_dim: int | None = None,
+        config: Any = None,
+        pooler_type: str | None = None,
+        proj_type: str | None = None,
+        pretrained: bool = True,
+        output_tokens: bool = False,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.output_tokens = output_tokens
+        self.model_name_or_path = model_name_or_path
+        path: Path | None = None
+        if config is None:
+            path = resolve_model(model_name_or_path).path
+            config = load_config(path)
+        self.config = config
+        arch = ARCHS.get(config.model_type)
+        self.pooler_type = canonical_pooler(pooler_type or (arch.default_pooler if arch else "mean"))
+        self.pooler = get_pooler(self.pooler_type)
+        add_pooling_layer = self.pooler.uses_pooler_output
+        self.missing_keys: list[str] = []
+        if pretrained and path is not None:
+            self.transformer, self.missing_keys = load_transformer(path, config, arch, add_pooling_layer, dtype)
+        else:
+            self.transformer = build_transformer_from_config(config, arch, add_pooling_layer)
+        if arch is None:
+            arch = discover_arch(self.transformer, config)
+            if pooler_type is None:
+                self.pooler_type = canonical_pooler(arch.default_pooler)
+                self.pooler = get_pooler(self.pooler_type)
+        self.arch = arch
+        if pretrained and any(k.startswith("pooler.") for k in self.missing_keys):
+            # SPEC.md defect 9: an untrained pooling layer makes every run's embeddings differ.
+            warnings.warn(
+                f"{model_name_or_path}: the checkpoint has no trained pooling layer, so the 'cls' "
+                "pooler uses a randomly initialised one; use 'cls_last_hidden_state' or 'mean'",
+                stacklevel=2,
+            )
+        self.width = arch.width(config)
+        self.vocab_size = int(getattr(config, "vocab_size", 0))
+        self.context_length = arch.context_length(config)
+        self.output_dim = self.width if output_dim is None else int(output_dim)
+        self.proj_type = proj_type
+        self.proj = build_projection(self.width, self.output_dim, proj_type)
+
+    @property
+    def uses_pooling_layer(self) -> bool:
+        return getattr(self.transformer, "pooler", None) is not None and self.pooler.uses_pooler_output
+
+    def attention_mask_for(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The seed's fallback when no mask is given: real tokens are those that are not padding."""
+        pad = getattr(self.config, "pad_token_id", None)
+        if pad is None:  # SPEC.md defect 2: the seed compared against None and masked nothing
+            raise ConfigError(
+                f"{self.model_name_or_path} has no pad token id, so the attention mask cannot be "
+                "derived from input_ids; pass the tokenizer's attention_mask"
+            )
+        return input_ids != pad
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        mask = attention_mask.bool()
+        out = self.transformer(input_ids=input_ids, attention_mask=mask.long())
+        return self.pooler(out, mask), out
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        if attention_mask is None:
+            attention_mask = self.attention_mask_for(input_ids)
+        pooled, out = self.pool(input_ids, attention_mask)
+        weight = next(self.proj.parameters(), None)
+        projected = self.proj(pooled.to(weight.dtype) if weight is not None else pooled)
+        if not self.output_tokens:
+            return projected
+        tokens = out.last_hidden_state
+        if self.pooler_type in ("cls", "cls_last_hidden_state"):
+            tokens = tokens[:, 1:]  # the seed drops the position the cls pooler used
+        return projected, tokens
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
+        """Freeze for fine-tuning, leaving the last `unlocked_layers` blocks trainable.
+
+        Computes a LockPlan (hfenc style, see hfenc.lock) and applies it; returns the plan. Unlike
+        the seed, it sets requires_grad on every parameter, so a later call can unfreeze, and it
+        never prints (SPEC.md defects 4 and 5)."""
+        from .lock import apply_lock, plan_lock
+
+        plan = plan_lock(self, unlocked_layers, freeze_layer_norm=freeze_layer_norm)
+        apply_lock(self, plan)
+        return plan
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:  # SPEC.md defect 7: the seed turned it on whatever `enable` said
+            self.transformer.gradient_checkpointing_enable()
+        else:
+            self.transformer.gradient_checkpointing_disable()
+
+    def init_parameters(self) -> None:
+        """Nothing to initialise: the transformer is pretrained and the projection uses torch's
+        default init (kept for API compatibility with open_clip's towers)."""
+
+
+logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -1,0 +1,248 @@
+"""The encode loop: tokenize, sort by length, cut token-budget batches, run, write rows in place.
+
+Inference hygiene lives here and only here: eval(), torch.inference_mode(), length-sorted batches
+whose padded cost (rows x longest row) stays under a token budget, and rows written straight to
+their input positions in the destination array (a numpy array or a memory-mapped .npy), so order
+is restored without a re-sort and nothing accumulates in Python lists.
+
+Work arrives in chunks. While the model computes chunk k, a worker thread reads and tokenizes
+chunk k+1 (the Rust tokenizer releases the GIL). Trade-off: sorting happens within a chunk only,
+so a larger chunk pads less but holds more token ids in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, UnknownChoiceError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} was asked for, but this torch build sees no CUDA GPU",
+                hint="use --device cpu (or auto)",
+            )
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(name)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("device 'mps' was asked for, but Apple's MPS is not available here")
+        return torch.device("mps")
+    raise UnknownChoiceError("device", name, DEVICE_CHOICES)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: float32 on CPU (exact); on GPU bf16 where supported, else fp16."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UnknownChoiceError("dtype", name, DTYPE_CHOICES) from None
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    # CPU: attention cost per token grows with length and there is no launch overhead to amortise.
+    return 131072 if device.type == "cuda" else 8192
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A chunk of tokenized texts, ragged ids stored flat (no per-row Python objects kept)."""
+
+    flat: np.ndarray  # int64, every row's ids concatenated
+    lengths: np.ndarray  # int64, tokens per row
+    truncated: np.ndarray  # bool, the text was longer than max_length
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.lengths)))
+
+
+class TextTokenizer:
+    """The model's own tokenizer, driven through its Rust backend when it has one."""
+
+    def __init__(self, hf_tokenizer: Any, max_length: int, prefix: str = "", lowercase: bool = False):
+        self.hf = hf_tokenizer
+        self.max_length = int(max_length)
+        self.prefix, self.lowercase = prefix, lowercase
+        pad = hf_tokenizer.pad_token_id
+        if pad is None:
+            pad = hf_tokenizer.eos_token_id if hf_tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)  # masked out, so any id works; the tokenizer's own keeps parity
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        self.fast = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self.fast = Tokenizer.from_str(backend.to_str())  # a copy: never mutate the user's
+            self.fast.no_padding()
+            self.fast.enable_truncation(self.max_length)
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        if self.prefix:
+            texts = [self.prefix + t for t in texts]
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        return list(texts)
+
+    def __call__(self, texts: Sequence[str]) -> Tokenized:
+        texts = self._prepare(texts)
+        if self.fast is not None:
+            encodings = self.fast.encode_batch_fast(texts)
+            lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+            truncated = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
+            flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum()))
+        else:  # a Python-only tokenizer: slower, same result
+            out = self.hf(texts, truncation=True, max_length=self.max_length + 1, padding=False)
+            ids = [row[: self.max_length] if len(row) > self.max_length else row for row in out["input_ids"]]
+            truncated = np.fromiter((len(r) > self.max_length for r in out["input_ids"]), bool, len(ids))
+            lengths = np.fromiter((len(r) for r in ids), np.int64, len(ids))
+            flat = np.fromiter(chain.from_iterable(ids), np.int64, int(lengths.sum()))
+        return Tokenized(flat, lengths, truncated)
+
+
+def plan_batches(sorted_lengths: np.ndarray, batch_tokens: int) -> list[tuple[int, int]]:
+    """Cut rows sorted by length (longest first) into [start, end) batches whose padded cost,
+    rows x longest row, stays within the budget (a single over-long row still gets a batch)."""
+    batches, start, n = [], 0, len(sorted_lengths)
+    while start < n:
+        longest = max(int(sorted_lengths[start]), 1)
+        end = min(n, start + max(1, batch_tokens // longest))
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+def pad_rows(tok: Tokenized, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids and boolean mask for the given rows, without a per-row Python loop."""
+    lengths = tok.lengths[rows]
+    width = max(int(lengths.max()), 1)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    starts = tok.offsets[rows]
+    # Index of every real token in `flat`, in row-major order of the padded batch.
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    ids[mask] = tok.flat[np.repeat(starts, lengths) + within]
+    return ids, mask
+
+
+@dataclass
+class Progress:
+    rows_done: int
+    rows_total: int | None
+    tokens_done: int
+    elapsed: float
+
+
+@dataclass
+class RunStats:
+    rows: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    first_truncated: int | None = None  # input row index of the first truncated text
+
+
+class Engine:
+    """Runs an encoder module over tokenized chunks on one device and dtype."""
+
+    def __init__(
+        self,
+        encode_fn: nn.Module,
+        tokenizer: TextTokenizer,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch_tokens: int | None = None,
+    ) -> None:
+        self.module = encode_fn.eval().to(device=device, dtype=dtype)
+        self.tokenizer = tokenizer
+        self.device, self.dtype = device, dtype
+        self.batch_tokens = int(batch_tokens or default_batch_tokens(device))
+        if self.batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be positive, got {self.batch_tokens}")
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    @torch.inference_mode()
+    def embed_tokenized(self, tok: Tokenized, dest: np.ndarray) -> None:
+        """Embed every row of `tok` into dest[i] (dest has len(tok.lengths) rows)."""
+        order = np.argsort(-tok.lengths, kind="stable")
+        results, positions = [], []
+        for start, end in plan_batches(tok.lengths[order], self.batch_tokens):
+            rows = order[start:end]
+            ids, mask = pad_rows(tok, rows, self.tokenizer.pad_id)
+            out = self.module(self._to_device(ids), self._to_device(mask))
+            results.append(out.float())  # stays on the device: one copy back per chunk
+            positions.append(rows)
+        if results:
+            dest[np.concatenate(positions)] = torch.cat(results).cpu().numpy()
+
+    def run(
+        self,
+        chunks: Iterable[tuple[int, Sequence[str]]],
+        dest: Callable[[int, int], np.ndarray],
+        on_chunk: Callable[[int, int, RunStats], None] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        rows_total: int | None = None,
+        stats: RunStats | None = None,
+    ) -> RunStats:
+        """Embed (start_row, texts) chunks; rows of a chunk land in dest(start_row, n).
+
+        Tokenization of the next chunk overlaps the model's work on the current one."""
+        stats = stats or RunStats()
+        t0 = time.perf_counter()
+        iterator: Iterator[tuple[int, Sequence[str]]] = iter(chunks)
+
+        def prepare() -> tuple[int, Tokenized] | None:
+            item = next(iterator, None)
+            return None if item is None else (item[0], self.tokenizer(item[1]))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfenc-tokenize") as pool:
+            pending: Future = pool.submit(prepare)
+            while (item := pending.result()) is not None:
+                pending = pool.submit(prepare)
+                start, tok = item
+                n = len(tok.lengths)
+                self.embed_tokenized(tok, dest(start, n))
+                stats.rows += n
+                stats.tokens += int(tok.lengths.sum())
+                n_trunc = int(tok.truncated.sum())
+                if n_trunc and stats.first_truncated is None:
+                    stats.first_truncated = start + int(np.argmax(tok.truncated))
+                stats.truncated += n_trunc
+                if on_chunk is not None:
+                    on_chunk(start, n, stats)
+                if progress is not None:
+                    progress(Progress(stats.rows, rows_total, stats.tokens, time.perf_counter() - t0))
+        return stats

