@@ -30,6 +30,7 @@ class Arch:
     pooling_layer: bool = False  # the model class takes `add_pooling_layer` (BERT's dense+tanh)
     encoder_decoder: bool = False  # only the encoder is built and loaded
     model_class: str | None = None  # transformers class to build; None -> AutoModel
+    key_mapping: tuple[tuple[str, str], ...] = ()  # checkpoint key regex -> model key, when loading
     width_attr: str = "hidden_size"
     layers_attr: str = "num_hidden_layers"
     positions_attr: str | None = "max_position_embeddings"
@@ -84,6 +85,7 @@ for _arch in (
     Arch(
         "m2m_100", "layers", "embed_tokens", "layer_norm", default_pooler="cls",
         encoder_decoder=True, model_class="M2M100Encoder", width_attr="d_model",
+        key_mapping=((r"^(model\.)?encoder\.", ""), (r"^(model\.)?shared\.", "embed_tokens.")),
         layers_attr="encoder_layers", position_offset=2,
     ),
     _DECODER,

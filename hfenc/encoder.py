@@ -60,58 +60,18 @@ def build_transformer_from_config(config: Any, arch: Arch | None, add_pooling_la
     return cls(config, **kwargs)
 
 
-def _load_encoder_only(cls: Any, path: Path, config: Any, dtype: torch.dtype | None) -> nn.Module:
-    """Build an encoder class whose checkpoint is a full seq2seq model (NLLB/M2M100), loading only
-    the encoder's tensors from it (SPEC.md defect 8: the decoder is never read)."""
-    from safetensors import safe_open
-
-    with torch.device("meta"):
-        module = cls(config)
-    files = weight_files(path)
-    if not files:
-        raise ModelLoadError(f"no weights (model.safetensors or pytorch_model.bin) in {path}")
-    wanted = dict(module.state_dict())
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as fh:
-                keys = list(fh.keys())
-                for key in keys:
-                    for prefix in ("model.encoder.", "encoder."):
-                        if key.startswith(prefix) and key[len(prefix):] in wanted:
-                            state[key[len(prefix):]] = fh.get_tensor(key)
-                    if key in ("model.shared.weight", "shared.weight"):
-                        state.setdefault("embed_tokens.weight", fh.get_tensor(key))
-        else:
-            raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            for key, value in raw.items():
-                for prefix in ("model.encoder.", "encoder."):
-                    if key.startswith(prefix) and key[len(prefix):] in wanted:
-                        state[key[len(prefix):]] = value
-                if key in ("model.shared.weight", "shared.weight"):
-                    state.setdefault("embed_tokens.weight", value)
-    missing = [k for k, v in wanted.items() if k not in state and v.is_floating_point() and not k.endswith("weights")]
-    if missing:
-        raise ModelLoadError(f"the checkpoint in {path} lacks encoder weights such as {missing[0]!r}")
-    module = module.to_empty(device="cpu")
-    module.load_state_dict(state, strict=False)
-    # Buffers (sinusoidal positions) are not in the checkpoint: rebuild them on the real device.
-    fresh = cls(config)
-    for name, buf in fresh.named_buffers():
-        module.get_buffer(name).copy_(buf)
-    return module.to(dtype) if dtype is not None else module
-
-
 def load_transformer(
     path: Path, config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None
 ) -> tuple[nn.Module, list[str]]:
     """Load pretrained weights; returns the module and the names of weights the checkpoint lacked."""
     cls = _model_class(arch)
-    if arch is not None and arch.model_class == "M2M100Encoder":
-        return _load_encoder_only(cls, path, config, dtype), []
     if not weight_files(path):
         raise ModelLoadError(f"no weights (model.safetensors or pytorch_model.bin) in {path}")
     kwargs = _build_kwargs(arch, add_pooling_layer)
+    if arch is not None and arch.key_mapping:
+        # Encoder class over a full seq2seq checkpoint: only the encoder's tensors are mapped and
+        # read; the decoder's are skipped (SPEC.md defect 8).
+        kwargs["key_mapping"] = dict(arch.key_mapping)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
