@@ -101,6 +101,50 @@ class EmbedSettings:
     batch_tokens: int
 
 
+def check_options(
+    *,
+    pooler: str | None = None,
+    proj: str | None = None,
+    dim: int | None = None,
+    proj_weights: str | Path | None = None,
+    seed: int | None = None,
+    normalize: bool | None = None,
+    truncate_dim: int | None = None,
+    max_length: int | None = None,
+    prompt: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_tokens: int | None = None,
+) -> None:
+    """Every check that needs no model, so a bad option fails before anything is loaded or read."""
+    from .encoder import PROJ_TYPES
+    from .errors import UnknownChoiceError
+    from .poolers import canonical_pooler
+
+    if pooler is not None:
+        canonical_pooler(pooler)
+    kind = "none" if proj is None else proj
+    if kind not in PROJ_TYPES:
+        raise UnknownChoiceError("projection", proj, PROJ_TYPES)
+    resolve_dtype(dtype, resolve_device(device))
+    for name, value in (("--dim", dim), ("--truncate-dim", truncate_dim), ("--max-length", max_length),
+                        ("--batch-tokens", batch_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be a positive number, got {value}")
+    if kind != "none":
+        if dim is None:
+            raise ConfigError(f"--proj {kind} needs --dim (the output dimension)")
+        if proj_weights is None and seed is None:
+            raise ConfigError(
+                f"a {kind} projection needs trained weights",
+                hint="pass --proj-weights FILE, or --seed N to use a random (untrained) projection on purpose",
+            )
+    elif proj_weights is not None:
+        raise ConfigError("--proj-weights needs a projection type: --proj linear or --proj mlp")
+    if proj_weights is not None and not Path(proj_weights).is_file():
+        raise ConfigError(f"projection weights file {proj_weights} does not exist")
+
+
 class Embedder:
     """A model ready to embed, with its options fixed. Reuse it across calls."""
 
@@ -121,6 +165,11 @@ class Embedder:
         dtype: str = "auto",
         batch_tokens: int | None = None,
     ) -> None:
+        check_options(
+            pooler=pooler, proj=proj, dim=dim, proj_weights=proj_weights, seed=seed, normalize=normalize,
+            truncate_dim=truncate_dim, max_length=max_length, prompt=prompt, device=device, dtype=dtype,
+            batch_tokens=batch_tokens,
+        )
         self.device = resolve_device(device)
         compute_dtype = resolve_dtype(dtype, self.device)
         self.resolved = resolve_model(model)
@@ -131,20 +180,12 @@ class Embedder:
         proj_kind = None if proj in (None, "none") else proj
         if proj_kind is not None and layout.dense:
             raise ConfigError("this model has its own Dense layers; --proj cannot be added to it")
-        if proj_kind is not None and proj_weights is None and seed is None:
-            raise ConfigError(
-                f"a {proj_kind} projection needs trained weights",
-                hint="pass --proj-weights FILE, or --seed N to use a random (untrained) projection on purpose",
-            )
-        if proj_kind is None and proj_weights is not None:
-            raise ConfigError("--proj-weights needs a projection type: --proj linear or --proj mlp")
         if seed is not None:
             torch.manual_seed(seed)
         self.encoder = HFTextEncoder(str(path), pooler_type=pooler or layout.pooler)
         width = self.encoder.width
         if proj_kind is not None:
-            if dim is None:
-                raise ConfigError(f"--proj {proj_kind} needs --dim (the output dimension)")
+            assert dim is not None  # check_options
             if seed is not None:
                 torch.manual_seed(seed)
             self.encoder.proj = build_projection(width, dim, proj_kind)
@@ -180,11 +221,8 @@ class Embedder:
             raise ModelLoadError(f"cannot load the tokenizer in {tok_path}: {str(exc).splitlines()[0]}") from exc
         limits = [x for x in (layout.max_seq_length, hf_tok.model_max_length, context) if x and x < 1_000_000]
         default_max = min(limits) if limits else 512
-        if max_length is not None:
-            if max_length < 1:
-                raise ConfigError(f"--max-length must be positive, got {max_length}")
-            if context is not None and max_length > context:
-                raise ConfigError(f"--max-length {max_length} exceeds the model's {context} positions")
+        if max_length is not None and context is not None and max_length > context:
+            raise ConfigError(f"--max-length {max_length} exceeds the model's {context} positions")
         self.max_length = int(max_length or default_max)
         prompt_text = layout.prompts.get(prompt, prompt) if prompt is not None else None
         self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text or "", layout.do_lower_case)

@@ -8,12 +8,13 @@ that is nowhere fails at once with where hfenc looked, instead of transformers' 
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 import json
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from .errors import ConfigError, ModelNotFoundError
@@ -69,6 +70,15 @@ def _from_cache(repo_id: str) -> Path | None:
     return path if (path / "config.json").is_file() or (path / "modules.json").is_file() else None
 
 
+def _cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:
+        return "~/.cache/huggingface/hub"
+
+
 def _hub_reachable(timeout: float = 1.5) -> bool:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     host = urlparse(endpoint).hostname or "huggingface.co"
@@ -79,9 +89,11 @@ def _hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, config_only: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
+    if config_only:  # a lock plan needs the config's values, never the weights
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json"]))
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Dense/*", "*/config.json"]
     path = Path(snapshot_download(repo_id, allow_patterns=patterns))
     if not any((path / w).is_file() for w in WEIGHT_FILES):  # an older checkpoint without safetensors
@@ -89,7 +101,7 @@ def _download(repo_id: str) -> Path:
     return path
 
 
-def resolve_model(name: str, *, allow_download: bool = True) -> ResolvedModel:
+def resolve_model(name: str, *, allow_download: bool = True, config_only: bool = False) -> ResolvedModel:
     """Find `name` on disk (or download it), in the order documented above."""
     local = Path(name).expanduser()
     if local.is_dir():
@@ -108,7 +120,7 @@ def resolve_model(name: str, *, allow_download: bool = True) -> ResolvedModel:
         if packaged is not None:
             return ResolvedModel(name, packaged, "package")
 
-    looked = "no local directory of that name, not in the Hugging Face cache"
+    looked = f"no local directory of that name, not in the Hugging Face cache ({_cache_dir()})"
     if repo_id == DEFAULT_MODEL:
         looked += f", and the package {_PACKAGE.replace('_', '-')} is not installed"
     if not allow_download or _is_offline() or not _hub_reachable():
@@ -121,7 +133,7 @@ def resolve_model(name: str, *, allow_download: bool = True) -> ResolvedModel:
         )
         raise ModelNotFoundError(f"model {name!r} not found: {looked}; {why}", hint=hint)
     try:
-        return ResolvedModel(name, _download(repo_id), "hub")
+        return ResolvedModel(name, _download(repo_id, config_only), "hub")
     except Exception as exc:  # repository missing, gated, or network failure mid-way
         raise ModelNotFoundError(f"model {name!r} could not be downloaded: {exc}".splitlines()[0]) from exc
 
@@ -223,3 +235,40 @@ def read_st_layout(path: Path) -> STLayout:
         transformer_path, pooler, tuple(dense), normalize, st.get("max_seq_length"),
         bool(st.get("do_lower_case", False)), dict(prompts or {}),
     )
+
+
+# ---- bundled configs (values only) for offline lock plans and `hfenc info` -------------------
+
+# Hub names people use for the bundled configs (the canonical org-prefixed ids too).
+_BUNDLED_ALIASES = {
+    "google-bert/bert-base-uncased": "bert-base-uncased",
+    "google-bert/bert-large-uncased": "bert-large-uncased",
+    "FacebookAI/roberta-base": "roberta-base",
+    "FacebookAI/roberta-large": "roberta-large",
+    "FacebookAI/xlm-roberta-base": "xlm-roberta-base",
+    "FacebookAI/xlm-roberta-large": "xlm-roberta-large",
+    "distilbert/distilbert-base-uncased": "distilbert-base-uncased",
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+
+def bundled_config_names() -> list[str]:
+    files = resources.files("hfenc.configs").iterdir()
+    return sorted(f.name[: -len(".json")].replace("--", "/") for f in files if f.name.endswith(".json"))
+
+
+def is_bundled(name: str) -> bool:
+    name = _BUNDLED_ALIASES.get(name, name)
+    return resources.files("hfenc.configs").joinpath(name.replace("/", "--") + ".json").is_file()
+
+
+def bundled_config(name: str) -> Any | None:
+    """The packaged config (values only) for a model people plan often, or None."""
+    import transformers
+
+    name = _BUNDLED_ALIASES.get(name, name)
+    file = resources.files("hfenc.configs").joinpath(name.replace("/", "--") + ".json")
+    if not file.is_file():
+        return None
+    values = json.loads(file.read_text(encoding="utf-8"))
+    return transformers.AutoConfig.for_model(**values)

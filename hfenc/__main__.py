@@ -1,0 +1,5 @@
+"""`python -m hfenc`: the same as the `hfenc` command."""
+
+from .cli import main
+
+main()
