@@ -1,0 +1,138 @@
+"""hfenc vs sentence-transformers on the same corpus, model and device, alternating in one run.
+
+hfenc is timed end to end as a user runs it: a text file on disk -> `embed_file` -> a finished
+.npy with its sidecar (model loaded beforehand, like sentence-transformers'). sentence-transformers
+is timed on `encode(texts)` with the texts already in memory. For each setting it prints
+texts/s, tokens/s, the speed ratio to sentence-transformers float32, the minimum row cosine to
+sentence-transformers float32, and the peak RSS growth during the run.
+
+    python benchmarks/bench_embed.py --n 4000 --device cpu --dtypes float32,bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from corpus import real_texts  # noqa: E402
+
+
+class PeakRSS:
+    """Peak resident set size while the block runs (sampled from /proc every 5 ms)."""
+
+    def __enter__(self):
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model dir (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="hfenc compute dtypes to run")
+    ap.add_argument("--st-batch", type=int, default=32)
+    ap.add_argument("--st-dtype", default="float32", help="sentence-transformers dtype (float32/float16)")
+    ap.add_argument("--batch-tokens", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is reported")
+    args = ap.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    import hfenc
+    from hfenc.inputs import InputSpec
+    from hfenc.jobs import JobOptions, embed_file
+
+    model = args.model or str(hfenc.resolve_model(hfenc.DEFAULT_MODEL).path)
+    texts = real_texts(args.n)
+    tmp = Path(tempfile.mkdtemp(prefix="hfenc-bench-"))
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    print(f"machine: {machine()}")
+    print(f"corpus: {len(texts)} texts, {corpus.stat().st_size / 1e6:.1f} MB; model: {model}; device: {args.device}")
+
+    st = SentenceTransformer(model, device=args.device)
+    st_ref32 = SentenceTransformer(model, device=args.device)
+    if args.st_dtype == "float16":
+        st = st.half()
+    reference = st_ref32.encode(texts, batch_size=args.st_batch, normalize_embeddings=True, convert_to_numpy=True)
+    embedders = {dt: hfenc.Embedder(model, device=args.device, dtype=dt, batch_tokens=args.batch_tokens)
+                 for dt in args.dtypes.split(",")}
+    ntokens = None
+    best: dict[str, tuple[float, int]] = {}
+    cosines: dict[str, float] = {}
+    for _ in range(args.rounds):
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            st.encode(texts, batch_size=args.st_batch, normalize_embeddings=True, convert_to_numpy=True)
+            dt = time.perf_counter() - t0
+        key = f"sentence-transformers {args.st_dtype} batch {args.st_batch}"
+        best[key] = min(best.get(key, (dt, 0)), (dt, rss.peak - rss.start))
+        for name, emb in embedders.items():
+            out = tmp / f"hfenc-{name}.npy"
+            with PeakRSS() as rss:
+                t0 = time.perf_counter()
+                result = embed_file(JobOptions(InputSpec(str(corpus)), out, force=True), emb)
+                dt = time.perf_counter() - t0
+            ntokens = result.tokens
+            key = f"hfenc {name}"
+            best[key] = min(best.get(key, (dt, 0)), (dt, rss.peak - rss.start))
+            got = np.load(out)
+            cosines[key] = float(np.min(np.sum(got * reference, axis=1)))
+    base = best[f"sentence-transformers {args.st_dtype} batch {args.st_batch}"][0]
+    print(f"tokens (hfenc tokenizer, after truncation): {ntokens:,}")
+    print(f"| setting | texts/s | tokens/s | vs ST | min cosine vs ST fp32 | peak RSS growth |")
+    print(f"|---|---:|---:|---:|---:|---:|")
+    for key, (dt, grow) in best.items():
+        cos = cosines.get(key)
+        print(f"| {key} | {len(texts) / dt:,.0f} | {ntokens / dt:,.0f} | {base / dt:.2f}x | "
+              f"{'-' if cos is None else f'{cos:.6f}'} | {grow / 2**20:,.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
