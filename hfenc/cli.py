@@ -96,6 +96,17 @@ def _root(
     """
 
 
+def _print_table(table: Table) -> None:
+    """Tables are data: never cut a cell to fit an 80-column pipe; widen to what the table needs."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(out, out.options.update(max_width=10_000), table).maximum
+    if out.is_terminal or needed <= out.width:
+        out.print(table)
+    else:  # Console.print clamps `width` to the console's own, so print through a wider one
+        Console(file=out.file, width=needed, color_system=None).print(table)
+
+
 def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
@@ -135,18 +146,18 @@ def embed(
     dim: Optional[int] = typer.Option(None, help="Output dimension of the projection."),
     proj_weights: Optional[Path] = typer.Option(None, help="Trained projection weights (.safetensors or .pt state dict)."),
     seed: Optional[int] = typer.Option(None, help="Seed for a random (untrained) projection; required without --proj-weights."),
-    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalize rows [default: the model's choice, else off]."),
+    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalize rows (default: the model's own choice, else off)."),
     truncate_dim: Optional[int] = typer.Option(None, help="Keep the first N dimensions (Matryoshka), then normalize."),
-    max_length: Optional[int] = typer.Option(None, help="Max tokens per text [default: min(model, tokenizer) limit]."),
+    max_length: Optional[int] = typer.Option(None, help="Max tokens per text (default: the model's and tokenizer's limit)."),
     prompt: Optional[str] = typer.Option(None, help="Text (or a prompt name the model defines) put before every text."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", help="Compute dtype: auto (float32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16."),
     out_dtype: str = typer.Option("float32", help="Stored dtype: float32 or float16."),
     batch_tokens: Optional[int] = typer.Option(None, help="Token budget per batch (rows x longest row)."),
     chunk_size: int = typer.Option(16384, help="Records per chunk (the unit of overlap and of --resume)."),
-    format: Optional[str] = typer.Option(None, "--format", help="Input format: txt, jsonl, csv, tsv [default: from the suffix]."),
+    format: Optional[str] = typer.Option(None, "--format", help="Input format: txt, jsonl, csv, tsv (default: from the suffix)."),
     field: str = typer.Option("text", help="JSONL field holding the text."),
-    column: Optional[str] = typer.Option(None, help="CSV/TSV column holding the text [default: text]."),
+    column: Optional[str] = typer.Option(None, help="CSV/TSV column holding the text (default: text)."),
     id_field: Optional[str] = typer.Option(None, "--id-field", "--id-column", help="Field/column written to OUT.ids.txt, one per row."),
     skip_blank: bool = typer.Option(False, help="Drop blank records; their kept line numbers go to OUT.lines.npy."),
     encoding_errors: str = typer.Option("strict", help="On invalid UTF-8: strict (refuse) or replace."),
@@ -252,7 +263,7 @@ def poolers(json_out: bool = typer.Option(False, "--json", help="Print JSON on s
         table.add_column(col)
     for p in infos:
         table.add_row(p.name, ", ".join(p.aliases), p.description)
-    out.print(table)
+    _print_table(table)
 
 
 def _archs(json_out: bool) -> None:
@@ -272,7 +283,7 @@ def _archs(json_out: bool) -> None:
     for a in rows:
         table.add_row(a.model_type, a.blocks, a.embeddings, a.final_norm or "-", a.default_pooler,
                       "yes" if a.encoder_decoder else "no", "yes" if a.pooling_layer else "no")
-    out.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -326,7 +337,7 @@ def info(
         elif isinstance(value, int) and not isinstance(value, bool):
             value = f"{value:,}"
         table.add_row(key.replace("_", " "), "-" if value is None else str(value))
-    out.print(table)
+    _print_table(table)
 
 
 # ---- lock-plan ------------------------------------------------------------------------------
@@ -393,7 +404,7 @@ def _render_plan(plan: Any, params: bool) -> None:
     table.add_section()
     share = plan.trainable_count / plan.total if plan.total else 0.0
     table.add_row("total", f"{plan.total:,}", f"{plan.trainable_count:,} trainable ({share:.1%})", "")
-    out.print(table)
+    _print_table(table)
 
 
 def main() -> None:

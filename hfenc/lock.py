@@ -173,7 +173,7 @@ def _differences(groups: list[ParamGroup], ours: set[str], theirs: set[str], n: 
     notes = []
     if n < 0:
         notes.append(f"unlocked={n} is negative: open_clip freezes the first {-n} module(s) and trains the rest")
-    elif n > num_layers:
+    elif n > num_layers + 1:
         notes.append(f"unlocked={n} reaches past the {num_layers} blocks: open_clip freezes nothing, silently")
     found: dict[str, list[str]] = {}
     for g in groups:
