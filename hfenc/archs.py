@@ -86,7 +86,7 @@ for _arch in (
         "m2m_100", "layers", "embed_tokens", "layer_norm", default_pooler="cls",
         encoder_decoder=True, model_class="M2M100Encoder", width_attr="d_model",
         key_mapping=((r"^(model\.)?encoder\.", ""), (r"^(model\.)?shared\.", "embed_tokens.")),
-        layers_attr="encoder_layers", position_offset=2,
+        layers_attr="encoder_layers",  # its sinusoidal table adds the padding offset itself
     ),
     _DECODER,
     replace(_DECODER, model_type="mistral"),
@@ -136,7 +136,8 @@ def discover_arch(model: nn.Module, config: Any) -> Arch:
     if parent and parent.split(".")[-1] in ("embeddings", "embedding"):
         emb_path = parent  # take the whole embeddings module (positions, norm) when there is one
 
-    # A final norm is a norm sibling of the block list that comes after it in registration order.
+    # A final norm is a norm sibling registered after the block list, not one that normalises an
+    # embedding registered there (DeBERTa's relative embeddings, BART's layernorm_embedding).
     container_path = blocks_path.rpartition(".")[0]
     container = model.get_submodule(container_path) if container_path else model
     final_norm = None
@@ -145,6 +146,9 @@ def discover_arch(model: nn.Module, config: Any) -> Arch:
         full = f"{container_path}.{child_name}" if container_path else child_name
         if full == blocks_path:
             seen_blocks = True
+        elif seen_blocks and ("embed" in child_name.lower() or isinstance(child, nn.Embedding)):
+            if not is_norm(child):
+                break  # a norm after this belongs to the embedding
         elif seen_blocks and is_norm(child) and any(True for _ in child.parameters()):
             final_norm = full
             break

@@ -27,7 +27,6 @@ err = Console(stderr=True, soft_wrap=True)  # people
 
 app = typer.Typer(
     name="hfenc",
-    help="Embed text files with Hugging Face transformer encoders: fast, exact, resumable.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -303,7 +302,14 @@ def archs(json_out: bool = typer.Option(False, "--json", help="Print JSON on std
 @app.command("architectures", hidden=True)
 @handles_errors
 def architectures(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
-    """Alias of `hfenc archs`."""
+    """Alias of `hfenc archs`: list the architectures hfenc knows.
+
+    [b]Examples[/b]
+
+      hfenc architectures
+
+      hfenc architectures --json
+    """
     _archs(json_out)
 
 

@@ -8,12 +8,11 @@ import torch
 
 
 from .errors import ModelNotFoundError
-from .models import read_st_layout, resolve_model, weight_files
+from .models import bundled_config, read_st_layout, resolve_model, weight_files
 
 
 def describe_model(name: str) -> dict[str, Any]:
     from .encoder import HFTextEncoder, load_config
-    from .lock import bundled_config
 
     layout = None
     try:

@@ -34,6 +34,13 @@ def load_config(path: str | Path) -> transformers.PretrainedConfig:
         raise ModelLoadError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from exc
 
 
+def _encoder_only(model: nn.Module, config: Any, arch: Arch | None) -> nn.Module:
+    """An encoder-decoder family missing from the table: keep its encoder, never pool the decoder."""
+    if arch is None and getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        return model.get_encoder()
+    return model
+
+
 def _model_class(arch: Arch | None) -> Any:
     if arch is None or arch.model_class is None:
         return transformers.AutoModel
@@ -55,9 +62,14 @@ def build_transformer_from_config(config: Any, arch: Arch | None, add_pooling_la
     """Random weights from a config (also used on the meta device by lock plans)."""
     cls = _model_class(arch)
     kwargs = _build_kwargs(arch, add_pooling_layer)
-    if cls is transformers.AutoModel:
-        return transformers.AutoModel.from_config(config, **kwargs)
-    return cls(config, **kwargs)
+    try:
+        if cls is transformers.AutoModel:
+            return _encoder_only(transformers.AutoModel.from_config(config, **kwargs), config, arch)
+        return cls(config, **kwargs)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"transformers cannot build model type {config.model_type!r}: {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def load_transformer(
@@ -88,7 +100,7 @@ def load_transformer(
         )
     except Exception as exc:  # truncated or corrupt weight files
         raise ModelLoadError(f"cannot load the weights in {path}: {str(exc).splitlines()[0]}") from exc
-    return model, list(info.get("missing_keys", []))
+    return _encoder_only(model, config, arch), list(info.get("missing_keys", []))
 
 
 def build_projection(width: int, output_dim: int, proj_type: str | None) -> nn.Module:
@@ -176,6 +188,13 @@ class HFTextEncoder(nn.Module):
                 f"{self.model_name_or_path} has no pad token id, so the attention mask cannot be "
                 "derived from input_ids; pass the tokenizer's attention_mask"
             )
+        shared = [name for name in ("eos_token_id", "bos_token_id", "sep_token_id", "cls_token_id")
+                  if getattr(self.config, name, None) == pad]
+        if shared:  # pad == eos: a real final eos would be masked out as padding
+            raise ConfigError(
+                f"{self.model_name_or_path} pads with the same id as its {shared[0].removesuffix('_token_id')} "
+                "token, so the attention mask cannot be derived from input_ids; pass the tokenizer's attention_mask"
+            )
         return input_ids != pad
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -209,10 +228,13 @@ class HFTextEncoder(nn.Module):
         return plan
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:  # SPEC.md defect 7: the seed turned it on whatever `enable` said
-            self.transformer.gradient_checkpointing_enable()
-        else:
-            self.transformer.gradient_checkpointing_disable()
+        # SPEC.md defect 7: the seed turned it on whatever `enable` said. transformers 5 renamed
+        # gradient_checkpointing_* to activation_checkpointing_*; use whichever this version has.
+        prefix = "activation" if hasattr(self.transformer, "activation_checkpointing_enable") else "gradient"
+        try:
+            getattr(self.transformer, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
+        except ValueError as exc:  # a family that does not support it (e.g. MPNet)
+            raise ConfigError(f"{self.config.model_type} does not support gradient checkpointing") from exc
 
     def init_parameters(self) -> None:
         """Nothing to initialise: the transformer is pretrained and the projection uses torch's

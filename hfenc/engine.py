@@ -120,10 +120,10 @@ class TextTokenizer:
             lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
             truncated = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
             flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum()))
-        else:  # a Python-only tokenizer: slower, same result
-            out = self.hf(texts, truncation=True, max_length=self.max_length + 1, padding=False)
-            ids = [row[: self.max_length] if len(row) > self.max_length else row for row in out["input_ids"]]
-            truncated = np.fromiter((len(r) > self.max_length for r in out["input_ids"]), bool, len(ids))
+        else:  # a Python-only tokenizer: slower, same ids (special tokens kept when truncating)
+            ids = self.hf(texts, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+            full = self.hf(texts, truncation=False, padding=False)["input_ids"]
+            truncated = np.fromiter((len(r) > self.max_length for r in full), bool, len(ids))
             lengths = np.fromiter((len(r) for r in ids), np.int64, len(ids))
             flat = np.fromiter(chain.from_iterable(ids), np.int64, int(lengths.sum()))
         return Tokenized(flat, lengths, truncated)

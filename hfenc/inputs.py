@@ -137,11 +137,15 @@ def _id(obj: dict, key: str | None, line: int) -> str | None:
 
 
 def _csv(spec: InputSpec, delimiter: str) -> Iterator[Record]:
-    current = [0]
+    # csv.reader pulls lines on demand; remember where each record starts (a quoted field may
+    # span lines) so messages and OUT.lines.npy name its first line.
+    state = {"line": 0, "start": 0, "fresh": True}
 
     def feed() -> Iterator[str]:
         for n, text in _lines(spec):
-            current[0] = n
+            state["line"] = n
+            if state["fresh"]:
+                state["start"], state["fresh"] = n, False
             yield text + "\n"
 
     try:
@@ -154,13 +158,16 @@ def _csv(spec: InputSpec, delimiter: str) -> Iterator[Record]:
             if key is not None and key not in header:
                 raise InputError(f"no column {key!r}; the header has: {', '.join(header)}",
                                  hint="choose the column with --column")
+        state["fresh"] = True
         for row in reader:
+            start = state["start"]
+            state["fresh"] = True
             value = row.get(column)
             if value is None:
-                raise InputError(f"line {current[0]}: the record has no value in column {column!r}")
-            yield Record(current[0], value, _id(row, spec.id_field, current[0]))
+                raise InputError(f"line {start}: the record has no value in column {column!r}")
+            yield Record(start, value, _id(row, spec.id_field, start))
     except csv.Error as exc:
-        raise InputError(f"line {current[0]}: malformed CSV ({exc})") from None
+        raise InputError(f"line {state['line']}: malformed CSV ({exc})") from None
 
 
 def records(spec: InputSpec) -> Iterator[Record]:

@@ -92,6 +92,11 @@ def embed_file(
     t0 = time.perf_counter()
     paths = _validate(job)
     check_writable(paths, job.force, job.resume)
+    with _sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
+        return _embed_file(job, paths, embedder, progress, t0)
+
+
+def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
     spooled = spool_stdin(paths.npy.parent) if job.input.path == "-" else None
     spec = replace(job.input, path=str(spooled)) if spooled else job.input
     ids_tmp = paths.hidden(paths.ids, "partial")
@@ -141,11 +146,10 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
             progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed))
 
     try:
-        with _sigterm_as_interrupt():
-            model.engine.run(
-                chunks(spec, job.chunk_size, resumed_from), writer.rows, on_chunk=on_chunk,
-                progress=report, rows_total=info.rows, stats=stats,
-            )
+        model.engine.run(
+            chunks(spec, job.chunk_size, resumed_from), writer.rows, on_chunk=on_chunk,
+            progress=report, rows_total=info.rows, stats=stats,
+        )
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted: {writer.rows_done:,} of {info.rows:,} rows are saved", rows_done=writer.rows_done

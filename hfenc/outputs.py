@@ -176,12 +176,13 @@ class RowWriter:
             os.fsync(fh.fileno())
         os.replace(self.paths.partial, self.paths.npy)
         write_json_atomic(self.paths.sidecar, sidecar)
-        self._remove(self.paths.state)
+        for path in (self.paths.state, self.paths.hidden(self.paths.state, "tmp")):
+            self._remove(path)
         fsync_dir(self.paths.npy.parent)
 
     def abandon(self) -> None:
         """Drop everything (a refused run: nothing half-written stays behind)."""
         if hasattr(self, "array"):
             del self.array
-        for path in (self.paths.partial, self.paths.state):
+        for path in (self.paths.partial, self.paths.state, self.paths.hidden(self.paths.state, "tmp")):
             self._remove(path)

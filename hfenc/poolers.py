@@ -43,9 +43,10 @@ def register_pooler(name: str, *aliases: str):
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         seed_name = _camel2snake(cls.__name__)
         all_aliases = tuple(dict.fromkeys(a for a in (seed_name, *aliases) if a != name))
+        taken = [key for key in (name, *all_aliases) if key in _ALIASES]
+        if taken:  # check every name before adding any, so a clash leaves the registry intact
+            raise ValueError(f"pooler name {taken[0]!r} is registered twice")
         for key in (name, *all_aliases):
-            if key in _ALIASES:
-                raise ValueError(f"pooler name {key!r} is registered twice")
             _ALIASES[key] = name
         doc = (cls.__doc__ or "").strip().splitlines()
         _POOLERS[name] = PoolerInfo(name, all_aliases, doc[0] if doc else "", cls)
@@ -95,8 +96,10 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     return length - 1 - mask.flip(1).int().argmax(dim=1)
 
 
-def _masked_sum(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("bt,btd->bd", weights.float(), hidden.float())
+def _masked_sum(hidden: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Zero padding first: a weight of 0 times inf/NaN (fp16 overflow at a pad position) is NaN.
+    clean = hidden.float().masked_fill(~mask.unsqueeze(-1), 0.0)
+    return torch.einsum("bt,btd->bd", weights.float(), clean)
 
 
 class Pooler(nn.Module):
@@ -119,7 +122,7 @@ class MeanPooler(Pooler):
 
     def pool(self, hidden, mask, outputs):
         count = mask.sum(dim=1, keepdim=True).clamp(min=1)  # all-padding row -> 0, not NaN
-        return _masked_sum(hidden, mask) / count
+        return _masked_sum(hidden, mask, mask) / count
 
 
 @register_pooler("max")
@@ -167,7 +170,7 @@ class WeightedMeanPooler(Pooler):
 
     def pool(self, hidden, mask, outputs):
         weights = mask.long().cumsum(dim=1) * mask  # 1..n over real tokens, whatever the padding
-        return _masked_sum(hidden, weights) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+        return _masked_sum(hidden, weights, mask) / weights.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 @register_pooler("mean_sqrt_len")
@@ -176,4 +179,4 @@ class MeanSqrtLenPooler(Pooler):
 
     def pool(self, hidden, mask, outputs):
         count = mask.sum(dim=1, keepdim=True).clamp(min=1).float()
-        return _masked_sum(hidden, mask) / count.sqrt()
+        return _masked_sum(hidden, mask, mask) / count.sqrt()

