@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .encoder import HFTextEncoder, build_projection, load_config
-from .engine import Engine, Progress, TextTokenizer, resolve_device, resolve_dtype
+from .engine import Engine, Progress, TextTokenizer, cpu_has_native_bf16, resolve_device, resolve_dtype
 from .errors import ConfigError, ModelLoadError
 from .models import DEFAULT_MODEL, DenseSpec, hash_files, read_st_layout, resolve_model, weight_files
 
@@ -172,6 +172,11 @@ class Embedder:
         )
         self.device = resolve_device(device)
         compute_dtype = resolve_dtype(dtype, self.device)
+        self.notes: list[str] = []  # things the user should hear about (the CLI prints them)
+        if self.device.type == "cpu" and compute_dtype == torch.bfloat16 and not cpu_has_native_bf16():
+            # Issue 5: bf16 where the CPU supports it; emulated bf16 is ~6x slower than float32.
+            self.notes.append("this CPU has no native bfloat16 (AVX512-BF16/AMX); computing in float32")
+            compute_dtype = torch.float32
         self.resolved = resolve_model(model)
         layout = read_st_layout(self.resolved.path)
         self.layout = layout

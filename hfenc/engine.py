@@ -68,9 +68,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UnknownChoiceError("dtype", name, DTYPE_CHOICES) from None
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 / AMX: without them torch emulates bfloat16 and runs several times slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def default_batch_tokens(device: torch.device) -> int:
-    # CPU: attention cost per token grows with length and there is no launch overhead to amortise.
-    return 131072 if device.type == "cuda" else 8192
+    # CPU: small batches stay in cache (measured on 2 cores: 2-4k tokens beat 8-16k by ~25%); GPU:
+    # large batches amortise kernel launches.
+    return 131072 if device.type == "cuda" else 3072
 
 
 @dataclass(frozen=True)

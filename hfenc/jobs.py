@@ -158,7 +158,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         writer.abandon()
         raise
 
-    warnings = []
+    warnings = list(model.notes)
     if info.blank and not spec.skip_blank:
         warnings.append(f"{info.blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
     if stats.truncated:

@@ -1,0 +1,86 @@
+"""The batching engine: token-budget batches, vectorised padding, dtype choice on CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tiny_models
+from hfenc import engine
+from hfenc.embedder import Embedder
+from hfenc.engine import Tokenized, pad_rows, plan_batches
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=0, max_size=200), st.integers(1, 5000))
+def test_batches_cover_every_row_once_in_order_within_budget(lengths, budget):
+    sorted_lengths = np.array(sorted(lengths, reverse=True), dtype=np.int64)
+    batches = plan_batches(sorted_lengths, budget)
+    covered = [i for start, end in batches for i in range(start, end)]
+    assert covered == list(range(len(lengths)))
+    for start, end in batches:
+        rows, longest = end - start, max(int(sorted_lengths[start:end].max()), 1)
+        assert rows >= 1
+        assert rows * longest <= budget or rows == 1  # one over-long row still gets its batch
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 999), min_size=0, max_size=12), min_size=1, max_size=20),
+       st.data())
+def test_pad_rows_equals_naive_right_padding(rows, data):
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    flat = np.array([t for r in rows for t in r], dtype=np.int64)
+    tok = Tokenized(flat, lengths, np.zeros(len(rows), bool))
+    pick = np.array(data.draw(st.permutations(range(len(rows)))), dtype=np.int64)
+    ids, mask = pad_rows(tok, pick, pad_id=-1)
+    width = max(max((len(rows[i]) for i in pick), default=0), 1)
+    for out_row, i in enumerate(pick):
+        expected = rows[i] + [-1] * (width - len(rows[i]))
+        assert ids[out_row].tolist() == expected
+        assert mask[out_row].tolist() == [True] * len(rows[i]) + [False] * (width - len(rows[i]))
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_model_dir):
+    return tiny_model_dir("bert")
+
+
+def _texts(n: int) -> list[str]:
+    words = tiny_models.WORDS
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + i % 23)) for i in range(n)]
+
+
+def test_bfloat16_on_a_cpu_without_native_support_computes_in_float32(bert, monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: False)
+    emb = Embedder(str(bert), device="cpu", dtype="bfloat16")
+    assert emb.settings.dtype == "float32"
+    assert any("no native bfloat16" in note for note in emb.notes)
+    reference = Embedder(str(bert), device="cpu", dtype="float32").encode(_texts(30))
+    np.testing.assert_array_equal(emb.encode(_texts(30)), reference)
+
+
+def test_bfloat16_where_supported_runs_in_bf16_and_returns_float32(bert, monkeypatch):
+    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: True)
+    emb = Embedder(str(bert), device="cpu", dtype="bfloat16")
+    assert emb.settings.dtype == "bfloat16" and not emb.notes
+    assert next(emb.encoder.transformer.parameters()).dtype == torch.bfloat16
+    got = emb.encode(_texts(30))
+    assert got.dtype == np.float32
+    reference = Embedder(str(bert), device="cpu").encode(_texts(30))
+    cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cos.min() > 0.99  # bf16 keeps ~3 significant digits
+
+
+def test_auto_dtype_is_float32_on_cpu():
+    assert engine.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_budget_does_not_change_results_beyond_float_tolerance(bert):
+    texts = _texts(120)
+    small = Embedder(str(bert), device="cpu", batch_tokens=8).encode(texts)
+    large = Embedder(str(bert), device="cpu", batch_tokens=1_000_000).encode(texts)
+    np.testing.assert_allclose(small, large, atol=1e-5)
