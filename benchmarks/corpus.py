@@ -70,7 +70,7 @@ def real_texts(n: int) -> list[str]:
     for root in _roots():
         for doc in _docstrings(root):
             paras = list(_paragraphs(doc))
-            for i, para in enumerate(paras):
+            for para in paras:
                 sentences = _SENTENCE_END.split(para)
                 if len(sentences[0].split()) <= 8:
                     add(sentences[0])  # a title-like first line

@@ -100,10 +100,6 @@ def arch_names() -> list[str]:
     return sorted(ARCHS)
 
 
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
-
-
 def is_norm(module: nn.Module) -> bool:
     """True for normalisation layers of any family, recognised by module *type*, not by attribute
     name: LayerNorm, T5LayerNorm, *RMSNorm alike (SPEC.md defect 4)."""

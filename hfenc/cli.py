@@ -96,14 +96,14 @@ def _root(
 
 
 def _print_table(table: Table) -> None:
-    """Tables are data: never cut a cell to fit an 80-column pipe; widen to what the table needs."""
+    """Tables are data: on a pipe (80 columns) a table that would cut words is printed wide."""
     from rich.measure import Measurement
 
-    needed = Measurement.get(out, out.options.update(max_width=10_000), table).maximum
-    if out.is_terminal or needed <= out.width:
+    size = Measurement.get(out, out.options.update(max_width=10_000), table)
+    if out.is_terminal or size.minimum <= out.width:
         out.print(table)
     else:  # Console.print clamps `width` to the console's own, so print through a wider one
-        Console(file=out.file, width=needed, color_system=None).print(table)
+        Console(file=out.file, width=size.maximum, color_system=None).print(table)
 
 
 def _print_json(data: Any) -> None:
@@ -184,7 +184,7 @@ def embed(
     from .models import resolve_model
 
     resolve_model(model)  # before torch is even imported: a missing model fails in well under 2 s
-    from .embedder import Embedder, check_options
+    from .embedder import EmbedOptions, Embedder
     from .inputs import InputSpec
     from .jobs import JobOptions, embed_file
 
@@ -197,7 +197,7 @@ def embed(
         from .errors import UnknownChoiceError
 
         raise UnknownChoiceError("--encoding-errors value", encoding_errors, ("strict", "replace"))
-    check_options(**options)
+    EmbedOptions(**options).check()  # bad options fail before the input is read
     spec = InputSpec(input, format, field, column, id_field, encoding_errors, skip_blank)  # type: ignore[arg-type]
     job = JobOptions(spec, output, force, resume, out_dtype, chunk_size, on_overflow)  # type: ignore[arg-type]
     show = not quiet and err.is_terminal
@@ -225,15 +225,16 @@ def embed(
     if not quiet:
         for warning in result.warnings:
             err.print(Text(f"Warning: {warning}", style="yellow"))
-        rate = result.rows / result.seconds if result.seconds else 0.0
+        rate = (result.rows - result.resumed_from) / result.embed_seconds if result.embed_seconds else 0.0
         err.print(
             f"Wrote {result.rows:,} x {result.dim} {job.out_dtype} to {result.output} in {result.seconds:.1f} s "
-            f"({rate:,.0f} texts/s); {result.truncated:,} truncated; sidecar {result.sidecar.name}"
+            f"(embedding {result.embed_seconds:.1f} s, {rate:,.0f} texts/s); {result.truncated:,} truncated; "
+            f"sidecar {result.sidecar.name}"
         )
     if json_out:
         _print_json({
             "output": str(result.output), "sidecar": str(result.sidecar), "rows": result.rows, "dim": result.dim,
-            "seconds": round(result.seconds, 3), "truncated": result.truncated, "blank": result.blank,
+            "seconds": round(result.seconds, 3), "embed_seconds": round(result.embed_seconds, 3), "truncated": result.truncated, "blank": result.blank,
             "tokens": result.tokens, "resumed_from": result.resumed_from, "warnings": result.warnings,
         })
 
@@ -265,7 +266,18 @@ def poolers(json_out: bool = typer.Option(False, "--json", help="Print JSON on s
     _print_table(table)
 
 
-def _archs(json_out: bool) -> None:
+@app.command()
+@handles_errors
+def archs(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
+    """List the architectures hfenc knows (alias: architectures): block list, embeddings, final
+    norm, default pooler.
+
+    [b]Examples[/b]
+
+      hfenc archs
+
+      hfenc architectures --json
+    """
     from .archs import ARCHS, arch_names
 
     rows = [ARCHS[n] for n in arch_names()]
@@ -285,32 +297,7 @@ def _archs(json_out: bool) -> None:
     _print_table(table)
 
 
-@app.command()
-@handles_errors
-def archs(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
-    """List the architectures hfenc knows: block list, embeddings, final norm, default pooler.
-
-    [b]Examples[/b]
-
-      hfenc archs
-
-      hfenc archs --json
-    """
-    _archs(json_out)
-
-
-@app.command("architectures", hidden=True)
-@handles_errors
-def architectures(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
-    """Alias of `hfenc archs`: list the architectures hfenc knows.
-
-    [b]Examples[/b]
-
-      hfenc architectures
-
-      hfenc architectures --json
-    """
-    _archs(json_out)
+app.command("architectures", hidden=True)(archs)  # the same command under its long name
 
 
 @app.command()

@@ -19,7 +19,7 @@ import transformers
 from torch import nn
 
 from . import __version__
-from .encoder import HFTextEncoder, build_projection, load_config
+from .encoder import HFTextEncoder, build_projection
 from .engine import Engine, Progress, TextTokenizer, cpu_has_native_bf16, resolve_device, resolve_dtype
 from .errors import ConfigError, ModelLoadError
 from .models import DEFAULT_MODEL, DenseSpec, hash_files, read_st_layout, resolve_model, weight_files
@@ -101,77 +101,61 @@ class EmbedSettings:
     batch_tokens: int
 
 
-def check_options(
-    *,
-    pooler: str | None = None,
-    proj: str | None = None,
-    dim: int | None = None,
-    proj_weights: str | Path | None = None,
-    seed: int | None = None,
-    normalize: bool | None = None,
-    truncate_dim: int | None = None,
-    max_length: int | None = None,
-    prompt: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_tokens: int | None = None,
-) -> None:
-    """Every check that needs no model, so a bad option fails before anything is loaded or read."""
-    from .encoder import PROJ_TYPES
-    from .errors import UnknownChoiceError
-    from .poolers import canonical_pooler
+@dataclass(frozen=True)
+class EmbedOptions:
+    """What to compute, apart from the model; `check()` needs no model, so bad options fail first."""
 
-    if pooler is not None:
-        canonical_pooler(pooler)
-    kind = "none" if proj is None else proj
-    if kind not in PROJ_TYPES:
-        raise UnknownChoiceError("projection", proj, PROJ_TYPES)
-    resolve_dtype(dtype, resolve_device(device))
-    for name, value in (("--dim", dim), ("--truncate-dim", truncate_dim), ("--max-length", max_length),
-                        ("--batch-tokens", batch_tokens)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be a positive number, got {value}")
-    if kind != "none":
-        if dim is None:
-            raise ConfigError(f"--proj {kind} needs --dim (the output dimension)")
-        if proj_weights is None and seed is None:
-            raise ConfigError(
-                f"a {kind} projection needs trained weights",
-                hint="pass --proj-weights FILE, or --seed N to use a random (untrained) projection on purpose",
-            )
-    elif proj_weights is not None:
-        raise ConfigError("--proj-weights needs a projection type: --proj linear or --proj mlp")
-    if proj_weights is not None and not Path(proj_weights).is_file():
-        raise ConfigError(f"projection weights file {proj_weights} does not exist")
+    pooler: str | None = None
+    proj: str | None = None
+    dim: int | None = None
+    proj_weights: str | Path | None = None
+    seed: int | None = None
+    normalize: bool | None = None
+    truncate_dim: int | None = None
+    max_length: int | None = None
+    prompt: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: int | None = None
+
+    def check(self) -> None:
+        from .encoder import PROJ_TYPES
+        from .errors import UnknownChoiceError
+        from .poolers import canonical_pooler
+
+        if self.pooler is not None:
+            canonical_pooler(self.pooler)
+        kind = "none" if self.proj is None else self.proj
+        if kind not in PROJ_TYPES:
+            raise UnknownChoiceError("projection", self.proj, PROJ_TYPES)
+        resolve_dtype(self.dtype, resolve_device(self.device))
+        for name, value in (("--dim", self.dim), ("--truncate-dim", self.truncate_dim),
+                            ("--max-length", self.max_length), ("--batch-tokens", self.batch_tokens)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+        if kind != "none":
+            if self.dim is None:
+                raise ConfigError(f"--proj {kind} needs --dim (the output dimension)")
+            if self.proj_weights is None and self.seed is None:
+                raise ConfigError(
+                    f"a {kind} projection needs trained weights",
+                    hint="pass --proj-weights FILE, or --seed N to use a random (untrained) projection on purpose",
+                )
+        elif self.proj_weights is not None:
+            raise ConfigError("--proj-weights needs a projection type: --proj linear or --proj mlp")
+        if self.proj_weights is not None and not Path(self.proj_weights).is_file():
+            raise ConfigError(f"projection weights file {self.proj_weights} does not exist")
 
 
 class Embedder:
     """A model ready to embed, with its options fixed. Reuse it across calls."""
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        *,
-        pooler: str | None = None,
-        proj: str | None = None,
-        dim: int | None = None,
-        proj_weights: str | Path | None = None,
-        seed: int | None = None,
-        normalize: bool | None = None,
-        truncate_dim: int | None = None,
-        max_length: int | None = None,
-        prompt: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        batch_tokens: int | None = None,
-    ) -> None:
-        check_options(
-            pooler=pooler, proj=proj, dim=dim, proj_weights=proj_weights, seed=seed, normalize=normalize,
-            truncate_dim=truncate_dim, max_length=max_length, prompt=prompt, device=device, dtype=dtype,
-            batch_tokens=batch_tokens,
-        )
-        self.device = resolve_device(device)
-        compute_dtype = resolve_dtype(dtype, self.device)
+    def __init__(self, model: str = DEFAULT_MODEL, **options: Any) -> None:
+        """`options` are EmbedOptions' fields (pooler, proj, dim, ..., batch_tokens)."""
+        o = self.options = EmbedOptions(**options)
+        o.check()
+        self.device = resolve_device(o.device)
+        compute_dtype = resolve_dtype(o.dtype, self.device)
         self.notes: list[str] = []  # things the user should hear about (the CLI prints them)
         if self.device.type == "cpu" and compute_dtype == torch.bfloat16 and not cpu_has_native_bf16():
             # Issue 5: bf16 where the CPU supports it; emulated bf16 is ~6x slower than float32.
@@ -181,41 +165,38 @@ class Embedder:
         layout = read_st_layout(self.resolved.path)
         self.layout = layout
         path = layout.transformer_path
-        config = load_config(path)
-        proj_kind = None if proj in (None, "none") else proj
+        proj_kind = None if o.proj in (None, "none") else o.proj
         if proj_kind is not None and layout.dense:
             raise ConfigError("this model has its own Dense layers; --proj cannot be added to it")
-        if seed is not None:
-            torch.manual_seed(seed)
-        self.encoder = HFTextEncoder(str(path), pooler_type=pooler or layout.pooler)
+        self.encoder = HFTextEncoder(str(path), pooler_type=o.pooler or layout.pooler)
         width = self.encoder.width
         if proj_kind is not None:
-            assert dim is not None  # check_options
-            if seed is not None:
-                torch.manual_seed(seed)
-            self.encoder.proj = build_projection(width, dim, proj_kind)
-            self.encoder.proj_type, self.encoder.output_dim = proj_kind, dim
-            if proj_weights is not None:
-                state = {k.removeprefix("proj."): v for k, v in _load_state(Path(proj_weights)).items()
+            assert o.dim is not None  # EmbedOptions.check
+            if o.seed is not None:
+                torch.manual_seed(o.seed)
+            self.encoder.proj = build_projection(width, o.dim, proj_kind)
+            self.encoder.proj_type, self.encoder.output_dim = proj_kind, o.dim
+            if o.proj_weights is not None:
+                state = {k.removeprefix("proj."): v for k, v in _load_state(Path(o.proj_weights)).items()
                          if not k.startswith("transformer.")}
                 try:
                     self.encoder.proj.load_state_dict(state)
                 except RuntimeError as exc:
                     raise ConfigError(
-                        f"{proj_weights} does not fit a {proj_kind} projection {width} -> {dim}: "
+                        f"{o.proj_weights} does not fit a {proj_kind} projection {width} -> {o.dim}: "
                         f"{str(exc).splitlines()[0]}"
                     ) from exc
-        elif dim is not None and dim != width:
+        elif o.dim is not None and o.dim != width:
             raise ConfigError(
-                f"--dim {dim} differs from the model width {width} and there is no projection",
+                f"--dim {o.dim} differs from the model width {width} and there is no projection",
                 hint="add --proj linear|mlp with --proj-weights, or use --truncate-dim for Matryoshka models",
             )
         dense = [_dense(spec) for spec in layout.dense]
         out_dim = layout.dense[-1].out_features if layout.dense else self.encoder.output_dim
-        if truncate_dim is not None and not 1 <= truncate_dim <= out_dim:
-            raise ConfigError(f"--truncate-dim {truncate_dim} must be between 1 and the output width {out_dim}")
-        self.dim = truncate_dim or out_dim
-        self.normalize = layout.normalize if normalize is None else normalize
+        if o.truncate_dim is not None and not 1 <= o.truncate_dim <= out_dim:
+            raise ConfigError(f"--truncate-dim {o.truncate_dim} must be between 1 and the output width {out_dim}")
+        self.dim = o.truncate_dim or out_dim
+        self.normalize = layout.normalize if o.normalize is None else o.normalize
         self.normalize = bool(self.normalize)
 
         context = self.encoder.context_length
@@ -226,18 +207,18 @@ class Embedder:
             raise ModelLoadError(f"cannot load the tokenizer in {tok_path}: {str(exc).splitlines()[0]}") from exc
         limits = [x for x in (layout.max_seq_length, hf_tok.model_max_length, context) if x and x < 1_000_000]
         default_max = min(limits) if limits else 512
-        if max_length is not None and context is not None and max_length > context:
-            raise ConfigError(f"--max-length {max_length} exceeds the model's {context} positions")
-        self.max_length = int(max_length or default_max)
-        prompt_text = layout.prompts.get(prompt, prompt) if prompt is not None else None
+        if o.max_length is not None and context is not None and o.max_length > context:
+            raise ConfigError(f"--max-length {o.max_length} exceeds the model's {context} positions")
+        self.max_length = int(o.max_length or default_max)
+        prompt_text = layout.prompts.get(o.prompt, o.prompt) if o.prompt is not None else None
         self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text or "", layout.do_lower_case)
-        self.pipeline = Pipeline(self.encoder, dense, truncate_dim, self.normalize)
-        self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, batch_tokens)
+        self.pipeline = Pipeline(self.encoder, dense, o.truncate_dim, self.normalize)
+        self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens)
         self.settings = EmbedSettings(
             model=model, pooler=self.encoder.pooler_type, proj=proj_kind or "none",
-            proj_weights=str(proj_weights) if proj_weights is not None else None,
-            proj_untrained=proj_kind is not None and proj_weights is None, seed=seed,
-            normalize=self.normalize, dim=self.dim, truncate_dim=truncate_dim,
+            proj_weights=str(o.proj_weights) if o.proj_weights is not None else None,
+            proj_untrained=proj_kind is not None and o.proj_weights is None, seed=o.seed,
+            normalize=self.normalize, dim=self.dim, truncate_dim=o.truncate_dim,
             max_length=self.max_length, prompt=prompt_text, dtype=str(compute_dtype).removeprefix("torch."),
             device=str(self.device), batch_tokens=self.engine.batch_tokens,
         )

@@ -8,7 +8,6 @@ in SPEC.md section 2; each fix names its defect where it is made.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -240,5 +239,3 @@ class HFTextEncoder(nn.Module):
         """Nothing to initialise: the transformer is pretrained and the projection uses torch's
         default init (kept for API compatibility with open_clip's towers)."""
 
-
-logging.getLogger("transformers").setLevel(logging.ERROR)

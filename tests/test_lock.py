@@ -161,14 +161,6 @@ def reference_numel(config, pooling_layer: bool) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _family_params(xfail: dict[str, str] | None = None):
-    xfail = xfail or {}
-    return [
-        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=xfail[t])) if t in xfail else t
-        for t in FAMILIES
-    ]
-
-
 # ---- contract over every architecture ------------------------------------------------------
 
 def test_tiny_models_cover_every_architecture():
