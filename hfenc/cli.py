@@ -123,15 +123,13 @@ def _resolve_early(model: str) -> None:
 # ---- embed ----------------------------------------------------------------------------------
 
 class _Rate(ProgressColumn):
-    """texts/s and tokens/s from the task's fields."""
+    """texts/s and tokens/s since embedding started (model loading excluded)."""
 
     def render(self, task: Any) -> Text:
-        elapsed = task.elapsed or 0.0
-        if not elapsed:
+        texts, tokens = task.fields.get("texts_s"), task.fields.get("tokens_s")
+        if not texts:
             return Text("")
-        tokens = task.fields.get("tokens", 0)
-        done = task.completed - task.fields.get("start", 0)
-        return Text(f"{done / elapsed:,.0f} texts/s  {tokens / elapsed:,.0f} tok/s", style="cyan")
+        return Text(f"{texts:,.0f} texts/s  {tokens:,.0f} tok/s", style="cyan")
 
 
 @app.command()
@@ -211,12 +209,12 @@ def embed(
     if show:
         columns = [TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn()]
         with Progress(*columns, console=err, transient=True) as bar:
-            task = bar.add_task("embed", total=None, tokens=0)
+            task = bar.add_task("embed", total=None)
 
             def tick(p: Any) -> None:
-                if bar.tasks[0].total is None:
-                    bar.update(task, total=p.rows_total, start=p.rows_done - 0)
-                bar.update(task, completed=p.rows_done, tokens=p.tokens_done)
+                rate = p.elapsed or float("inf")
+                bar.update(task, total=p.rows_total, completed=p.rows_done,
+                           texts_s=p.rows_done / rate, tokens_s=p.tokens_done / rate)
 
             result = embed_file(job, load, progress=tick)
     else:
