@@ -181,7 +181,7 @@ def embed(
     """
     from .models import resolve_model
 
-    resolve_model(model)  # before torch is even imported: a missing model fails in well under 2 s
+    resolve_model(model, config_only=True)  # before torch is imported: a missing model fails fast
     from .embedder import EmbedOptions, Embedder
     from .inputs import InputSpec
     from .jobs import JobOptions, embed_file

@@ -227,7 +227,13 @@ class Embedder:
     @property
     def weights_hash(self) -> str:
         if self._weights_hash is None:
-            self._weights_hash = hash_files(weight_files(self.layout.transformer_path))
+            # Everything that holds weights: the transformer, sentence-transformers Dense layers
+            # and a projection file, so --resume notices any of them changing.
+            files = weight_files(self.layout.transformer_path)
+            files += [f for spec in self.layout.dense for f in weight_files(spec.path)]
+            if self.options.proj_weights is not None:
+                files.append(Path(self.options.proj_weights))
+            self._weights_hash = hash_files(files)
         return self._weights_hash
 
     def describe(self) -> dict[str, Any]:

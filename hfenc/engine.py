@@ -113,7 +113,8 @@ class TextTokenizer:
 
             self.fast = Tokenizer.from_str(backend.to_str())  # a copy: never mutate the user's
             self.fast.no_padding()
-            self.fast.enable_truncation(self.max_length)
+            side = getattr(hf_tokenizer, "truncation_side", "right")
+            self.fast.enable_truncation(self.max_length, direction="left" if side == "left" else "right")
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
         if self.prefix:

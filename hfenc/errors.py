@@ -42,6 +42,10 @@ class InputError(HfencError, ValueError):
     """The input file cannot be read as records (missing, empty, bad encoding, bad JSON, ...)."""
 
 
+class OverflowRefused(InputError):
+    """--on-overflow error met a text longer than the max length: the run removes its output."""
+
+
 class OutputError(HfencError, OSError):
     """The output cannot be written (exists, unwritable directory, disk full)."""
 

@@ -144,7 +144,7 @@ def _csv(spec: InputSpec, delimiter: str) -> Iterator[Record]:
     def feed() -> Iterator[str]:
         for n, text in _lines(spec):
             state["line"] = n
-            if state["fresh"]:
+            if state["fresh"] and text:  # csv skips blank lines between records
                 state["start"], state["fresh"] = n, False
             yield text + "\n"
 

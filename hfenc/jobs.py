@@ -22,7 +22,7 @@ import numpy as np
 
 from .embedder import Embedder
 from .engine import Progress, RunStats
-from .errors import ConfigError, InputError, Interrupted, UnknownChoiceError
+from .errors import ConfigError, Interrupted, OverflowRefused, UnknownChoiceError
 from .inputs import InputSpec, chunks, scan, spool_stdin
 from .outputs import OutputPaths, RowWriter, check_writable, default_output, write_json_atomic
 
@@ -125,6 +125,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         "input_sha256": info.sha256, "rows": info.rows, "format": spec.resolved_format(),
         "field": spec.field, "column": spec.column, "skip_blank": spec.skip_blank,
         "weights_sha256": model.weights_hash, "chunk_size": job.chunk_size, "out_dtype": job.out_dtype,
+        "on_overflow": job.on_overflow,
         **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
     }
     writer = RowWriter(paths, info.rows, model.dim, np.dtype(job.out_dtype), fingerprint, job.resume)
@@ -135,7 +136,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
 
     def on_chunk(start: int, n: int, s: RunStats) -> None:
         if job.on_overflow == "error" and s.first_truncated is not None:
-            raise InputError(
+            raise OverflowRefused(
                 f"record {s.first_truncated + 1} is longer than the maximum of {model.max_length} tokens",
                 hint="raise --max-length, or drop --on-overflow error to truncate",
             )
@@ -156,7 +157,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         raise Interrupted(
             f"interrupted: {writer.rows_done:,} of {info.rows:,} rows are saved", rows_done=writer.rows_done
         ) from None
-    except InputError:
+    except OverflowRefused:  # a refusal asked for: nothing half-written stays
         writer.abandon()
         raise
 
@@ -172,9 +173,14 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         os.replace(ids_tmp, paths.ids)
         extra["ids_file"] = paths.ids.name
     if spec.skip_blank:
-        lines = np.fromfile(lines_tmp, dtype="<i8")
-        np.save(paths.lines, lines)
+        staged = paths.hidden(paths.lines, "tmp")  # np.save is not atomic: stage, then rename
+        with open(staged, "wb") as fh:
+            np.save(fh, np.fromfile(lines_tmp, dtype="<i8"))
+        os.replace(staged, paths.lines)
         extra["lines_file"] = paths.lines.name
+    for made, final in ((spec.id_field, paths.ids), (spec.skip_blank, paths.lines)):
+        if not made and final.exists():  # an earlier run's, beside the output this run replaces
+            final.unlink()
     metadata = {
         "format": SIDECAR_FORMAT,
         "complete": True,

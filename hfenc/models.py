@@ -60,14 +60,24 @@ def _packaged_default() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def _from_cache(repo_id: str) -> Path | None:
+_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Dense/*", "*/config.json"]
+
+
+def _from_cache(repo_id: str, config_only: bool = False) -> Path | None:
+    """A cached snapshot with what hfenc needs (weights too, unless only the config is asked for);
+    files hfenc never downloads (onnx/, tf_model.h5) must not make a snapshot look incomplete."""
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, local_files_only=True))
+        patterns = ["config.json"] if config_only else [*_PATTERNS, "pytorch_model*.bin"]
+        path = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
     except Exception:  # not cached, or a malformed cache entry: try the next place
         return None
-    return path if (path / "config.json").is_file() or (path / "modules.json").is_file() else None
+    if not (path / "config.json").is_file():
+        return None
+    if not config_only and not weight_files(path) and not (path / "modules.json").is_file():
+        return None  # e.g. only a config fetched by `hfenc info`: download the rest
+    return path
 
 
 def _cache_dir() -> str:
@@ -94,8 +104,7 @@ def _download(repo_id: str, config_only: bool = False) -> Path:
 
     if config_only:  # a lock plan needs the config's values, never the weights
         return Path(snapshot_download(repo_id, allow_patterns=["config.json"]))
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Dense/*", "*/config.json"]
-    path = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    path = Path(snapshot_download(repo_id, allow_patterns=_PATTERNS))
     if not any((path / w).is_file() for w in WEIGHT_FILES):  # an older checkpoint without safetensors
         path = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model.bin"]))
     return path
@@ -112,7 +121,7 @@ def resolve_model(name: str, *, allow_download: bool = True, config_only: bool =
         raise ModelNotFoundError(f"model directory {name!r} does not exist")
 
     repo_id = DEFAULT_MODEL if name in _DEFAULT_ALIASES else name
-    cached = _from_cache(repo_id)
+    cached = _from_cache(repo_id, config_only)
     if cached is not None:
         return ResolvedModel(name, cached, "cache")
     if repo_id == DEFAULT_MODEL:

@@ -92,7 +92,7 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool) -> None:
         raise OutputError(f"output directory {directory} is not writable")
     if paths.npy.is_dir():
         raise OutputError(f"output {paths.npy} is a directory")
-    if paths.npy.exists() and not force:
+    if paths.npy.exists() and not force and not (resume and paths.state.exists()):
         raise OutputError(f"output {paths.npy} already exists", hint="pass --force to overwrite it")
     if paths.state.exists() and not resume and not force:
         raise OutputError(

@@ -374,3 +374,12 @@ def test_unknown_format_lists_the_choices(tmp_path):
 def test_id_field_with_plain_text_is_refused(tmp_path):
     with pytest.raises(InputError, match="--id-field needs"):
         _scan(InputSpec(_write(tmp_path, "in.txt", "a\n"), id_field="id"))
+
+
+def test_csv_line_numbers_count_blank_lines_between_records(tmp_path):
+    from hfenc.inputs import InputSpec, records
+
+    path = tmp_path / "in.csv"
+    path.write_text("text,id\na,1\n\nb,2\n", encoding="utf-8")
+    got = [(r.line, r.text) for r in records(InputSpec(str(path)))]
+    assert got == [(2, "a"), (4, "b")]

@@ -572,3 +572,47 @@ def test_sigterm_exits_130_says_rows_saved_and_prints_the_resume_command(tmp_pat
     # The hint repeats the command with --resume (running it is what the SIGKILL test does).
     hint = next(line for line in err.splitlines() if line.startswith("Hint: resume with: "))
     assert shlex.split(hint.removeprefix("Hint: resume with: ")) == ["hfenc", *args, "--resume"]
+
+
+# ---- found in review: resume after --force, policies and weights in the fingerprint ----------
+
+def test_an_interrupted_force_run_resumes_over_the_old_output(data, embedder, tmp_path):
+    embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7), embedder)  # a finished output
+    with pytest.raises(Interrupted):
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, force=True), embedder,
+                   progress=_stop_after(14))
+    # The printed hint drops --force; resuming must not be refused because out.npy exists.
+    result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
+    assert result.resumed_from == 14
+    reference = tmp_path / "reference.npy"
+    embed_file(_job(data / "in.txt", reference, chunk_size=7), embedder)
+    assert np.array_equal(np.load(data / "out.npy"), np.load(reference))
+
+
+def test_resume_refuses_a_changed_overflow_policy_and_keeps_saved_rows(data, embedder):
+    _interrupted(data, embedder)
+    with pytest.raises(ResumeError, match="on_overflow changed"):
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True, on_overflow="error"),
+                   embedder)
+    assert (data / ".out.npy.partial").exists() and (data / ".out.npy.resume.json").exists()
+
+
+def test_resume_refuses_changed_projection_weights(data, bert, tmp_path):
+    weights = tmp_path / "proj.pt"
+    torch.save({"weight": torch.zeros(8, WIDTH)}, weights)
+    emb = Embedder(str(bert), device="cpu", proj="linear", dim=8, proj_weights=weights)
+    with pytest.raises(Interrupted):
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7), emb, progress=_stop_after(14))
+    torch.save({"weight": torch.ones(8, WIDTH)}, weights)  # retrained at the same path
+    retrained = Embedder(str(bert), device="cpu", proj="linear", dim=8, proj_weights=weights)
+    with pytest.raises(ResumeError, match="weights_sha256 changed"):
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), retrained)
+
+
+def test_force_removes_side_files_this_run_does_not_write(tmp_path, embedder):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "alpha beta", "id": "a"}\n{"text": "gamma", "id": "b"}\n', encoding="utf-8")
+    embed_file(_job(src, tmp_path / "out.npy", id_field="id"), embedder)
+    assert (tmp_path / "out.ids.txt").read_text() == "a\nb\n"
+    embed_file(_job(src, tmp_path / "out.npy", force=True), embedder)
+    assert not (tmp_path / "out.ids.txt").exists()  # it would describe an output that is gone
