@@ -214,7 +214,7 @@ def embed(
             def tick(p: Any) -> None:
                 rate = p.elapsed or float("inf")
                 bar.update(task, total=p.rows_total, completed=p.rows_done,
-                           texts_s=p.rows_done / rate, tokens_s=p.tokens_done / rate)
+                           texts_s=(p.rows_done - p.resumed) / rate, tokens_s=p.tokens_done / rate)
 
             result = embed_file(job, load, progress=tick)
     else:

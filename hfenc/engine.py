@@ -166,10 +166,11 @@ def pad_rows(tok: Tokenized, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray,
 
 @dataclass
 class Progress:
-    rows_done: int
+    rows_done: int  # rows finished, counting those an earlier run saved
     rows_total: int | None
-    tokens_done: int
-    elapsed: float
+    tokens_done: int  # tokens embedded by this run
+    elapsed: float  # seconds since this run started embedding
+    resumed: int = 0  # rows an earlier run had saved (not part of this run's rate)
 
 
 @dataclass
@@ -231,6 +232,7 @@ class Engine:
 
         Tokenization of the next chunk overlaps the model's work on the current one."""
         stats = stats or RunStats()
+        rows0, tokens0 = stats.rows, stats.tokens  # a resumed job passes in what was done before
         t0 = time.perf_counter()
         iterator: Iterator[tuple[int, Sequence[str]]] = iter(chunks)
 
@@ -254,5 +256,6 @@ class Engine:
                 if on_chunk is not None:
                     on_chunk(start, n, stats)
                 if progress is not None:
-                    progress(Progress(stats.rows, rows_total, stats.tokens, time.perf_counter() - t0))
+                    progress(Progress(stats.rows - rows0, rows_total, stats.tokens - tokens0,
+                                      time.perf_counter() - t0))
         return stats

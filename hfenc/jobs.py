@@ -145,7 +145,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
 
     def report(p: Progress) -> None:
         if progress is not None:
-            progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed))
+            progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed, resumed_from))
 
     t_embed = time.perf_counter()
     try:

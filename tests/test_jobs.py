@@ -616,3 +616,14 @@ def test_force_removes_side_files_this_run_does_not_write(tmp_path, embedder):
     assert (tmp_path / "out.ids.txt").read_text() == "a\nb\n"
     embed_file(_job(src, tmp_path / "out.npy", force=True), embedder)
     assert not (tmp_path / "out.ids.txt").exists()  # it would describe an output that is gone
+
+
+def test_resume_progress_reports_this_runs_work_apart_from_saved_rows(data, embedder, texts):
+    _interrupted(data, embedder)  # 14 rows saved
+    seen = []
+    embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder,
+               progress=seen.append)
+    last = seen[-1]
+    assert last.rows_done == 50 and last.resumed == 14
+    # Each tiny word is one token, plus [CLS] and [SEP]: only rows 14..49 were tokenized now.
+    assert last.tokens_done == sum(len(t.split()) + 2 for t in texts[14:])
