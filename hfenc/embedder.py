@@ -51,11 +51,10 @@ def _load_state(file: Path) -> dict[str, torch.Tensor]:
 
 def _dense(spec: DenseSpec) -> nn.Module:
     linear = nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
-    files = [spec.path / "model.safetensors", spec.path / "pytorch_model.bin"]
-    file = next((f for f in files if f.is_file()), None)
-    if file is None:
+    files = weight_files(spec.path)  # the same files the resume fingerprint hashes
+    if not files:
         raise ModelLoadError(f"no weights for the Dense layer in {spec.path}")
-    state = {k.removeprefix("linear."): v for k, v in _load_state(file).items()}
+    state = {k.removeprefix("linear."): v for k, v in _load_state(files[0]).items()}
     linear.load_state_dict(state)
     return nn.Sequential(linear, _activation(spec.activation))
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import Any
 
@@ -90,7 +91,7 @@ class Tokenized:
     lengths: np.ndarray  # int64, tokens per row
     truncated: np.ndarray  # bool, the text was longer than max_length
 
-    @property
+    @cached_property  # once per chunk, not once per batch
     def offsets(self) -> np.ndarray:
         return np.concatenate(([0], np.cumsum(self.lengths)))
 

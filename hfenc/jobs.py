@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -103,8 +103,8 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
     ids_tmp = paths.hidden(paths.ids, "partial")
     lines_tmp = paths.hidden(paths.lines, "partial")
     try:
-        with open(ids_tmp, "w", encoding="utf-8") if spec.id_field else _null() as ids_out, \
-             open(lines_tmp, "wb") if spec.skip_blank else _null() as lines_out:
+        with open(ids_tmp, "w", encoding="utf-8") if spec.id_field else nullcontext() as ids_out, \
+             open(lines_tmp, "wb") if spec.skip_blank else nullcontext() as lines_out:
             info = scan(spec, ids_out, lines_out)
         model = embedder() if callable(embedder) and not isinstance(embedder, Embedder) else embedder
         return _run(job, spec, paths, info, model, ids_tmp, lines_tmp, progress, t0)
@@ -112,11 +112,6 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
         for tmp in (ids_tmp, lines_tmp, spooled):
             if tmp is not None and tmp.exists():
                 tmp.unlink()
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield None
 
 
 def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, t0) -> JobResult:
