@@ -1,8 +1,8 @@
 """Architecture table: what hfenc needs to know about each model family, as data.
 
 Each entry is a frozen dataclass keyed by the Hugging Face `config.model_type`. Paths are dotted
-attribute paths inside the module hfenc builds (the bare encoder: e.g. `BertModel`, or
-`T5EncoderModel` for an encoder-decoder family, whose decoder is never built or loaded).
+attribute paths inside the module hfenc keeps (the bare encoder: e.g. `BertModel`; for T5-likes the
+encoder stack of `T5EncoderModel`, as open_clip keeps it; decoders are never built or loaded).
 
 A model type missing from the table is not an error: `discover_arch` reads the layout off the
 module tree (the longest ModuleList of repeated blocks, the module owning the input embeddings,
@@ -30,6 +30,7 @@ class Arch:
     pooling_layer: bool = False  # the model class takes `add_pooling_layer` (BERT's dense+tanh)
     encoder_decoder: bool = False  # only the encoder is built and loaded
     model_class: str | None = None  # transformers class to build; None -> AutoModel
+    stack: str | None = None  # attribute of the built model that hfenc keeps as `transformer`
     key_mapping: tuple[tuple[str, str], ...] = ()  # checkpoint key regex -> model key, when loading
     width_attr: str = "hidden_size"
     layers_attr: str = "num_hidden_layers"
@@ -62,9 +63,11 @@ def register_arch(arch: Arch) -> Arch:
 
 _BERT = Arch("bert", "encoder.layer", "embeddings", default_pooler="cls", pooling_layer=True)
 _ROBERTA = replace(_BERT, model_type="roberta", default_pooler="mean", position_offset=2)
+# Issue 9: open_clip keeps T5's encoder stack (`transformer.block.N...`, `transformer.embed_tokens`),
+# so hfenc keeps `T5EncoderModel(...).encoder` too and open_clip towers' state dicts load as they are.
 _T5 = Arch(
-    "t5", "encoder.block", "shared", "encoder.final_layer_norm", encoder_decoder=True,
-    model_class="T5EncoderModel", width_attr="d_model", layers_attr="num_layers",
+    "t5", "block", "embed_tokens", "final_layer_norm", encoder_decoder=True,
+    model_class="T5EncoderModel", stack="encoder", width_attr="d_model", layers_attr="num_layers",
     positions_attr=None,
 )
 _DECODER = Arch("llama", "layers", "embed_tokens", "norm", default_pooler="last_token")

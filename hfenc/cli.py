@@ -110,14 +110,12 @@ def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
 
-def _resolve_early(model: str) -> None:
-    """Fail fast on a model that is nowhere, before torch is imported (bundled configs count)."""
-    from pathlib import Path as _Path
+def _spec(model: str) -> Any:
+    """The model resolved once, before torch is imported: one that is nowhere, or whose folder
+    hfenc refuses, fails fast (bundled configs count)."""
+    from .spec import load_spec
 
-    from .models import is_bundled, resolve_model
-
-    if _Path(model).expanduser().is_dir() or not is_bundled(model):
-        resolve_model(model, config_only=True)
+    return load_spec(model, config_only=True, bundled_ok=True)
 
 
 # ---- embed ----------------------------------------------------------------------------------
@@ -146,7 +144,8 @@ def embed(
     normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalize rows (default: the model's own choice, else off)."),
     truncate_dim: Optional[int] = typer.Option(None, help="Keep the first N dimensions (Matryoshka), then normalize."),
     max_length: Optional[int] = typer.Option(None, help="Max tokens per text (default: the model's and tokenizer's limit)."),
-    prompt: Optional[str] = typer.Option(None, help="Text (or a prompt name the model defines) put before every text."),
+    prompt: Optional[str] = typer.Option(None, help="Text put before every text (\"\" for none, overriding the model's default prompt)."),
+    prompt_name: Optional[str] = typer.Option(None, help="A prompt the model defines (see `hfenc info`), e.g. query."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
     dtype: str = typer.Option("auto", help="Compute dtype: auto (float32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16."),
     out_dtype: str = typer.Option("float32", help="Stored dtype: float32 or float16."),
@@ -179,16 +178,18 @@ def embed(
 
       cat queries.txt | hfenc embed - -o queries.npy --prompt "query: "
     """
-    from .models import resolve_model
+    from .spec import load_spec
 
-    resolve_model(model, config_only=True)  # before torch is imported: a missing model fails fast
+    spec = load_spec(model, config_only=True)  # before torch: a missing or refused model fails fast
+    if spec.resolved is not None and spec.resolved.source in ("local", "package"):
+        model = spec  # type: ignore[assignment]  (complete on disk: resolved once)
     from .embedder import EmbedOptions, Embedder
     from .inputs import InputSpec
     from .jobs import JobOptions, embed_file
 
     options = dict(
         pooler=pooler, proj=proj, dim=dim, proj_weights=proj_weights, seed=seed, normalize=normalize,
-        truncate_dim=truncate_dim, max_length=max_length, prompt=prompt, device=device, dtype=dtype,
+        truncate_dim=truncate_dim, max_length=max_length, prompt=prompt, prompt_name=prompt_name, device=device, dtype=dtype,
         batch_tokens=batch_tokens,
     )
     if encoding_errors not in ("strict", "replace"):
@@ -202,7 +203,7 @@ def embed(
 
     def load() -> Embedder:
         if show:
-            with err.status(f"Loading {model} ..."):
+            with err.status(f"Loading {getattr(model, 'name', model)} ..."):
                 return Embedder(model, **options)
         return Embedder(model, **options)
 
@@ -312,10 +313,10 @@ def info(
 
       hfenc info ./my-model --json
     """
-    _resolve_early(model)
+    spec = _spec(model)
     from .describe import describe_model
 
-    data = describe_model(model)
+    data = describe_model(spec)
     if json_out:
         _print_json(data)
         return
@@ -358,10 +359,10 @@ def lock_plan(
 
       hfenc lock-plan google/mt5-base --unlocked 0 --no-freeze-layer-norm --style open_clip
     """
-    _resolve_early(model)
+    spec = _spec(model)
     from .lock import plan_lock
 
-    plan = plan_lock(model, unlocked, freeze_layer_norm=freeze_layer_norm, style=style, pooler=pooler,
+    plan = plan_lock(spec, unlocked, freeze_layer_norm=freeze_layer_norm, style=style, pooler=pooler,
                      proj=proj, dim=dim)
     if json_out:
         _print_json(plan.to_dict(params=params))

@@ -1,83 +1,30 @@
 """Embedder: a loaded model plus every option of an embedding job; `encode()` on top of it.
 
-This is where a model name becomes a runnable pipeline: resolve the name, read a
-sentence-transformers layout if there is one (its pooling, Dense layers, Normalize and
-max_seq_length become the defaults), build HFTextEncoder, and hand it to the Engine.
+This is where a model becomes a runnable pipeline: a ModelSpec (resolved once, hfenc.spec) gives
+the folder and its sentence-transformers layout (pooling, token stage, head modules, Normalize,
+prompts, max_seq_length, lower-casing), which become the defaults; HFTextEncoder and the head
+modules are built from it and handed to the Engine.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
-from torch import nn
 
 from . import __version__
 from .encoder import HFTextEncoder, build_projection
 from .engine import Engine, Progress, TextTokenizer, cpu_has_native_bf16, resolve_device, resolve_dtype
-from .errors import ConfigError, ModelLoadError
-from .models import DEFAULT_MODEL, DenseSpec, hash_files, read_st_layout, resolve_model, weight_files
-
-
-def _activation(name: str) -> nn.Module:
-    module_name, _, cls_name = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name or "torch.nn"), cls_name)()
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"unknown Dense activation {name!r} in the sentence-transformers config") from exc
-
-
-def _load_state(file: Path) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise ConfigError(f"weights file {file} does not exist")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(file))
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"cannot read weights from {file}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(state, dict):
-        raise ConfigError(f"{file} holds no state dict")
-    return state
-
-
-def _dense(spec: DenseSpec) -> nn.Module:
-    linear = nn.Linear(spec.in_features, spec.out_features, bias=spec.bias)
-    files = weight_files(spec.path)  # the same files the resume fingerprint hashes
-    if not files:
-        raise ModelLoadError(f"no weights for the Dense layer in {spec.path}")
-    state = {k.removeprefix("linear."): v for k, v in _load_state(files[0]).items()}
-    linear.load_state_dict(state)
-    return nn.Sequential(linear, _activation(spec.activation))
-
-
-class Pipeline(nn.Module):
-    """HFTextEncoder -> sentence-transformers Dense layers -> Matryoshka truncation -> normalize."""
-
-    def __init__(self, encoder: HFTextEncoder, dense: Sequence[nn.Module], truncate_dim: int | None, normalize: bool):
-        super().__init__()
-        self.encoder = encoder
-        self.dense = nn.Sequential(*dense)
-        self.truncate_dim, self.normalize = truncate_dim, normalize
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.encoder(input_ids, attention_mask)
-        if len(self.dense):
-            x = self.dense(x.to(next(self.dense.parameters()).dtype))
-        x = x.float()
-        if self.truncate_dim is not None:
-            x = x[:, : self.truncate_dim]  # Matryoshka: truncate first, then normalize
-        if self.normalize:
-            x = torch.nn.functional.normalize(x, dim=-1)
-        return x
+from .errors import ConfigError, InputError, ModelLoadError, UnknownChoiceError
+from .head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
+from .models import DEFAULT_MODEL, hash_files, weight_files
+from .spec import ModelSpec, load_spec
 
 
 @dataclass(frozen=True)
@@ -94,7 +41,12 @@ class EmbedSettings:
     dim: int
     truncate_dim: int | None
     max_length: int
-    prompt: str | None
+    prompt: str | None  # the text put before every text (after resolving prompt_name / the default)
+    prompt_name: str | None
+    include_prompt: bool  # False: the prompt's tokens are left out of the pooling
+    lowercase: bool
+    padding_side: str
+    init_seed: int | None  # seeds an untrained part (a pooling layer the checkpoint lacks)
     dtype: str
     device: str
     batch_tokens: int
@@ -112,7 +64,8 @@ class EmbedOptions:
     normalize: bool | None = None
     truncate_dim: int | None = None
     max_length: int | None = None
-    prompt: str | None = None
+    prompt: str | None = None  # literal text ("" for none, overriding the model's default prompt)
+    prompt_name: str | None = None  # a prompt the model defines (config_sentence_transformers.json)
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int | None = None
@@ -142,14 +95,28 @@ class EmbedOptions:
                 )
         elif self.proj_weights is not None:
             raise ConfigError("--proj-weights needs a projection type: --proj linear or --proj mlp")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ConfigError("give --prompt TEXT or --prompt-name NAME, not both")
         if self.proj_weights is not None and not Path(self.proj_weights).is_file():
             raise ConfigError(f"projection weights file {self.proj_weights} does not exist")
+
+
+def _init_pooling_layer(pooler: Any, config: Any, seed: int) -> None:
+    """BERT's own init for its pooling layer (normal(0, initializer_range), zero bias), seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    std = float(getattr(config, "initializer_range", 0.02))
+    with torch.no_grad():
+        for name, param in pooler.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * std)
 
 
 class Embedder:
     """A model ready to embed, with its options fixed. Reuse it across calls."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, **options: Any) -> None:
+    def __init__(self, model: str | ModelSpec = DEFAULT_MODEL, **options: Any) -> None:
         """`options` are EmbedOptions' fields (pooler, proj, dim, ..., batch_tokens)."""
         o = self.options = EmbedOptions(**options)
         o.check()
@@ -160,15 +127,23 @@ class Embedder:
             # Issue 5: bf16 where the CPU supports it; emulated bf16 is ~6x slower than float32.
             self.notes.append("this CPU has no native bfloat16 (AVX512-BF16/AMX); computing in float32")
             compute_dtype = torch.float32
-        self.resolved = resolve_model(model)
-        layout = read_st_layout(self.resolved.path)
+        spec = self.spec = load_spec(model)
+        if spec.resolved is None:
+            raise ModelLoadError(f"model {model!r} has no weights on this machine (only its bundled config)")
+        self.resolved, layout = spec.resolved, spec.layout
         self.layout = layout
-        path = layout.transformer_path
+        self.notes.extend(layout.notes)
         proj_kind = None if o.proj in (None, "none") else o.proj
-        if proj_kind is not None and layout.dense:
-            raise ConfigError("this model has its own Dense layers; --proj cannot be added to it")
-        self.encoder = HFTextEncoder(str(path), pooler_type=o.pooler or layout.pooler)
-        width = self.encoder.width
+        if proj_kind is not None and layout.head:
+            raise ConfigError("this model has its own modules after pooling; --proj cannot be added to it")
+        self.encoder = HFTextEncoder(spec, pooler_type=o.pooler or layout.pooler, dtype=compute_dtype)
+        init_seed = None
+        if any(k.startswith("pooler.") for k in self.encoder.missing_keys):
+            # Issue 10: the checkpoint has no trained pooling layer; make the random one the same
+            # in every run (and every resumed run), seeded by --seed (default 0).
+            init_seed = 0 if o.seed is None else o.seed
+            _init_pooling_layer(self.encoder.transformer.pooler, self.encoder.config, init_seed)
+        width = self.encoder.pooled_width
         if proj_kind is not None:
             assert o.dim is not None  # EmbedOptions.check
             if o.seed is not None:
@@ -176,7 +151,7 @@ class Embedder:
             self.encoder.proj = build_projection(width, o.dim, proj_kind)
             self.encoder.proj_type, self.encoder.output_dim = proj_kind, o.dim
             if o.proj_weights is not None:
-                state = {k.removeprefix("proj."): v for k, v in _load_state(Path(o.proj_weights)).items()
+                state = {k.removeprefix("proj."): v for k, v in load_state(Path(o.proj_weights)).items()
                          if not k.startswith("transformer.")}
                 try:
                     self.encoder.proj.load_state_dict(state)
@@ -185,21 +160,22 @@ class Embedder:
                         f"{o.proj_weights} does not fit a {proj_kind} projection {width} -> {o.dim}: "
                         f"{str(exc).splitlines()[0]}"
                     ) from exc
-        elif o.dim is not None and o.dim != width:
+        out_dim = head_out_dim(layout, self.encoder.output_dim)
+        if proj_kind is None and o.dim is not None and o.dim != out_dim:
             raise ConfigError(
-                f"--dim {o.dim} differs from the model width {width} and there is no projection",
-                hint="add --proj linear|mlp with --proj-weights, or use --truncate-dim for Matryoshka models",
+                f"--dim {o.dim} differs from the model's output width {out_dim} and there is no projection",
+                hint="use --truncate-dim for Matryoshka models, or --proj linear|mlp with --proj-weights",
             )
-        dense = [_dense(spec) for spec in layout.dense]
-        out_dim = layout.dense[-1].out_features if layout.dense else self.encoder.output_dim
         if o.truncate_dim is not None and not 1 <= o.truncate_dim <= out_dim:
             raise ConfigError(f"--truncate-dim {o.truncate_dim} must be between 1 and the output width {out_dim}")
         self.dim = o.truncate_dim or out_dim
-        self.normalize = layout.normalize if o.normalize is None else o.normalize
-        self.normalize = bool(self.normalize)
+        self.normalize = bool(layout.normalize if o.normalize is None else o.normalize)
 
         context = self.encoder.context_length
-        tok_path = path if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file() else self.resolved.path
+        tok_path = spec.transformer_path
+        if not ((tok_path / "tokenizer_config.json").is_file() or (tok_path / "tokenizer.json").is_file()):
+            tok_path = self.resolved.path
+        self.tokenizer_path = tok_path
         try:
             hf_tok = transformers.AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
         except Exception as exc:
@@ -209,19 +185,42 @@ class Embedder:
         if o.max_length is not None and context is not None and o.max_length > context:
             raise ConfigError(f"--max-length {o.max_length} exceeds the model's {context} positions")
         self.max_length = int(o.max_length or default_max)
-        prompt_text = layout.prompts.get(o.prompt, o.prompt) if o.prompt is not None else None
-        self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text or "", layout.do_lower_case)
-        self.pipeline = Pipeline(self.encoder, dense, o.truncate_dim, self.normalize)
+        prompt_name, prompt_text = self._prompt(layout)
+        self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text, layout.do_lower_case)
+        include_prompt = layout.pooling.include_prompt if layout.pooling else True
+        skip = 0 if include_prompt or not prompt_text else self.tokenizer.prompt_length()
+        self.pipeline = Pipeline(self.encoder, build_head(layout), build_token_stage(layout),
+                                 o.truncate_dim, self.normalize, skip)
         self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens)
         self.settings = EmbedSettings(
-            model=model, pooler=self.encoder.pooler_type, proj=proj_kind or "none",
+            model=str(model if isinstance(model, str) else spec.name), pooler=self.encoder.pooler_type,
+            proj=proj_kind or "none",
             proj_weights=str(o.proj_weights) if o.proj_weights is not None else None,
             proj_untrained=proj_kind is not None and o.proj_weights is None, seed=o.seed,
             normalize=self.normalize, dim=self.dim, truncate_dim=o.truncate_dim,
-            max_length=self.max_length, prompt=prompt_text, dtype=str(compute_dtype).removeprefix("torch."),
+            max_length=self.max_length, prompt=prompt_text or None, prompt_name=prompt_name,
+            include_prompt=include_prompt, lowercase=layout.do_lower_case,
+            padding_side="left" if self.tokenizer.left_pad else "right", init_seed=init_seed,
+            dtype=str(compute_dtype).removeprefix("torch."),
             device=str(self.device), batch_tokens=self.engine.batch_tokens,
         )
         self._weights_hash: str | None = None
+
+    def _prompt(self, layout) -> tuple[str | None, str]:
+        """(name, text) of the prompt put before every text, as sentence-transformers resolves it:
+        an explicit prompt, else a named one (which must exist), else the model's default."""
+        o = self.options
+        if o.prompt is not None:
+            return None, o.prompt
+        name = o.prompt_name if o.prompt_name is not None else layout.default_prompt_name
+        if name is None:
+            return None, ""
+        if name not in layout.prompts:
+            if not layout.prompts:
+                raise ConfigError(f"prompt name {name!r}: this model defines no prompts",
+                                  hint="give the text itself with --prompt TEXT")
+            raise UnknownChoiceError("prompt name", name, layout.prompts)
+        return name, layout.prompts[name]
 
     @property
     def weights_hash(self) -> str:
@@ -229,11 +228,21 @@ class Embedder:
             # Everything that holds weights: the transformer, sentence-transformers Dense layers
             # and a projection file, so --resume notices any of them changing.
             files = weight_files(self.layout.transformer_path)
-            files += [f for spec in self.layout.dense for f in weight_files(spec.path)]
+            files += [f for path in self.layout.module_paths for f in weight_files(path)]
             if self.options.proj_weights is not None:
                 files.append(Path(self.options.proj_weights))
             self._weights_hash = hash_files(files)
         return self._weights_hash
+
+    @cached_property
+    def config_hash(self) -> str:
+        """The pipeline's configuration and tokenizer files (everything but weights), so --resume
+        notices a changed tokenizer, module config or prompt file (issue 10)."""
+        folders = {self.resolved.path, self.layout.transformer_path, self.tokenizer_path, *self.layout.module_paths}
+        files = sorted({f for d in folders for f in d.iterdir()
+                        if f.is_file() and f.suffix in _CONFIG_SUFFIXES and f not in set(weight_files(d))},
+                       key=lambda f: (f.parent.name, f.name))
+        return hash_files(files)
 
     def describe(self) -> dict[str, Any]:
         """How this embedder makes its numbers (the sidecar's model part)."""
@@ -244,34 +253,44 @@ class Embedder:
             "model_type": self.encoder.config.model_type,
             "architecture_discovered": self.encoder.arch.discovered,
             "weights_sha256": self.weights_hash,
+            "config_sha256": self.config_hash,
             "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         }
 
-    def encode(self, texts: Sequence[str], progress: Callable[[Progress], None] | None = None,
+    def encode(self, texts: str | Sequence[str], progress: Callable[[Progress], None] | None = None,
                chunk_size: int = 16384, out_dtype: Any = np.float32) -> np.ndarray:
-        """Embed `texts`; returns an (n, dim) array in input order."""
+        """Embed `texts`; returns an (n, dim) array in input order, or one (dim,) vector for a
+        single string (as sentence-transformers does)."""
         if isinstance(texts, str):
-            raise TypeError("encode() takes a sequence of texts, not a single string; wrap it in a list")
+            return self.encode([texts], progress, chunk_size, out_dtype)[0]
+        bad = next(((i, t) for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            kind = "a pair of texts (hfenc embeds single texts only)" if isinstance(bad[1], (tuple, list)) \
+                else f"a {type(bad[1]).__name__}"
+            raise InputError(f"encode() takes strings; item {bad[0]} is {kind}")
         out = np.empty((len(texts), self.dim), dtype=out_dtype)
         chunks = ((i, texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
         self.engine.run(chunks, lambda start, n: out[start : start + n], progress=progress, rows_total=len(texts))
         return out
 
 
+_CONFIG_SUFFIXES = {".json", ".txt", ".model", ".vocab", ".tiktoken"}  # configs, vocabularies, merges
 _CACHE: dict[tuple, Embedder] = {}
 
 
 def encode(
-    texts: Sequence[str],
+    texts: str | Sequence[str],
     model: str = DEFAULT_MODEL,
     *,
     progress: Callable[[Progress], None] | None = None,
     **options: Any,
 ) -> np.ndarray:
-    """Embed texts with `model`; returns an (n, d) float32 array in input order.
+    """Embed texts with `model`; returns an (n, d) float32 array in input order (a (d,) vector
+    for one string).
 
     Options are Embedder's: pooler, proj, dim, proj_weights, seed, normalize, truncate_dim,
-    max_length, prompt, device, dtype, batch_tokens. The last loaded model is kept for reuse."""
+    max_length, prompt, prompt_name, device, dtype, batch_tokens. The last loaded model is kept
+    for reuse."""
     key = (model, tuple(sorted(options.items())))
     embedder = _CACHE.get(key)
     if embedder is None:

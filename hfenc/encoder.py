@@ -18,7 +18,7 @@ from torch import nn
 
 from .archs import ARCHS, Arch, discover_arch
 from .errors import ConfigError, ModelLoadError, UnknownChoiceError
-from .models import resolve_model, weight_files
+from .models import weight_files
 from .poolers import canonical_pooler, get_pooler
 
 PROJ_TYPES = ("none", "linear", "mlp")
@@ -27,14 +27,37 @@ transformers.utils.logging.disable_progress_bar()
 
 
 def load_config(path: str | Path) -> transformers.PretrainedConfig:
+    _refuse_remote_code(Path(path) / "config.json")
     try:
         return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from exc
 
 
+def _refuse_remote_code(file: Path) -> None:
+    """A model type transformers does not know, with code of its own (`auto_map`), is refused:
+    hfenc never runs code from a model folder, and transformers would otherwise fall back to a
+    stock class named in `architectures` and fill the weights it cannot map at random (issue 9)."""
+    import json
+
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # AutoConfig reports it
+    model_type = values.get("model_type") if isinstance(values, dict) else None
+    if isinstance(values, dict) and values.get("auto_map") and model_type not in transformers.CONFIG_MAPPING:
+        raise ModelLoadError(
+            f"{file.parent}: model type {model_type!r} needs code shipped in the model folder "
+            f"({', '.join(sorted(values['auto_map'].values()))[:120]}); hfenc never runs a model's own code",
+            hint="use a model whose architecture transformers implements (see `hfenc archs`)",
+        )
+
+
 def _encoder_only(model: nn.Module, config: Any, arch: Arch | None) -> nn.Module:
-    """An encoder-decoder family missing from the table: keep its encoder, never pool the decoder."""
+    """The module hfenc keeps: the table's `stack` of the built model (T5's encoder stack, issue 9);
+    for an encoder-decoder family missing from the table its encoder, never the decoder."""
+    if arch is not None and arch.stack is not None:
+        return model.get_submodule(arch.stack)
     if arch is None and getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         return model.get_encoder()
     return model
@@ -57,14 +80,21 @@ def _build_kwargs(arch: Arch | None, add_pooling_layer: bool) -> dict[str, Any]:
     return kwargs
 
 
-def build_transformer_from_config(config: Any, arch: Arch | None, add_pooling_layer: bool) -> nn.Module:
-    """Random weights from a config (also used on the meta device by lock plans)."""
+def build_transformer_from_config(
+    config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Random weights from a config (also used on the meta device by lock plans), in float32 unless
+    `dtype` says otherwise. Issue 9: never in the config's own dtype; AutoModel.from_config builds
+    a bf16/fp16 config (a half-precision checkpoint's) in that dtype, beside a float32 projection."""
     cls = _model_class(arch)
     kwargs = _build_kwargs(arch, add_pooling_layer)
+    dtype = dtype or torch.float32
     try:
         if cls is transformers.AutoModel:
-            return _encoder_only(transformers.AutoModel.from_config(config, **kwargs), config, arch)
-        return cls(config, **kwargs)
+            model = transformers.AutoModel.from_config(config, dtype=dtype, **kwargs)
+        else:  # a concrete class ignores config.dtype and builds in torch's default dtype
+            model = cls(config, **kwargs).to(dtype)
+        return _encoder_only(model, config, arch)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ModelLoadError(
             f"transformers cannot build model type {config.model_type!r}: {str(exc).splitlines()[0]}"
@@ -128,7 +158,7 @@ class HFTextEncoder(nn.Module):
 
     def __init__(
         self,
-        model_name_or_path: str,
+        model_name_or_path: Any,
         output_dim: int | None = None,
         config: Any = None,
         pooler_type: str | None = None,
@@ -140,11 +170,14 @@ class HFTextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.output_tokens = output_tokens
-        self.model_name_or_path = model_name_or_path
         path: Path | None = None
-        if config is None:
-            path = resolve_model(model_name_or_path).path
-            config = load_config(path)
+        if config is None:  # a name, a folder or a ModelSpec: its transformer, wherever it lives
+            from .spec import load_spec
+
+            spec = load_spec(model_name_or_path)
+            path, config = spec.transformer_path, spec.config
+            model_name_or_path = spec.name
+        self.model_name_or_path = str(model_name_or_path)
         self.config = config
         arch = ARCHS.get(config.model_type)
         self.pooler_type = canonical_pooler(pooler_type or (arch.default_pooler if arch else "mean"))
@@ -161,6 +194,12 @@ class HFTextEncoder(nn.Module):
                 self.pooler_type = canonical_pooler(arch.default_pooler)
                 self.pooler = get_pooler(self.pooler_type)
         self.arch = arch
+        untrained = [k for k in self.missing_keys if not k.startswith("pooler.")]
+        if untrained:  # fail closed: a weight left at random gives confident, wrong numbers
+            raise ModelLoadError(
+                f"{path}: the checkpoint lacks {len(untrained)} weight(s) this {config.model_type} model "
+                f"needs (first: {untrained[0]}); it is not a {config.model_type} checkpoint hfenc can load exactly"
+            )
         if pretrained and any(k.startswith("pooler.") for k in self.missing_keys):
             # SPEC.md defect 9: an untrained pooling layer makes every run's embeddings differ.
             warnings.warn(
@@ -169,11 +208,12 @@ class HFTextEncoder(nn.Module):
                 stacklevel=2,
             )
         self.width = arch.width(config)
+        self.pooled_width = self.width * self.pooler.modes  # several poolers are concatenated
         self.vocab_size = int(getattr(config, "vocab_size", 0))
         self.context_length = arch.context_length(config)
-        self.output_dim = self.width if output_dim is None else int(output_dim)
+        self.output_dim = self.pooled_width if output_dim is None else int(output_dim)
         self.proj_type = proj_type
-        self.proj = build_projection(self.width, self.output_dim, proj_type)
+        self.proj = build_projection(self.pooled_width, self.output_dim, proj_type)
 
     @property
     def uses_pooling_layer(self) -> bool:
@@ -196,23 +236,35 @@ class HFTextEncoder(nn.Module):
             )
         return input_ids != pad
 
-    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def pool(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, skip: int = 0,
+        token_stage: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """Transformer, then `token_stage` (modules over all hidden states, e.g. sentence-
+        transformers' WeightedLayerPooling), then the pooler; the first `skip` real tokens of each
+        row (a prompt) are left out of the pooling."""
         mask = attention_mask.bool()
-        out = self.transformer(input_ids=input_ids, attention_mask=mask.long())
-        return self.pooler(out, mask), out
+        extra = {"output_hidden_states": True} if token_stage is not None else {}
+        out = self.transformer(input_ids=input_ids, attention_mask=mask.long(), **extra)
+        if token_stage is not None:
+            out = token_stage(out)
+        return self.pooler(out, mask, skip), out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if attention_mask is None:
             attention_mask = self.attention_mask_for(input_ids)
         pooled, out = self.pool(input_ids, attention_mask)
-        weight = next(self.proj.parameters(), None)
-        projected = self.proj(pooled.to(weight.dtype) if weight is not None else pooled)
+        projected = self.project(pooled)
         if not self.output_tokens:
             return projected
         tokens = out.last_hidden_state
-        if self.pooler_type in ("cls", "cls_last_hidden_state"):
-            tokens = tokens[:, 1:]  # the seed drops the position the cls pooler used
+        if self.pooler_type == "cls":
+            tokens = tokens[:, 1:]  # as open_clip: only its ClsPooler drops the position it used
         return projected, tokens
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        weight = next(self.proj.parameters(), None)
+        return self.proj(pooled.to(weight.dtype) if weight is not None else pooled)
 
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
         """Freeze for fine-tuning, leaving the last `unlocked_layers` blocks trainable.

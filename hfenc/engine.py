@@ -107,25 +107,41 @@ class TextTokenizer:
         if pad is None:
             pad = hf_tokenizer.eos_token_id if hf_tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)  # masked out, so any id works; the tokenizer's own keeps parity
+        self.left_pad = getattr(hf_tokenizer, "padding_side", "right") == "left"
         backend = getattr(hf_tokenizer, "backend_tokenizer", None)
         self.fast = None
         if backend is not None:
-            from tokenizers import Tokenizer
+            from tokenizers import Tokenizer, normalizers
 
             self.fast = Tokenizer.from_str(backend.to_str())  # a copy: never mutate the user's
             self.fast.no_padding()
             side = getattr(hf_tokenizer, "truncation_side", "right")
             self.fast.enable_truncation(self.max_length, direction="left" if side == "left" else "right")
+            if lowercase:  # as sentence-transformers does it: a Lowercase normalizer run first
+                current = self.fast.normalizer
+                self.fast.normalizer = normalizers.Sequence(
+                    [normalizers.Lowercase(), *([current] if current is not None else [])])
 
-    def _prepare(self, texts: Sequence[str]) -> list[str]:
-        if self.prefix:
-            texts = [self.prefix + t for t in texts]
-        if self.lowercase:
+    def _prepare(self, texts: Sequence[str], prefix: str) -> list[str]:
+        if prefix:
+            texts = [prefix + t for t in texts]
+        if self.lowercase and self.fast is None:
             texts = [t.lower() for t in texts]
         return list(texts)
 
+    def prompt_length(self) -> int:
+        """Tokens of the prompt at the start of every row, as sentence-transformers counts them:
+        the prompt tokenized alone, less a trailing special token (EOS/SEP)."""
+        tok = self._tokenize(self._prepare([self.prefix], ""))
+        n = int(tok.lengths[0])
+        if n and int(tok.flat[n - 1]) in set(self.hf.all_special_ids):
+            n -= 1
+        return n
+
     def __call__(self, texts: Sequence[str]) -> Tokenized:
-        texts = self._prepare(texts)
+        return self._tokenize(self._prepare(texts, self.prefix))
+
+    def _tokenize(self, texts: list[str]) -> Tokenized:
         if self.fast is not None:
             encodings = self.fast.encode_batch_fast(texts)
             lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
@@ -152,11 +168,14 @@ def plan_batches(sorted_lengths: np.ndarray, batch_tokens: int) -> list[tuple[in
     return batches
 
 
-def pad_rows(tok: Tokenized, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded ids and boolean mask for the given rows, without a per-row Python loop."""
+def pad_rows(tok: Tokenized, rows: np.ndarray, pad_id: int, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Padded ids and boolean mask for the given rows (right padding, or left as the tokenizer
+    says), without a per-row Python loop."""
     lengths = tok.lengths[rows]
     width = max(int(lengths.max()), 1)
     mask = np.arange(width)[None, :] < lengths[:, None]
+    if left:
+        mask = np.ascontiguousarray(mask[:, ::-1])  # the same tokens, in the same order, at the end
     starts = tok.offsets[rows]
     # Index of every real token in `flat`, in row-major order of the padded batch.
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -193,7 +212,10 @@ class Engine:
         dtype: torch.dtype,
         batch_tokens: int | None = None,
     ) -> None:
-        self.module = encode_fn.eval().to(device=device, dtype=dtype)
+        # Moved, never cast: the transformer was loaded in `dtype` by transformers itself, which
+        # keeps what must stay float32 (rotary inv_freq, _keep_in_fp32_modules); the head is
+        # float32 (issue 9: casting a RoPE model's buffers to bf16 skews positions).
+        self.module = encode_fn.eval().to(device=device)
         self.tokenizer = tokenizer
         self.device, self.dtype = device, dtype
         self.batch_tokens = int(batch_tokens or default_batch_tokens(device))
@@ -213,7 +235,7 @@ class Engine:
         results, positions = [], []
         for start, end in plan_batches(tok.lengths[order], self.batch_tokens):
             rows = order[start:end]
-            ids, mask = pad_rows(tok, rows, self.tokenizer.pad_id)
+            ids, mask = pad_rows(tok, rows, self.tokenizer.pad_id, self.tokenizer.left_pad)
             out = self.module(self._to_device(ids), self._to_device(mask))
             results.append(out.float())  # stays on the device: one copy back per chunk
             positions.append(rows)

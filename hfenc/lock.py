@@ -8,11 +8,14 @@ idempotent and can unfreeze; the CLI renders it.
 
 Two styles:
 - hfenc (default): the last N blocks train; a final norm after the blocks goes with the last
-  block; the head (HF pooling layer, projection) always trains; N = L+1 also unlocks the
+  block; the head (HF pooling layer, projection, a model folder's own modules after the
+  transformer) always trains; N = L+1 also unlocks the
   embeddings (and parameters shared by all blocks); 0 <= N <= L+1.
 - open_clip: what open_clip's `HFTextEncoder.lock()` really does (SPEC.md defect 5): freeze
   `[embeddings, block_0 .. block_L-1][:-N]`, the whole transformer when N = 0, norms found by the
   literal name `LayerNorm` only. The plan carries one warning per place this differs from hfenc.
+  Where open_clip 3.3.0 itself raises (a model type it has no entry for; N != 0 for bert and
+  m2m_100) there is no plan: a ConfigError says so (issue 9).
 """
 
 from __future__ import annotations
@@ -29,6 +32,28 @@ from .errors import ConfigError, UnknownChoiceError
 
 Style = Literal["hfenc", "open_clip"]
 STYLES = ("hfenc", "open_clip")
+
+OPEN_CLIP_VERSION = "3.3.0"
+# Issue 9: what open_clip 3.3.0's hf_configs.arch_dict knows, model type -> the `layer_attr` its
+# lock() reads (None: the entry has none). Any other model type fails in its constructor; with no
+# layer_attr, lock(N != 0) raises KeyError('layer_attr'). Found by running open_clip's own lock()
+# (tests/test_open_clip.py), so hfenc says it cannot instead of planning what never runs.
+OPEN_CLIP_LAYER_ATTR: dict[str, str | None] = {
+    "bert": None, "m2m_100": None, "mt5": "block", "roberta": "layer", "xlm-roberta": "layer",
+}
+
+
+def open_clip_refusal(model_type: str, unlocked: int) -> str | None:
+    """Why open_clip 3.3.0 cannot lock this model type with `unlocked` layers, or None if it can."""
+    if model_type not in OPEN_CLIP_LAYER_ATTR:
+        return (f"open_clip {OPEN_CLIP_VERSION} has no entry for model type {model_type!r}, so its "
+                f"HFTextEncoder cannot be built; it knows: {', '.join(sorted(OPEN_CLIP_LAYER_ATTR))}")
+    if unlocked and OPEN_CLIP_LAYER_ATTR[model_type] is None:
+        return (f"open_clip {OPEN_CLIP_VERSION} cannot lock {model_type} with unlocked_layers={unlocked}: "
+                f"its lock() raises KeyError('layer_attr') (the table has no layer_attr for {model_type}); "
+                "only unlocked_layers=0 works there")
+    return None
+
 
 @dataclass(frozen=True)
 class ParamGroup:
@@ -54,6 +79,7 @@ class LockPlan:
     groups: tuple[ParamGroup, ...]
     trainable: frozenset[str]
     warnings: tuple[str, ...] = field(default=())
+    pooler: str = ""  # the pooler the plan assumed (it decides whether BERT's pooling layer exists)
 
     @property
     def total(self) -> int:
@@ -85,7 +111,8 @@ class LockPlan:
                 ]
             groups.append(entry)
         return {
-            "model": self.model, "model_type": self.model_type, "style": self.style, "unlocked": self.unlocked,
+            "model": self.model, "model_type": self.model_type, "pooler": self.pooler, "style": self.style,
+            "unlocked": self.unlocked,
             "num_layers": self.num_layers, "freeze_layer_norm": self.freeze_layer_norm,
             "total_params": self.total, "trainable_params": self.trainable_count,
             "trainable_share": self.trainable_count / self.total if self.total else 0.0,
@@ -93,19 +120,28 @@ class LockPlan:
         }
 
 
-def _groups(encoder: nn.Module) -> list[ParamGroup]:
+def _groups(encoder: nn.Module, head: nn.Module | None = None) -> list[ParamGroup]:
+    """`head`: a model folder's modules around the pooler (sentence-transformers Dense,
+    LayerNorm, WeightedLayerPooling), named `head.*`; like the projection, they always train."""
     arch = encoder.arch
     owners = {}
-    for mod_name, module in encoder.named_modules():
-        for p_name, _ in module.named_parameters(recurse=False):
-            owners[f"{mod_name}.{p_name}" if mod_name else p_name] = module
+    tree = nn.ModuleDict({"head": head}) if head is not None else None
+    for source in (encoder, tree):
+        for mod_name, module in (source.named_modules() if source is not None else ()):
+            for p_name, _ in module.named_parameters(recurse=False):
+                owners[f"{mod_name}.{p_name}" if mod_name else p_name] = module
     num_layers = len(encoder.transformer.get_submodule(arch.blocks))
     prefix_blocks = f"transformer.{arch.blocks}."
     buckets: dict[str, tuple[str, list[tuple[str, int, bool]]]] = {}
     order = ["embeddings", "shared", *[f"layer.{i}" for i in range(num_layers)],
-             "final_norm", "pooling_layer", "projection"]
-    for name, param in encoder.named_parameters():  # tied weights appear once
-        if name.startswith("proj."):
+             "final_norm", "pooling_layer", "projection", "head"]
+    params = list(encoder.named_parameters())  # tied weights appear once
+    if tree is not None:
+        params += list(tree.named_parameters())
+    for name, param in params:
+        if name.startswith("head."):
+            key, kind = "head", "head"
+        elif name.startswith("proj."):
             key, kind = "projection", "projection"
         elif name.startswith(prefix_blocks):
             key, kind = f"layer.{name[len(prefix_blocks):].split('.', 1)[0]}", "block"
@@ -148,7 +184,7 @@ def _open_clip_trainable(groups: list[ParamGroup], n: int, freeze_layer_norm: bo
 
     trainable = {p for g in groups for p in g.params}
     if not n:
-        targets = [g for g in groups if g.kind != "projection"]  # the whole transformer
+        targets = [g for g in groups if g.kind not in ("projection", "head")]  # the whole transformer
     else:
         ordered = [g for g in groups if g.kind == "embeddings"] + [g for g in groups if g.kind == "block"]
         targets = ordered[:-n]
@@ -214,17 +250,13 @@ def plan_lock(
 
     if style not in STYLES:
         raise UnknownChoiceError("lock style", style, STYLES)
+    head = None
     if isinstance(target, HFTextEncoder):
         encoder, name = target, target.model_name_or_path
     else:
-        config, name = _config_for(target)
-        with torch.device("meta"):  # shapes only: no weights read, no memory spent
-            encoder = HFTextEncoder(
-                name, output_dim=dim, config=config, pooler_type=pooler,
-                proj_type=None if proj in (None, "none") else proj, pretrained=False,
-            )
+        encoder, head, name = meta_model(target, pooler=pooler, proj=proj, dim=dim)
     num_layers = len(encoder.transformer.get_submodule(encoder.arch.blocks))
-    groups = _groups(encoder)
+    groups = _groups(encoder, head)
     if style == "hfenc" and not 0 <= unlocked <= num_layers + 1:
         raise ConfigError(
             f"--unlocked {unlocked} is out of range for {num_layers} blocks; choose 0..{num_layers + 1} "
@@ -234,27 +266,51 @@ def plan_lock(
     warnings: list[str] = []
     trainable = ours
     if style == "open_clip":
+        refusal = open_clip_refusal(encoder.config.model_type, unlocked)
+        if refusal:
+            raise ConfigError(refusal)
         trainable = _open_clip_trainable(groups, unlocked, freeze_layer_norm)
         warnings = _differences(groups, ours, trainable, unlocked, num_layers)
     return LockPlan(
         name, encoder.config.model_type, style, unlocked, num_layers, freeze_layer_norm,
-        tuple(groups), frozenset(trainable), tuple(warnings),
+        tuple(groups), frozenset(trainable), tuple(warnings), encoder.pooler_type,
     )
 
 
-def _config_for(target: Any) -> tuple[Any, str]:
-    from .encoder import load_config
-    from .models import bundled_config, resolve_model
+def meta_model(target: Any, pooler: str | None = None, proj: str | None = None,
+               dim: int | None = None) -> tuple[Any, nn.Module | None, str]:
+    """(HFTextEncoder, head or None, name) on the meta device, as `embed` would build them for a
+    model name, a ModelSpec or a config: shapes only, no weights read, no memory spent."""
+    from .encoder import HFTextEncoder
 
-    if isinstance(target, (str, Path)):
-        name = str(target)
-        if not Path(name).expanduser().is_dir():
-            bundled = bundled_config(name)
-            if bundled is not None:
-                return bundled, name
-        return load_config(resolve_model(name, config_only=True).path), name
+    config, name, layout = _config_for(target)
+    with torch.device("meta"):
+        encoder = HFTextEncoder(
+            name, output_dim=dim, config=config, pooler_type=pooler or (layout.pooler if layout else None),
+            proj_type=None if proj in (None, "none") else proj, pretrained=False,
+        )
+        head = _layout_head(layout) if layout is not None else None
+    return encoder, head, name
+
+
+def _layout_head(layout: Any) -> nn.Module | None:
+    """The model folder's own modules (token stage, then head), as `embed` builds them."""
+    from .head import build_head, build_token_stage
+
+    stage, head = build_token_stage(layout, load=False), build_head(layout, load=False)
+    modules = [*(stage or ()), *head]
+    return nn.Sequential(*modules) if modules else None
+
+
+def _config_for(target: Any) -> tuple[Any, str, Any]:
+    """(config, name, layout or None) for a model name, a ModelSpec or a bare config."""
+    from .spec import ModelSpec, load_spec
+
+    if isinstance(target, (str, Path, ModelSpec)):
+        spec = load_spec(str(target) if isinstance(target, Path) else target, config_only=True, bundled_ok=True)
+        return spec.config, spec.name, spec.layout
     if hasattr(target, "model_type"):
-        return target, str(getattr(target, "_name_or_path", "") or target.model_type)
+        return target, str(getattr(target, "_name_or_path", "") or target.model_type), None
     raise TypeError(f"plan_lock takes an HFTextEncoder, a config or a model name, not {type(target).__name__}")
 
 
@@ -269,4 +325,4 @@ def apply_lock(module: nn.Module, plan: LockPlan) -> None:
         param.requires_grad_(name in plan.trainable)
 
 
-__all__ = ["LockPlan", "ParamGroup", "apply_lock", "plan_lock"]
+__all__ = ["LockPlan", "ParamGroup", "apply_lock", "meta_model", "plan_lock"]

@@ -12,12 +12,12 @@ from importlib import resources
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from .errors import ConfigError, ModelNotFoundError
+from .errors import ModelNotFoundError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Short names people type for the packaged default.
@@ -60,7 +60,8 @@ def _packaged_default() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "2_Dense/*", "*/config.json"]
+# Root files plus sentence-transformers module folders (0_Transformer/, 1_Pooling/, 2_Dense/, ...).
+_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"]
 
 
 def _from_cache(repo_id: str, config_only: bool = False) -> Path | None:
@@ -166,86 +167,6 @@ def hash_files(files: list[Path], chunk: int = 1 << 22) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# ---- sentence-transformers folders (modules.json, 1_Pooling, 2_Dense, Normalize) -------------
-
-_ST_POOLING_MODES = {
-    "pooling_mode_cls_token": "cls_last_hidden_state",  # ST's CLS is position 0, not pooler_output
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_weightedmean_tokens": "weighted_mean",
-    "pooling_mode_lasttoken_tokens": "last_token",
-}
-
-
-@dataclass(frozen=True)
-class DenseSpec:
-    path: Path
-    in_features: int
-    out_features: int
-    bias: bool
-    activation: str  # dotted torch class name, e.g. torch.nn.modules.activation.Tanh
-
-
-@dataclass(frozen=True)
-class STLayout:
-    """What a sentence-transformers folder says; every field None/empty when it is not one."""
-
-    transformer_path: Path
-    pooler: str | None = None
-    dense: tuple[DenseSpec, ...] = ()
-    normalize: bool | None = None
-    max_seq_length: int | None = None
-    do_lower_case: bool = False
-    prompts: dict[str, str] = field(default_factory=dict)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-
-
-def read_st_layout(path: Path) -> STLayout:
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return STLayout(path)
-    modules = _read_json(modules_file)
-    transformer_path, pooler, dense, normalize = path, None, [], False
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        sub = path / module.get("path", "")
-        if kind == "Transformer":
-            transformer_path = sub
-        elif kind == "Pooling":
-            cfg = _read_json(sub / "config.json")
-            modes = [_ST_POOLING_MODES[k] for k, v in cfg.items() if k in _ST_POOLING_MODES and v]
-            if len(modes) != 1:
-                raise ConfigError(
-                    f"{sub}: hfenc supports exactly one pooling mode, this model combines {modes or 'none'}"
-                )
-            pooler = modes[0]
-        elif kind == "Dense":
-            cfg = _read_json(sub / "config.json")
-            dense.append(DenseSpec(
-                sub, int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg.get("bias", True)),
-                str(cfg.get("activation_function", "torch.nn.modules.linear.Identity")),
-            ))
-        elif kind == "Normalize":
-            normalize = True
-    st_config = transformer_path / "sentence_bert_config.json"
-    if not st_config.is_file():
-        st_config = path / "sentence_bert_config.json"
-    st = _read_json(st_config) if st_config.is_file() else {}
-    st_root = path / "config_sentence_transformers.json"
-    prompts = _read_json(st_root).get("prompts", {}) if st_root.is_file() else {}
-    return STLayout(
-        transformer_path, pooler, tuple(dense), normalize, st.get("max_seq_length"),
-        bool(st.get("do_lower_case", False)), dict(prompts or {}),
-    )
-
-
 # ---- bundled configs (values only) for offline lock plans and `hfenc info` -------------------
 
 # Hub names people use for the bundled configs (the canonical org-prefixed ids too).
@@ -267,17 +188,29 @@ def bundled_config_names() -> list[str]:
 
 
 def is_bundled(name: str) -> bool:
+    return _bundled_file(name).is_file()
+
+
+# Bundled sentence-transformers models and their pooling (the rest of their layout is the
+# transformer alone), so an offline plan of one matches what `embed` runs.
+_BUNDLED_ST_POOLERS = {"sentence-transformers/all-MiniLM-L6-v2": "mean"}
+
+
+def _bundled_file(name: str) -> Any:
     name = _BUNDLED_ALIASES.get(name, name)
-    return resources.files("hfenc.configs").joinpath(name.replace("/", "--") + ".json").is_file()
+    return resources.files("hfenc.configs").joinpath(name.replace("/", "--") + ".json")
 
 
 def bundled_config(name: str) -> Any | None:
     """The packaged config (values only) for a model people plan often, or None."""
     import transformers
 
-    name = _BUNDLED_ALIASES.get(name, name)
-    file = resources.files("hfenc.configs").joinpath(name.replace("/", "--") + ".json")
+    file = _bundled_file(name)
     if not file.is_file():
         return None
     values = json.loads(file.read_text(encoding="utf-8"))
     return transformers.AutoConfig.for_model(**values)
+
+
+def bundled_st_pooler(name: str) -> str | None:
+    return _BUNDLED_ST_POOLERS.get(_BUNDLED_ALIASES.get(name, name))

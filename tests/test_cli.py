@@ -361,7 +361,7 @@ def test_hub_name_offline_fails_fast_with_where_it_looked(data):
     (["--on-overflow", "drop"], ["unknown overflow policy 'drop'; choose one of: error, truncate"], None),
     (["--encoding-errors", "ignore"], ["'ignore'; choose one of: replace, strict"], None),
     (["--truncate-dim", "64"], ["--truncate-dim 64", "output width 32"], None),
-    (["--dim", "8"], ["--dim 8 differs from the model width 32"], "--proj"),
+    (["--dim", "8"], ["--dim 8 differs from the model's output width 32"], "--proj"),
     (["--proj", "linear", "--dim", "8"], ["a linear projection needs trained weights"], "--seed"),
     (["--proj", "mlp"], ["--proj mlp needs --dim"], None),
     (["--proj", "linear", "--dim", "8", "--proj-weights", "no-such-file.pt"], ["no-such-file.pt", "does not exist"],

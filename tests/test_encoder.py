@@ -384,7 +384,7 @@ def test_output_tokens_returns_projection_and_tokens(tiny_model_dir, pooler):
     assert isinstance(result, tuple) and len(result) == 2
     projected, tokens = result
     torch.testing.assert_close(projected, projected_only)
-    skip = 1 if pooler in ("cls", "cls_last_hidden_state") else 0  # the seed drops the cls position
+    skip = 1 if pooler == "cls" else 0  # open_clip drops the cls position for its ClsPooler only
     assert tokens.shape == (3, ids.shape[1] - skip, WIDTH)
     torch.testing.assert_close(tokens, hidden[:, skip:])
 
@@ -406,7 +406,7 @@ def test_encoder_decoder_loads_only_the_encoder_with_the_checkpoints_weights(tin
     assert len(ours) == len({id(p) for p in reference.parameters()})
     torch.testing.assert_close(
         encoder.transformer.get_input_embeddings().weight, full.get_input_embeddings().weight, atol=0, rtol=0)
-    blocks_name = encoder.arch.blocks.rpartition(".")[2]  # encoder.block -> block, layers -> layers
+    blocks_name = encoder.arch.blocks.rpartition(".")[2]  # the stack's own path: block, layers
     ours_blocks = dict(encoder.transformer.get_submodule(encoder.arch.blocks).named_parameters())
     ref_blocks = dict(reference.get_submodule(blocks_name).named_parameters())
     assert ours_blocks.keys() == ref_blocks.keys()
@@ -431,3 +431,26 @@ def test_cls_pooler_without_trained_pooling_weights_warns(tmp_path, tiny_model_d
         warnings.simplefilter("error", UserWarning)
         encoder = HFTextEncoder(str(tiny_model_dir("roberta")), pooler_type="cls")
     assert encoder.uses_pooling_layer
+
+
+# ---- issue 9: building from a config never takes the config's dtype --------------------------------
+
+@pytest.mark.parametrize("attr,dtype", [("dtype", torch.bfloat16), ("dtype", "float16"), ("torch_dtype", torch.float16)])
+@pytest.mark.parametrize("model_type", TYPES)
+def test_build_from_a_half_precision_config_stays_float32(model_type, attr, dtype):
+    config = tiny_models.tiny_config(model_type)
+    setattr(config, attr, dtype)
+    assert config.dtype in (torch.bfloat16, torch.float16, "float16")  # really set (torch_dtype: an alias)
+    torch.manual_seed(0)
+    encoder = HFTextEncoder("tiny", output_dim=16, config=config, proj_type="linear", pretrained=False).eval()
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+    torch.manual_seed(0)  # the same tower from a config that states no dtype
+    plain = HFTextEncoder("tiny", output_dim=16, config=tiny_models.tiny_config(model_type), proj_type="linear",
+                          pretrained=False).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        got = encoder(ids, mask)
+        expected = plain(ids, mask)
+    assert got.dtype == torch.float32 and got.shape == (2, 16)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

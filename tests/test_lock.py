@@ -33,7 +33,7 @@ from hfenc.cli import app
 from hfenc.encoder import HFTextEncoder
 from hfenc.errors import ConfigError, HfencError
 from hfenc.lock import LockPlan, apply_lock, plan_lock
-from hfenc.models import bundled_config, bundled_config_names
+from hfenc.models import bundled_config, bundled_st_pooler, bundled_config_names
 
 FAMILIES = sorted(ARCHS)
 L = tiny_models.LAYERS  # blocks in every tiny model
@@ -63,6 +63,24 @@ NORM_ATTRS = {
     "qwen3": {"input_layernorm", "post_attention_layernorm", "norm", "q_norm", "k_norm"},
     "distilbert": {"LayerNorm", "sa_layer_norm", "output_layer_norm"},
 }
+# What open_clip 3.3.0 itself can lock (issue 9; hand-written here, checked against the real
+# open_clip in test_open_clip.py): the families its arch_dict has, and of those the ones whose entry
+# names a layer_attr, which its lock(N != 0) reads. Elsewhere style="open_clip" refuses.
+OPEN_CLIP_FAMILIES = {"bert", "roberta", "xlm-roberta", "mt5", "m2m_100"}
+OPEN_CLIP_WITH_LAYER_ATTR = {"roberta", "xlm-roberta", "mt5"}
+
+
+def open_clip_can(model_type: str, k: int) -> bool:
+    return model_type in OPEN_CLIP_FAMILIES and (k == 0 or model_type in OPEN_CLIP_WITH_LAYER_ATTR)
+
+
+def refused_in_open_clip_style(encoder: HFTextEncoder, k: int, **kwargs) -> bool:
+    """True, after checking that plan_lock refuses, where open_clip 3.3.0 cannot lock with k."""
+    if open_clip_can(encoder.config.model_type, k):
+        return False
+    with pytest.raises(ConfigError, match=r"^open_clip 3\.3\.0 (cannot lock|has no entry for)"):
+        plan_lock(encoder, k, style="open_clip", **kwargs)
+    return True
 
 # ---- tiny encoders, built once per module ---------------------------------------------------
 
@@ -177,6 +195,8 @@ def test_groups_partition_the_parameters_and_apply_sets_exactly_the_plan(model_t
     for style in ("hfenc", "open_clip"):
         for n in (0, 1, L, L + 1):
             for fln in (True, False):
+                if style == "open_clip" and refused_in_open_clip_style(encoder, n, freeze_layer_norm=fln):
+                    continue
                 plan = plan_lock(encoder, n, freeze_layer_norm=fln, style=style)
                 assert isinstance(plan, LockPlan) and plan.num_layers == L
                 listed = [p for g in plan.groups for p in g.params]
@@ -214,8 +234,12 @@ def test_apply_is_idempotent_and_unfreezes(model_type, variant):
     encoder = tiny_encoder(model_type, variant)
     for style in ("hfenc", "open_clip"):
         for fln in (True, False):
+            if style == "open_clip" and refused_in_open_clip_style(encoder, 0, freeze_layer_norm=fln):
+                continue
             none = plan_lock(encoder, 0, freeze_layer_norm=fln, style=style)
             for n in (1, L, L + 1):
+                if style == "open_clip" and refused_in_open_clip_style(encoder, n, freeze_layer_norm=fln):
+                    continue
                 wide = plan_lock(encoder, n, freeze_layer_norm=fln, style=style)
                 apply_lock(encoder, wide)
                 once = grad_map(encoder)
@@ -270,7 +294,7 @@ def test_bert_last_n_blocks_and_head_always_trainable():
 
 
 @pytest.mark.parametrize("model_type,final_norm", [
-    ("t5", "transformer.encoder.final_layer_norm.weight"),
+    ("t5", "transformer.final_layer_norm.weight"),
     ("modernbert", "transformer.final_norm.weight"),
     ("llama", "transformer.norm.weight"),
 ])
@@ -319,6 +343,8 @@ def test_open_clip_style_reproduces_the_seed(model_type, variant):
     encoder = tiny_encoder(model_type, variant)
     for k in OPEN_CLIP_KS:
         for fln in (True, False):
+            if refused_in_open_clip_style(encoder, k, freeze_layer_norm=fln):
+                continue
             plan = plan_lock(encoder, k, freeze_layer_norm=fln, style="open_clip")
             theirs = open_clip_lock(encoder, k, fln)
             assert set(plan.trainable) == theirs, (k, fln)
@@ -334,6 +360,8 @@ def test_open_clip_warnings_exactly_where_the_styles_differ(model_type, variant)
         if k == L + 1:
             continue  # see test_open_clip_style_at_l_plus_1_agrees_and_does_not_warn
         for fln in (True, False):
+            if refused_in_open_clip_style(encoder, k, freeze_layer_norm=fln):
+                continue
             warnings = plan_lock(encoder, k, freeze_layer_norm=fln, style="open_clip").warnings
             text = "\n".join(warnings)
             theirs = open_clip_lock(encoder, k, fln)
@@ -351,10 +379,12 @@ def test_open_clip_warnings_exactly_where_the_styles_differ(model_type, variant)
                     assert g.name in text, (k, fln, g.name, warnings)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "t5", "mpnet"])
+@pytest.mark.parametrize("model_type", ["roberta", "mt5", "bert", "t5", "mpnet"])
 def test_open_clip_style_at_l_plus_1_agrees_and_does_not_warn(model_type):
     encoder = tiny_encoder(model_type)
     for fln in (True, False):
+        if refused_in_open_clip_style(encoder, L + 1, freeze_layer_norm=fln):  # bert, t5, mpnet
+            continue
         plan = plan_lock(encoder, L + 1, freeze_layer_norm=fln, style="open_clip")
         assert set(plan.trainable) == plan_lock(encoder, L + 1, freeze_layer_norm=fln).trainable
         assert plan.warnings == ()
@@ -366,19 +396,27 @@ def test_open_clip_warnings_examples():
     assert len(w) == 1 and "pooling_layer" in w[0]
     assert {"transformer.pooler.dense.weight"}.isdisjoint(plan_lock(bert_cls, 0, style="open_clip").trainable)
 
+    # Issue 9: open_clip 3.3.0's bert entry has no layer_attr, so its lock(1) raises: no plan.
     bert_mean = HFTextEncoder("tiny", config=tiny_config("bert"), pooler_type="mean", pretrained=False)
-    assert plan_lock(bert_mean, 1, style="open_clip").warnings == ()
-    assert plan_lock(bert_mean, 1, freeze_layer_norm=False, style="open_clip").warnings == ()
+    with pytest.raises(ConfigError, match=r"cannot lock bert with unlocked_layers=1: its lock\(\) raises "
+                                          r"KeyError\('layer_attr'\)"):
+        plan_lock(bert_mean, 1, style="open_clip")
+    roberta_mean = HFTextEncoder("tiny", config=tiny_config("roberta"), pooler_type="mean", pretrained=False)
+    assert plan_lock(roberta_mean, 1, style="open_clip").warnings == ()
+    assert plan_lock(roberta_mean, 1, freeze_layer_norm=False, style="open_clip").warnings == ()
 
-    w = plan_lock(tiny_encoder("mpnet"), 1, style="open_clip").warnings
-    assert len(w) == 1 and w[0].startswith("shared")
+    # mpnet (whose shared relative bias open_clip would leave trainable) is not in open_clip at all.
+    with pytest.raises(ConfigError, match="has no entry for model type 'mpnet'"):
+        plan_lock(tiny_encoder("mpnet"), 1, style="open_clip")
 
-    w = plan_lock(tiny_encoder("bert"), L + 3, style="open_clip").warnings
+    w = plan_lock(tiny_encoder("roberta"), L + 3, style="open_clip").warnings
     assert any("freezes nothing" in x for x in w)
-    assert plan_lock(tiny_encoder("bert"), L + 3, style="open_clip").trainable == {
-        n for n, _ in tiny_encoder("bert").named_parameters()}
+    assert plan_lock(tiny_encoder("roberta"), L + 3, style="open_clip").trainable == {
+        n for n, _ in tiny_encoder("roberta").named_parameters()}
 
-    t5 = tiny_encoder("t5")
+    with pytest.raises(ConfigError, match="has no entry for model type 't5'"):
+        plan_lock(tiny_encoder("t5"), 1, style="open_clip")
+    t5 = tiny_encoder("mt5")  # the T5 family open_clip knows
     assert plan_lock(t5, 1, style="open_clip").warnings == ()
     w = plan_lock(t5, 0, freeze_layer_norm=False, style="open_clip").warnings
     assert len(w) == 1 and "norm" in w[0] and "LayerNorm" in w[0]
@@ -453,7 +491,8 @@ def test_bundled_totals_match_transformers_on_meta_without_weights(name, no_weig
     assert all(p.is_meta for p in transformer.parameters())
     config = bundled_config(name)
     has_pooler = any(g.kind == "pooling_layer" for g in plan.groups)
-    assert has_pooler == (config.model_type == "bert")  # bert defaults to cls (with its pooler)
+    # bert defaults to cls (with its pooler); a sentence-transformers model pools its own way
+    assert has_pooler == (config.model_type == "bert" and bundled_st_pooler(name) is None)
     assert plan.model_type == config.model_type
     assert plan.total == reference_numel(config, has_pooler)
 

@@ -4,13 +4,18 @@
 the tokenizer files of a ~tens-of-KB random model, so that tests exercise the normal
 offline ``from_pretrained`` path.  Nothing is downloaded: the tokenizer is a
 lowercasing ``tokenizers`` WordLevel model over ``WORDS`` plus the family's special
-tokens (for qwen2/qwen3 a byte-level BPE in which every word of WORDS is one token).
+tokens (for qwen2/qwen3 a byte-level BPE in which every word of WORDS is one token; for
+gemma3_text a Gemma-style "▁" BPE with byte fallback, likewise one token per word).
+
+``EXTRA_MODEL_TYPES`` are families that ``save_tiny_model`` builds but that are kept out of
+``MODEL_TYPES`` (which the architecture-table tests compare with hfenc's ARCHS one to one).
 
 Run ``python tests/tiny_models.py`` for a self-check of all families.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +31,8 @@ MODEL_TYPES: tuple[str, ...] = (
     "deberta-v2", "modernbert", "t5", "mt5", "umt5", "m2m_100",
     "qwen2", "qwen3", "mistral", "llama",
 )
+# Built on request only (e.g. by tests/st_layouts.py); not part of MODEL_TYPES, see the docstring.
+EXTRA_MODEL_TYPES: tuple[str, ...] = ("gemma3_text",)
 
 WORDS: list[str] = """
 the a an and or but of to in on at for with from by is are was were be been it this
@@ -66,6 +73,9 @@ _SPECIALS: dict[str, dict[str, str | None]] = {
                     {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}),
     **dict.fromkeys(("qwen2", "qwen3"),  # Qwen2.5-instruct style; byte-level BPE has no unk
                     {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "unk_token": None}),
+    # Gemma 3 / EmbeddingGemma ids: <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4.
+    "gemma3_text": {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>",
+                    "unk_token": "<unk>", "mask_token": "<mask>"},
 }
 
 
@@ -81,6 +91,8 @@ def _template(model_type: str, sp: dict[str, str]) -> tuple[str, str]:
         return "eng_Latn $A </s>", "eng_Latn $A $B </s>"
     if model_type in ("llama", "mistral"):  # BOS as in Llama, plus appended EOS
         return "<s> $A </s>", "<s> $A </s> <s> $B </s>"
+    if model_type == "gemma3_text":  # EmbeddingGemma: BOS first, EOS appended
+        return "<bos> $A <eos>", "<bos> $A <eos> $B <eos>"
     eos = sp["eos_token"]  # qwen: no BOS, EOS appended
     return f"$A {eos}", f"$A {eos} $B {eos}"
 
@@ -118,12 +130,40 @@ def _byte_level_bpe(special_list: list[str]) -> Tokenizer:
     return tok
 
 
+def _gemma_tokenizer(special_list: list[str]) -> transformers.PreTrainedTokenizerBase:
+    """Gemma-style BPE: spaces become "▁" (no prefix space, no pre-tokenizer split), byte
+    fallback through <0x00>..<0xFF>, and merges that make every word of WORDS (bare, after a
+    space, capitalised) one token.  transformers 5 loads model_type "gemma3_text" with
+    GemmaTokenizer, which rebuilds its own BPE pipeline from tokenizer.json's vocab + merges
+    (keeping only the post-processor), so a WordLevel tokenizer.json would be mangled; this
+    one is built in exactly that pipeline."""
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    bpe.normalizer = normalizers.Replace(" ", "\u2581")
+    corpus = [v for w in WORDS for c in (w, w.capitalize()) for v in (c, " " + c)]
+    trainer = trainers.BpeTrainer(vocab_size=10_000, min_frequency=1, show_progress=False,
+                                  special_tokens=special_list + byte_tokens)
+    bpe.train_from_iterator(corpus, trainer)  # deterministic (~870 tokens), words never merge
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    sp = _SPECIALS["gemma3_text"]
+    tok = transformers.GemmaTokenizer(vocab=state["vocab"], merges=merges, model_max_length=MAX_LEN,
+                                      padding_side="right", **sp)
+    single, pair = _template("gemma3_text", sp)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair,
+        special_tokens=[(t, tok.convert_tokens_to_ids(t)) for t in ("<bos>", "<eos>")])
+    return tok
+
+
 def make_tokenizer(model_type: str) -> transformers.PreTrainedTokenizerFast:
     """A fast tokenizer over WORDS with the family's special tokens and template."""
     if model_type not in _SPECIALS:
         raise ValueError(f"unknown model type {model_type!r}")
     sp = _SPECIALS[model_type]
     special_list = [t for t in dict.fromkeys(sp.values()) if t]  # unique, in order
+    if model_type == "gemma3_text":
+        return _gemma_tokenizer(special_list)
     if model_type == "m2m_100":
         special_list += LANG_TOKENS
     if model_type in ("qwen2", "qwen3"):
@@ -191,6 +231,14 @@ def tiny_config(model_type: str) -> transformers.PretrainedConfig:
             encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
             encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, max_position_embeddings=MAX_LEN,
             scale_embedding=True, decoder_start_token_id=tk.eos_token_id, **ids)
+    if model_type == "gemma3_text":  # EmbeddingGemma: Gemma 3 with bidirectional attention
+        return transformers.Gemma3TextConfig(
+            hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+            num_key_value_heads=1, head_dim=HIDDEN // HEADS, intermediate_size=FFN,
+            max_position_embeddings=MAX_LEN, query_pre_attn_scalar=HIDDEN // HEADS,
+            # One sliding and one global layer; the window (8) is shorter than the texts.
+            sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+            use_bidirectional_attention=True, tie_word_embeddings=True, **ids)
     if model_type in DECODERS:
         return transformers.AutoConfig.for_model(
             model_type, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
@@ -247,7 +295,7 @@ def _self_check() -> None:
     transformers.utils.logging.disable_progress_bar()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for mt in MODEL_TYPES:
+        for mt in MODEL_TYPES + EXTRA_MODEL_TYPES:
             d = save_tiny_model(mt, Path(tmp) / mt)
             tok = transformers.AutoTokenizer.from_pretrained(d)
             cfg = transformers.AutoConfig.from_pretrained(d)
@@ -274,7 +322,7 @@ def _self_check() -> None:
             shown = tok.convert_ids_to_tokens(batch["input_ids"][0][: n + 1])
             print(f"OK {mt:11s} {type(model).__name__:31s} {type(tok).__name__:18s} "
                   f"{shown} {prefixes}")
-    print(f"all {len(MODEL_TYPES)} OK in {time.perf_counter() - start:.1f}s")
+    print(f"all {len(MODEL_TYPES + EXTRA_MODEL_TYPES)} OK in {time.perf_counter() - start:.1f}s")
 
 
 if __name__ == "__main__":
