@@ -344,6 +344,16 @@ def test_bfloat16_stays_close_to_float32_beyond_2048_positions(model_type, tiny_
     embedder = hfenc.Embedder(str(folder), device="cpu", dtype="bfloat16", max_length=LONG_POSITIONS)
     assert embedder.settings.dtype == ("bfloat16" if _cpu_has_native_bf16() else "float32")
     assert embedder.settings.max_length == LONG_POSITIONS
+    # The rotary frequencies stay float32 and exact, as transformers keeps them (issue 9): a
+    # bf16 cast of inv_freq skews the angle at position p by ~p * 2**-8 rad. Random tiny weights
+    # attend almost uniformly, so the cosine below barely sees it; the buffers show it exactly.
+    reference = transformers.AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+    want = {n: b for n, b in reference.named_buffers() if n.endswith("inv_freq")}
+    got = {n.removeprefix("model."): b for n, b in embedder.pipeline.encoder.transformer.named_buffers()
+           if n.endswith("inv_freq")}
+    assert want and got.keys() == want.keys()
+    for name, buffer in got.items():
+        assert buffer.dtype == torch.float32 and torch.equal(buffer, want[name]), name
     del embedder
 
     f32 = hfenc.encode([text], model=str(folder), device="cpu", dtype="float32", max_length=LONG_POSITIONS)
