@@ -116,11 +116,19 @@ class STLayout:
         return [m.path for m in (*self.token_stage, *self.head) if hasattr(m, "path")]
 
 
+def _p(path: Path) -> str:
+    """A path for a message: relative to the working directory when it is below it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+        raise ConfigError(f"cannot read {_p(path)}: {exc}") from exc
     return value
 
 
@@ -128,14 +136,14 @@ def _check_keys(where: Path, config: dict, allowed: set[str]) -> None:
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ModelLoadError(
-            f"{where}: unknown key {unknown[0]!r} in this module's config; hfenc refuses what it "
+            f"{_p(where)}: unknown key {unknown[0]!r} in this module's config; hfenc refuses what it "
             f"cannot reproduce exactly (it knows: {', '.join(sorted(allowed))})"
         )
 
 
 def _require(where: Path, config: dict, key: str, allowed: Callable[[Any], bool], what: str) -> None:
     if key in config and not allowed(config[key]):
-        raise ModelLoadError(f"{where}: {key}={config[key]!r} is not supported (hfenc reads {what})")
+        raise ModelLoadError(f"{_p(where)}: {key}={config[key]!r} is not supported (hfenc reads {what})")
 
 
 # ---- module readers: one per sentence-transformers class, registered by name ----------------
@@ -171,22 +179,22 @@ class _Builder:
 
     def stage(self, where: Path, kind: str, *, before_pooling: bool) -> None:
         if self.transformer_path is None:
-            raise ModelLoadError(f"{where}: the {kind} module comes before any Transformer module")
+            raise ModelLoadError(f"{_p(where)}: the {kind} module comes before any Transformer module")
         if before_pooling and self.pooling is not None:
-            raise ModelLoadError(f"{where}: {kind} after Pooling is not a layout hfenc reproduces")
+            raise ModelLoadError(f"{_p(where)}: {kind} after Pooling is not a layout hfenc reproduces")
         if not before_pooling and self.pooling is None:
-            raise ModelLoadError(f"{where}: {kind} before Pooling is not a layout hfenc reproduces")
+            raise ModelLoadError(f"{_p(where)}: {kind} before Pooling is not a layout hfenc reproduces")
 
 
 def _module_config(sub: Path, required: bool = True) -> dict:
     file = sub / "config.json"
     if not file.is_file():
         if required:
-            raise ModelLoadError(f"{sub}: missing config.json")
+            raise ModelLoadError(f"{_p(sub)}: missing config.json")
         return {}
     config = read_json(file)
     if not isinstance(config, dict):
-        raise ModelLoadError(f"{file}: not a JSON object")
+        raise ModelLoadError(f"{_p(file)}: not a JSON object")
     return config
 
 
@@ -201,7 +209,7 @@ _TEXT_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidd
 @st_module("Transformer")
 def _transformer(sub: Path, _: dict, b: _Builder) -> None:
     if b.transformer_path is not None:
-        raise ModelLoadError(f"{sub}: a second Transformer module (hfenc runs one transformer)")
+        raise ModelLoadError(f"{_p(sub)}: a second Transformer module (hfenc runs one transformer)")
     file = sub / "sentence_bert_config.json"
     if not file.is_file() and (b.root / "sentence_bert_config.json").is_file():
         file = b.root / "sentence_bert_config.json"
@@ -210,7 +218,7 @@ def _transformer(sub: Path, _: dict, b: _Builder) -> None:
     _require(file, cfg, "transformer_task", lambda v: v == "feature-extraction", "feature-extraction")
     if isinstance(cfg.get("modality_config"), dict) and "message" in cfg["modality_config"]:
         raise ModelLoadError(
-            f"{file}: modality_config has 'message': sentence-transformers runs every text through the "
+            f"{_p(file)}: modality_config has 'message': sentence-transformers runs every text through the "
             "tokenizer's chat template for this model, which hfenc does not implement"
         )
     _require(file, cfg, "modality_config", lambda v: v == _TEXT_MODALITY, "text through forward")
@@ -227,7 +235,7 @@ def _transformer(sub: Path, _: dict, b: _Builder) -> None:
 
 def _width(cfg: dict, where: Path) -> None:
     if "embedding_dimension" in cfg and "word_embedding_dimension" in cfg:
-        raise ModelLoadError(f"{where}: both embedding_dimension and word_embedding_dimension")
+        raise ModelLoadError(f"{_p(where)}: both embedding_dimension and word_embedding_dimension")
 
 
 @st_module("Pooling")
@@ -245,7 +253,7 @@ def _pooling(sub: Path, cfg: dict, b: _Builder) -> None:
     bad = [m for m in modes if m not in ST_POOLING_MODES]
     if bad or not modes:
         raise ModelLoadError(
-            f"{where}: unknown pooling mode {bad[0] if bad else mode!r}; "
+            f"{_p(where)}: unknown pooling mode {bad[0] if bad else mode!r}; "
             f"sentence-transformers modes are: {', '.join(ST_POOLING_MODES)}"
         )
     b.pooling = PoolingSpec(tuple(ST_POOLING_MODES[m] for m in modes), bool(cfg.get("include_prompt", True)))
@@ -267,14 +275,14 @@ def _dense(sub: Path, cfg: dict, b: _Builder) -> None:
     activation = str(cfg.get("activation_function", "torch.nn.modules.activation.Tanh"))
     if not activation.startswith("torch."):
         raise ModelLoadError(
-            f"{where}: activation {activation!r} is not a torch class; hfenc never imports code "
+            f"{_p(where)}: activation {activation!r} is not a torch class; hfenc never imports code "
             "named by a model folder"
         )
     try:
         b.head.append(DenseSpec(sub, int(cfg["in_features"]), int(cfg["out_features"]),
                                 bool(cfg.get("bias", True)), activation, bool(cfg.get("use_residual", False))))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"{where}: needs integer in_features and out_features") from exc
+        raise ModelLoadError(f"{_p(where)}: needs integer in_features and out_features") from exc
 
 
 @st_module("Normalize")
@@ -320,10 +328,10 @@ def _weighted_layer_pooling(sub: Path, cfg: dict, b: _Builder) -> None:
 def _inside(root: Path, rel: Any, index: int) -> Path:
     """The module folder, refused when it would leave the model folder (`..`, absolute, symlink)."""
     if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise ModelLoadError(f"{root}/modules.json: module {index} has path {rel!r}, outside the model folder")
+        raise ModelLoadError(f"{_p(root / 'modules.json')}: module {index} has path {rel!r}, outside the model folder")
     sub = (root / rel).resolve()
     if not sub.is_relative_to(root.resolve()):
-        raise ModelLoadError(f"{root}/modules.json: module {index} path {rel!r} leads outside the model folder")
+        raise ModelLoadError(f"{_p(root / 'modules.json')}: module {index} path {rel!r} leads outside the model folder")
     return root / rel if rel else root
 
 
@@ -333,27 +341,27 @@ def read_st_layout(path: Path) -> STLayout:
     top_file = path / "config_sentence_transformers.json"
     top = read_json(top_file) if top_file.is_file() else {}
     if not isinstance(top, dict):
-        raise ModelLoadError(f"{top_file}: not a JSON object")
+        raise ModelLoadError(f"{_p(top_file)}: not a JSON object")
     kind = top.get("model_type", "SentenceTransformer")
     if kind != "SentenceTransformer":
-        raise ModelLoadError(f"{top_file}: this is a sentence-transformers {kind}, not a SentenceTransformer; "
+        raise ModelLoadError(f"{_p(top_file)}: this is a sentence-transformers {kind}, not a SentenceTransformer; "
                              "hfenc makes dense embeddings only")
     if not modules_file.is_file():
         return STLayout(path)
     _check_keys(top_file, top, _TOP_LEVEL_KEYS)
     modules = read_json(modules_file)
     if not isinstance(modules, list) or not modules:
-        raise ModelLoadError(f"{modules_file}: expected a non-empty list of modules")
+        raise ModelLoadError(f"{_p(modules_file)}: expected a non-empty list of modules")
     b = _Builder(path)
     for i, entry in enumerate(modules):
         if not isinstance(entry, dict):
-            raise ModelLoadError(f"{modules_file}: module {i} is not an object")
+            raise ModelLoadError(f"{_p(modules_file)}: module {i} is not an object")
         full = str(entry.get("type", ""))
         name = full.rsplit(".", 1)[-1]
         sub = _inside(path, entry.get("path", ""), i)
         if not full.startswith("sentence_transformers.") or name not in _READERS:
             raise ModelLoadError(
-                f"{sub}: module {full or '(no type)'} is not one hfenc implements; it reads "
+                f"{_p(sub)}: module {full or '(no type)'} is not one hfenc implements; it reads "
                 f"sentence-transformers' {', '.join(st_module_names())}",
                 hint="hfenc refuses rather than approximate: the numbers would differ from sentence-transformers",
             )
@@ -361,18 +369,18 @@ def read_st_layout(path: Path) -> STLayout:
         _READERS[name](sub, cfg, b)
     if b.transformer_path is None or b.pooling is None:
         missing = "Transformer" if b.transformer_path is None else "Pooling"
-        raise ModelLoadError(f"{modules_file}: no {missing} module; hfenc needs a transformer and a pooling step")
+        raise ModelLoadError(f"{_p(modules_file)}: no {missing} module; hfenc needs a transformer and a pooling step")
     head = list(b.head)
     normalize = bool(head) and isinstance(head[-1], NormalizeSpec)
     if normalize:
         head.pop()  # the final normalize is hfenc's own step (after Matryoshka truncation)
     prompts = top.get("prompts") or {}
     if not isinstance(prompts, dict):
-        raise ModelLoadError(f"{top_file}: prompts must be an object")
+        raise ModelLoadError(f"{_p(top_file)}: prompts must be an object")
     prompts = {str(k): "" if v is None else str(v) for k, v in prompts.items()}
     default = top.get("default_prompt_name")
     if default is not None and default not in prompts:
-        raise ModelLoadError(f"{top_file}: default_prompt_name {default!r} is not one of its prompts")
+        raise ModelLoadError(f"{_p(top_file)}: default_prompt_name {default!r} is not one of its prompts")
     return STLayout(
         b.transformer_path, True, b.pooling, tuple(b.token_stage), tuple(head), normalize,
         b.max_seq_length, b.do_lower_case, prompts, default, tuple(b.notes),
