@@ -42,6 +42,11 @@ class InputError(HfencError, ValueError):
     """The input file cannot be read as records (missing, empty, bad encoding, bad JSON, ...)."""
 
 
+class InputChanged(InputError):
+    """The input changed between the validating scan and the embedding pass: the rows saved so
+    far may come from other bytes, so the run removes its output."""
+
+
 class OverflowRefused(InputError):
     """--on-overflow error met a text longer than the max length: the run removes its output."""
 
