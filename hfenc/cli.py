@@ -156,6 +156,7 @@ def embed(
     column: Optional[str] = typer.Option(None, help="CSV/TSV column holding the text (default: text)."),
     id_field: Optional[str] = typer.Option(None, "--id-field", "--id-column", help="Field/column written to OUT.ids.txt, one per row."),
     skip_blank: bool = typer.Option(False, help="Drop blank records; their kept line numbers go to OUT.lines.npy."),
+    tsv_quoting: bool = typer.Option(False, "--tsv-quoting", help="Read TSV with CSV-style quotes (default: plain tab-separated values)."),
     encoding_errors: str = typer.Option("strict", help="On invalid UTF-8: strict (refuse) or replace."),
     on_overflow: str = typer.Option("truncate", help="Texts over the max length: truncate (counted) or error."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
@@ -197,7 +198,8 @@ def embed(
 
         raise UnknownChoiceError("--encoding-errors value", encoding_errors, ("strict", "replace"))
     EmbedOptions(**options).check()  # bad options fail before the input is read
-    spec = InputSpec(input, format, field, column, id_field, encoding_errors, skip_blank)  # type: ignore[arg-type]
+    spec = InputSpec(input, format, field, column, id_field, encoding_errors, skip_blank,  # type: ignore[arg-type]
+                     tsv_quoting=tsv_quoting)
     job = JobOptions(spec, output, force, resume, out_dtype, chunk_size, on_overflow)  # type: ignore[arg-type]
     show = not quiet and err.is_terminal
 

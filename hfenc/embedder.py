@@ -177,7 +177,8 @@ class Embedder:
             tok_path = self.resolved.path
         self.tokenizer_path = tok_path
         try:
-            hf_tok = transformers.AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
+            hf_tok = transformers.AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True,
+                                                                trust_remote_code=False)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the tokenizer in {tok_path}: {str(exc).splitlines()[0]}") from exc
         limits = [x for x in (layout.max_seq_length, hf_tok.model_max_length, context) if x and x < 1_000_000]

@@ -29,7 +29,7 @@ transformers.utils.logging.disable_progress_bar()
 def load_config(path: str | Path) -> transformers.PretrainedConfig:
     _refuse_remote_code(Path(path) / "config.json")
     try:
-        return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot read the model config in {path}: {str(exc).splitlines()[0]}") from exc
 
@@ -117,14 +117,14 @@ def load_transformer(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, info = cls.from_pretrained(
-                str(path), config=config, local_files_only=True, output_loading_info=True,
+                str(path), config=config, local_files_only=True, output_loading_info=True, weights_only=True,
                 attn_implementation="sdpa", dtype=dtype or torch.float32, **kwargs,
             )
     except (ValueError, ImportError) as exc:
         if "sdpa" not in str(exc).lower() and "attn_implementation" not in str(exc):
             raise ModelLoadError(f"cannot load the weights in {path}: {str(exc).splitlines()[0]}") from exc
         model, info = cls.from_pretrained(  # a family without SDPA support: eager attention
-            str(path), config=config, local_files_only=True, output_loading_info=True,
+            str(path), config=config, local_files_only=True, output_loading_info=True, weights_only=True,
             dtype=dtype or torch.float32, **kwargs,
         )
     except Exception as exc:  # truncated or corrupt weight files

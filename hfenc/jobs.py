@@ -22,12 +22,13 @@ import numpy as np
 
 from .embedder import Embedder
 from .engine import Progress, RunStats
-from .errors import ConfigError, Interrupted, OverflowRefused, UnknownChoiceError
-from .inputs import InputSpec, chunks, scan, spool_stdin
-from .outputs import OutputPaths, RowWriter, check_writable, default_output, write_json_atomic
+from . import faults
+from .errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
+                     UnknownChoiceError)
+from .inputs import InputSpec, chunks, records, scan, spool_stdin
+from .outputs import SIDECAR_FORMAT, OutputPaths, RowWriter, check_writable, default_output, owns
 
 OUT_DTYPES = ("float32", "float16")
-SIDECAR_FORMAT = "hfenc-embeddings/1"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,14 @@ def _validate(job: JobOptions) -> OutputPaths:
     return OutputPaths(Path(job.output) if job.output is not None else default_output(job.input.path))
 
 
+def _line_of(spec: InputSpec, row: int) -> int:
+    """The input line where record `row` starts (found again only when a refusal needs it)."""
+    for i, record in enumerate(records(spec)):
+        if i == row:
+            return record.line
+    return row + 1
+
+
 def embed_file(
     job: JobOptions,
     embedder: Embedder | Callable[[], Embedder],
@@ -92,7 +101,8 @@ def embed_file(
     """Run one job. `embedder` may be a factory, so that it is only loaded once the input is valid."""
     t0 = time.perf_counter()
     paths = _validate(job)
-    check_writable(paths, job.force, job.resume)
+    writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+    check_writable(paths, job.force, job.resume, writes)
     with _sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
         return _embed_file(job, paths, embedder, progress, t0)
 
@@ -100,13 +110,16 @@ def embed_file(
 def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
     spooled = spool_stdin(paths.npy.parent) if job.input.path == "-" else None
     spec = replace(job.input, path=str(spooled)) if spooled else job.input
-    ids_tmp = paths.hidden(paths.ids, "partial")
-    lines_tmp = paths.hidden(paths.lines, "partial")
+    # The scan's side files; they are staged for publication only once the rows are done.
+    ids_tmp = paths.hidden(paths.ids, "scan")
+    lines_tmp = paths.hidden(paths.lines, "scan")
     try:
         with open(ids_tmp, "w", encoding="utf-8") if spec.id_field else nullcontext() as ids_out, \
              open(lines_tmp, "wb") if spec.skip_blank else nullcontext() as lines_out:
             info = scan(spec, ids_out, lines_out)
+        faults.point("scanned")
         model = embedder() if callable(embedder) and not isinstance(embedder, Embedder) else embedder
+        faults.point("loaded")
         return _run(job, spec, paths, info, model, ids_tmp, lines_tmp, progress, t0)
     finally:
         for tmp in (ids_tmp, lines_tmp, spooled):
@@ -118,12 +131,17 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
     settings = asdict(model.settings)
     fingerprint = {
         "input_sha256": info.sha256, "rows": info.rows, "format": spec.resolved_format(),
-        "field": spec.field, "column": spec.column, "skip_blank": spec.skip_blank,
-        "weights_sha256": model.weights_hash, "chunk_size": job.chunk_size, "out_dtype": job.out_dtype,
+        "field": spec.field, "column": spec.column, "skip_blank": spec.skip_blank, "tsv_quoting": spec.tsv_quoting,
+        "weights_sha256": model.weights_hash, "config_sha256": model.config_hash, "chunk_size": job.chunk_size, "out_dtype": job.out_dtype,
         "on_overflow": job.on_overflow,
         **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
     }
     writer = RowWriter(paths, info.rows, model.dim, np.dtype(job.out_dtype), fingerprint, job.resume)
+    if writer.publishing is not None:  # the earlier run had finished its rows: publish them
+        metadata = writer.finish_publication()
+        return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, time.perf_counter() - t0,
+                         metadata.get("truncated_rows", 0), info.blank, metadata.get("tokens", 0),
+                         writer.rows_done, metadata, warnings=["the interrupted run had finished; its output is now published"])
     resumed_from = writer.rows_done
     saved = writer.stats
     stats = RunStats(rows=0, tokens=saved.get("tokens", 0), truncated=saved.get("truncated", 0),
@@ -132,11 +150,12 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
     def on_chunk(start: int, n: int, s: RunStats) -> None:
         if job.on_overflow == "error" and s.first_truncated is not None:
             raise OverflowRefused(
-                f"record {s.first_truncated + 1} is longer than the maximum of {model.max_length} tokens",
+                f"line {_line_of(spec, s.first_truncated)} is longer than the maximum of {model.max_length} tokens",
                 hint="raise --max-length, or drop --on-overflow error to truncate",
             )
         writer.save_state(start + n, {"tokens": s.tokens, "truncated": s.truncated,
                                       "first_truncated": s.first_truncated})
+        faults.point("chunk-saved")
 
     def report(p: Progress) -> None:
         if progress is not None:
@@ -145,16 +164,23 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
     t_embed = time.perf_counter()
     try:
         model.engine.run(
-            chunks(spec, job.chunk_size, resumed_from), writer.rows, on_chunk=on_chunk,
+            chunks(spec, job.chunk_size, resumed_from, expected=info), writer.rows, on_chunk=on_chunk,
             progress=report, rows_total=info.rows, stats=stats,
         )
     except KeyboardInterrupt:
         raise Interrupted(
             f"interrupted: {writer.rows_done:,} of {info.rows:,} rows are saved", rows_done=writer.rows_done
         ) from None
-    except OverflowRefused:  # a refusal asked for: nothing half-written stays
+    except (OverflowRefused, InputChanged):  # a refusal, or rows of other bytes: nothing half-written stays
         writer.abandon()
         raise
+    except HfencError:
+        raise
+    except OSError as exc:  # disk full, permissions changed, a device error: saved rows stay
+        raise OutputError(
+            f"cannot go on writing {paths.npy}: {exc.strerror or exc}; {writer.rows_done:,} rows are saved",
+            hint="fix the cause, then rerun with --resume",
+        ) from None
 
     embed_seconds = time.perf_counter() - t_embed
     warnings = list(model.notes)
@@ -163,19 +189,22 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
     if stats.truncated:
         warnings.append(f"{stats.truncated:,} text(s) were longer than {model.max_length} tokens and truncated")
     elapsed = time.perf_counter() - t0
-    extra = {}
+    extra, side_files, stale = {}, [], []
     if spec.id_field:
-        os.replace(ids_tmp, paths.ids)
+        os.replace(ids_tmp, paths.staged(paths.ids))
+        side_files.append((paths.staged(paths.ids), paths.ids))
         extra["ids_file"] = paths.ids.name
     if spec.skip_blank:
-        staged = paths.hidden(paths.lines, "tmp")  # np.save is not atomic: stage, then rename
-        with open(staged, "wb") as fh:
+        with open(paths.staged(paths.lines), "wb") as fh:
             np.save(fh, np.fromfile(lines_tmp, dtype="<i8"))
-        os.replace(staged, paths.lines)
+        side_files.append((paths.staged(paths.lines), paths.lines))
         extra["lines_file"] = paths.lines.name
     for made, final in ((spec.id_field, paths.ids), (spec.skip_blank, paths.lines)):
         if not made and final.exists():  # an earlier run's, beside the output this run replaces
-            final.unlink()
+            if owns(paths, final):
+                stale.append(final)
+            else:
+                warnings.append(f"left {final.name} alone: hfenc did not write it")
     metadata = {
         "format": SIDECAR_FORMAT,
         "complete": True,
@@ -188,7 +217,8 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         "tokens": stats.tokens,
         "input": {"path": job.input.path, "format": spec.resolved_format(), "sha256": info.sha256,
                   "bytes": info.bytes, "field": spec.field if spec.resolved_format() == "jsonl" else None,
-                  "column": spec.column, "skip_blank": spec.skip_blank},
+                  "column": spec.column, "skip_blank": spec.skip_blank,
+                  "tsv_quoting": spec.tsv_quoting if spec.resolved_format() == "tsv" else None},
         **model.describe(),
         "chunk_size": job.chunk_size,
         "resumed_from_row": resumed_from or None,
@@ -197,7 +227,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
-    writer.finish(metadata)
+    metadata = writer.finish(metadata, side_files, stale)
     return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, elapsed, stats.truncated, info.blank,
                      stats.tokens, resumed_from, metadata, embed_seconds=embed_seconds, warnings=warnings)
 

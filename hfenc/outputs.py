@@ -3,14 +3,24 @@
 Rows go into a hidden `.NAME.partial` file beside the output (numpy's open_memmap, space reserved
 up front so a full disk fails at the start instead of as a SIGBUS mid-run). After each chunk the
 map is flushed and a small state file records how many rows are final, so SIGKILL loses at most
-the chunk in flight. At the end: flush, fsync, rename into place, then write the sidecar
-(atomically) that says the output is complete. An interrupted run never leaves a file at the
-final path.
+the chunk in flight.
+
+Publication is one step, journaled (issue 10): every new file (side files, the array, the
+sidecar) is staged under a hidden name first; the state file then records the list of renames;
+the old sidecar goes first (so no crash pairs new rows with old metadata), then the side files,
+the array and the new sidecar last; the state file is removed at the very end. A crash anywhere
+in between leaves a state that `--resume` completes (each rename is done once: a staged file
+that is gone was already published).
+
+Ownership: hfenc removes or overwrites only what it can prove it wrote. The sidecar lists the
+files of its output with their size and sha256; a side file at an output path that the sidecar
+there does not list with the same hash is someone else's and is refused without --force.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import mmap
 import os
@@ -21,7 +31,10 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from . import faults
 from .errors import OutputError, ResumeError
+
+SIDECAR_FORMAT = "hfenc-embeddings/1"
 
 
 @dataclass(frozen=True)
@@ -51,8 +64,43 @@ class OutputPaths:
     def state(self) -> Path:
         return self.hidden(self.npy, "resume.json")
 
+    def staged(self, final: Path) -> Path:
+        """Where the next version of a final file waits to be published."""
+        return self.hidden(final, "staged")
+
     def finals(self) -> list[Path]:
         return [self.npy, self.sidecar, self.ids, self.lines]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """An hfenc sidecar at `path`, or None when there is none or the file is someone else's."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and str(data.get("format", "")).startswith("hfenc-embeddings/")
+    return data if ok else None
+
+
+def owns(paths: OutputPaths, final: Path) -> bool:
+    """True when the hfenc sidecar beside the output lists `final` as its own, unchanged."""
+    if final == paths.sidecar:
+        return read_sidecar(final) is not None
+    sidecar = read_sidecar(paths.sidecar)
+    entry = ((sidecar or {}).get("files") or {}).get(final.name)
+    if not isinstance(entry, dict) or not final.is_file():
+        return False
+    if final.stat().st_size != entry.get("bytes"):
+        return False
+    return "sha256" not in entry or file_sha256(final) == entry["sha256"]
 
 
 def default_output(input_path: str) -> Path:
@@ -69,6 +117,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+    faults.point("json-written")
     os.replace(tmp, path)
 
 
@@ -83,17 +132,30 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def check_writable(paths: OutputPaths, force: bool, resume: bool) -> None:
-    """Fail before any work when the output cannot be written, or exists and --force is absent."""
+def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[Path, ...] = ()) -> None:
+    """Fail before any work when the output cannot be written, or a file this run would replace
+    exists and --force is absent (`writes`: the side files this run makes)."""
     directory = paths.npy.parent
     if not directory.is_dir():
         raise OutputError(f"output directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {directory} is not writable")
-    if paths.npy.is_dir():
-        raise OutputError(f"output {paths.npy} is a directory")
-    if paths.npy.exists() and not force and not (resume and paths.state.exists()):
+    for final in paths.finals():
+        if final.is_dir():
+            raise OutputError(f"output {final} is a directory")
+    resuming = resume and paths.state.exists()
+    if paths.npy.exists() and not force and not resuming:
         raise OutputError(f"output {paths.npy} already exists", hint="pass --force to overwrite it")
+    if not force and not resuming:
+        for final in (paths.sidecar, *writes):
+            if final.exists() and not owns(paths, final):
+                raise OutputError(
+                    f"{final} exists and hfenc did not write it (no hfenc sidecar lists it)",
+                    hint="move it away, choose another output with -o, or pass --force to overwrite it",
+                )
+        if paths.partial.exists() and not paths.state.exists():
+            raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
+                              hint="move it away, or pass --force to overwrite it")
     if paths.state.exists() and not resume and not force:
         raise OutputError(
             f"an interrupted run of {paths.npy} can be resumed",
@@ -103,6 +165,46 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool) -> None:
         raise ResumeError(f"nothing to resume: no interrupted run of {paths.npy} was found")
 
 
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {path}")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def read_state(paths: OutputPaths) -> dict:
+    try:
+        state = json.loads(paths.state.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or "fingerprint" not in state or "rows_done" not in state:
+            raise ValueError("not a resume state")
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"cannot resume: {paths.state} is unreadable ({exc})",
+                          hint="use --force to start over") from None
+    return state
+
+
+def complete_publication(paths: OutputPaths, plan: dict) -> None:
+    """Carry out a journaled publication; safe to repeat after a crash at any point in it."""
+    renames = [(Path(a), Path(b)) for a, b in plan["renames"]]
+    try:
+        staged_sidecar = renames[-1][0]
+        if staged_sidecar.exists() and paths.sidecar.exists():
+            paths.sidecar.unlink()  # the old output's metadata goes before any new file arrives
+            faults.point("old-sidecar-removed")
+        for stale in plan.get("remove", []):
+            Path(stale).unlink(missing_ok=True)
+        for staged, final in renames:
+            if staged.exists():  # gone: published before a crash
+                os.replace(staged, final)
+                role = "array" if final == paths.npy else "sidecar" if final == paths.sidecar else "side-file"
+                faults.point(f"published-{role}")
+        fsync_dir(paths.npy.parent)
+        faults.point("published")
+        for path in (paths.state, paths.hidden(paths.state, "tmp")):
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _output_error(paths.npy, exc) from None
+
+
 class RowWriter:
     """The partial .npy plus its resume state."""
 
@@ -110,8 +212,9 @@ class RowWriter:
         self.paths, self.fingerprint = paths, fingerprint
         self.rows_done = 0
         self.stats: dict = {}
+        self.publishing: dict | None = None  # a publication an earlier run began: only to finish
         if resume:
-            state = json.loads(paths.state.read_text(encoding="utf-8"))
+            state = read_state(paths)
             changed = [k for k in sorted(set(fingerprint) | set(state["fingerprint"]))
                        if fingerprint.get(k) != state["fingerprint"].get(k)]
             if changed:
@@ -120,23 +223,34 @@ class RowWriter:
                     f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})",
                     hint="rerun with the same input and options, or use --force to start over",
                 )
+            self.publishing = state.get("publishing")
+            if self.publishing is not None:
+                self.rows_done = int(state["rows_done"])
+                return
+            self.stats = dict(state.get("stats") or {})
+            if int(state["rows_done"]) == 0:  # killed before its first chunk: nothing to keep
+                self._create(rows, dim, dtype)
+                return
             if not paths.partial.is_file():
                 raise ResumeError(f"cannot resume: the partial output {paths.partial} is missing")
             self.array = open_memmap(paths.partial, mode="r+")
             self.rows_done = int(state["rows_done"])
-            self.stats = dict(state.get("stats") or {})
         else:
             self._remove(paths.partial)
-            try:
-                self.array = open_memmap(paths.partial, mode="w+", dtype=dtype, shape=(rows, dim))
-                self._reserve()
-            except OSError as exc:
-                self._remove(paths.partial)
-                if exc.errno == errno.ENOSPC:
-                    need = rows * dim * np.dtype(dtype).itemsize
-                    raise OutputError(f"disk full: {need / 1e9:.2f} GB are needed in {paths.npy.parent}") from None
-                raise OutputError(f"cannot write {paths.partial}: {exc.strerror or exc}") from None
-            self.save_state(0)
+            self.save_state(0)  # the claim first: from here on a crash leaves a resumable state
+            self._create(rows, dim, dtype)
+
+    def _create(self, rows: int, dim: int, dtype: np.dtype) -> None:
+        paths = self.paths
+        try:
+            self.array = open_memmap(paths.partial, mode="w+", dtype=dtype, shape=(rows, dim))
+            self._reserve()
+        except OSError as exc:
+            self.abandon()
+            if exc.errno == errno.ENOSPC:
+                need = rows * dim * np.dtype(dtype).itemsize
+                raise OutputError(f"disk full: {need / 1e9:.2f} GB are needed in {paths.npy.parent}") from None
+            raise OutputError(f"cannot write {paths.partial}: {exc.strerror or exc}") from None
 
     def _reserve(self) -> None:
         """Allocate every block now: a sparse file would fail with SIGBUS when the disk fills."""
@@ -169,25 +283,52 @@ class RowWriter:
         if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mapping.madvise(mmap.MADV_DONTNEED)
 
-    def save_state(self, rows_done: int, stats: dict | None = None) -> None:
-        self.array.flush()  # the rows first, then the claim that they are done
-        self._release()
+    def save_state(self, rows_done: int, stats: dict | None = None, publishing: dict | None = None) -> None:
+        if hasattr(self, "array"):
+            self.array.flush()  # the rows first, then the claim that they are done
+            self._release()
         self.rows_done = rows_done
         self.stats = stats or {}
-        write_json_atomic(
-            self.paths.state, {"fingerprint": self.fingerprint, "rows_done": rows_done, "stats": self.stats}
-        )
+        state = {"fingerprint": self.fingerprint, "rows_done": rows_done, "stats": self.stats}
+        if publishing is not None:
+            state["publishing"] = publishing
+        try:
+            write_json_atomic(self.paths.state, state)
+        except OSError as exc:
+            raise _output_error(self.paths.state, exc) from None
 
-    def finish(self, sidecar: dict) -> None:
-        self.array.flush()
-        del self.array
-        with open(self.paths.partial, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.paths.partial, self.paths.npy)
-        write_json_atomic(self.paths.sidecar, sidecar)
-        for path in (self.paths.state, self.paths.hidden(self.paths.state, "tmp")):
-            self._remove(path)
-        fsync_dir(self.paths.npy.parent)
+    def finish(self, sidecar: dict, side_files: list[tuple[Path, Path]], stale: list[Path]) -> dict:
+        """Publish the array, the staged side files (staged, final) and the sidecar as one step;
+        `stale`: earlier side files of ours that this output no longer has. Returns the sidecar."""
+        paths = self.paths
+        try:
+            self.array.flush()
+            del self.array
+            with open(paths.partial, "rb+") as fh:
+                os.fsync(fh.fileno())
+            faults.point("finish-flushed")
+            files = {paths.npy.name: {"bytes": paths.partial.stat().st_size}}
+            for staged, final in side_files:
+                files[final.name] = {"bytes": staged.stat().st_size, "sha256": file_sha256(staged)}
+            sidecar = {**sidecar, "files": files}
+            write_json_atomic(paths.staged(paths.sidecar), sidecar)
+        except OSError as exc:
+            raise _output_error(paths.partial, exc) from None
+        renames = [*side_files, (paths.partial, paths.npy), (paths.staged(paths.sidecar), paths.sidecar)]
+        plan = {"renames": [[str(a), str(b)] for a, b in renames], "remove": [str(p) for p in stale]}
+        self.save_state(self.rows_done, self.stats, publishing=plan)
+        faults.point("publishing")
+        complete_publication(paths, plan)
+        return sidecar
+
+    def finish_publication(self) -> dict:
+        """Complete the publication an interrupted run began; returns the published sidecar."""
+        assert self.publishing is not None
+        complete_publication(self.paths, self.publishing)
+        sidecar = read_sidecar(self.paths.sidecar)
+        if sidecar is None:
+            raise ResumeError(f"cannot resume: the sidecar {self.paths.sidecar} is missing after publication")
+        return sidecar
 
     def abandon(self) -> None:
         """Drop everything (a refused run: nothing half-written stays behind)."""

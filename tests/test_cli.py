@@ -392,7 +392,7 @@ def test_on_overflow_error_names_the_record(tmp_path, bert):
     (tmp_path / "in.txt").write_text("the cat\nthe big red dog and a small cat read a long book\nsun\n")
     out = tmp_path / "out.npy"
     _assert_refused(_embed(bert, tmp_path / "in.txt", out, "--max-length", "8", "--on-overflow", "error"), out,
-                    "record 2 is longer than the maximum of 8 tokens", hint="--max-length")
+                    "line 2 is longer than the maximum of 8 tokens", hint="--max-length")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
 

@@ -259,7 +259,7 @@ def test_on_overflow_error_names_the_record_and_leaves_nothing(tmp_path, short_e
     texts = ["the cat", "a dog", "red car", "blue sky", "the big red dog and a small cat read a book", "sun"]
     _write_lines(tmp_path / "in.txt", texts)
     job = _job(tmp_path / "in.txt", tmp_path / "out.npy", chunk_size=chunk_size, on_overflow="error")
-    with pytest.raises(InputError, match=r"record 5 is longer than the maximum of 8 tokens") as info:
+    with pytest.raises(InputError, match=r"line 5 is longer than the maximum of 8 tokens") as info:
         embed_file(job, short_embedder)
     assert "--max-length" in info.value.hint
     assert _names(tmp_path) == ["in.txt"]  # no output, no partial, no resume state
