@@ -62,3 +62,18 @@ def real_sentences() -> list[str]:
     texts = corpus.real_sentences(N_REAL_SENTENCES)
     assert len(texts) == N_REAL_SENTENCES and len(set(texts)) == len(texts)
     return texts
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """`report(line)`: a figure a test measured, printed in the run's summary (CI's log too)."""
+    lines = request.config.__dict__.setdefault("_hfenc_reports", [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    lines = config.__dict__.get("_hfenc_reports", [])
+    if lines:
+        terminalreporter.section("hfenc figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -15,15 +15,15 @@ from pathlib import Path
 SEED = 20261201
 
 
-def test_kill_at_every_step_then_finish(tiny_model_dir, tmp_path):
+def test_kill_at_every_step_then_finish(tiny_model_dir, tmp_path, report):
     driver = Path(__file__).with_name("fault_driver.py")
     proc = subprocess.run([sys.executable, str(driver), str(tiny_model_dir("bert")), str(tmp_path / "work"), str(SEED)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    print("fault injection:", json.dumps({k: v for k, v in report.items() if k != "failures"}))
-    assert report["kill_points"] >= 30
-    assert report["killed"] >= 25  # most points are reached; the others finished on their own
-    assert report["failures"] == [], report["failures"]
-    assert report["runs_completed"] == report["kill_points"]
-    assert report["rows_lost"] == 0 and report["mismatches"] == 0
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    report("fault injection: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items() if k != "failures"))
+    assert result["kill_points"] >= 30
+    assert result["killed"] >= 25  # most points are reached; the others finished on their own
+    assert result["failures"] == [], result["failures"]
+    assert result["runs_completed"] == result["kill_points"]
+    assert result["rows_lost"] == 0 and result["mismatches"] == 0

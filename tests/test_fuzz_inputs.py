@@ -110,7 +110,7 @@ def _read_like_a_job(spec: InputSpec, rng: random.Random) -> int:
     return info.rows
 
 
-def test_fuzzed_inputs_are_read_or_refused_with_one_line(tmp_path):
+def test_fuzzed_inputs_are_read_or_refused_with_one_line(tmp_path, report):
     rng = random.Random(SEED)
     counts: Counter[str] = Counter()
     per_format: Counter[tuple[str, str]] = Counter()
@@ -137,7 +137,7 @@ def test_fuzzed_inputs_are_read_or_refused_with_one_line(tmp_path):
         per_format[fmt, outcome] += 1
     summary = (f"{N_CASES} cases: {counts['ok']} ok, {counts['refused']} refused, "
                f"{counts['other']} other exceptions")
-    print(summary, dict(sorted(per_format.items())))
+    report("reader fuzz: " + summary)
     assert not others, summary + "\n" + "\n".join(others[:20])
     # Not a test that cannot fail: every format, plain and gzipped, is both read and refused.
     for fmt in ("txt", "jsonl", "csv", "tsv", "txt.gz", "jsonl.gz", "csv.gz", "tsv.gz"):
