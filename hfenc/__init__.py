@@ -20,10 +20,16 @@ _EXPORTS = {
     "JobOptions": "jobs", "embed_file": "jobs",
     "InputSpec": "inputs",
     "LockPlan": "lock", "apply_lock": "lock", "plan_lock": "lock",
+    "MemoryEstimate": "memory", "estimate_memory": "memory",
     "DEFAULT_MODEL": "models", "resolve_model": "models",
     "get_pooler": "poolers", "pooler_names": "poolers", "register_pooler": "poolers",
+    "SearchResult": "searching", "search": "searching",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __dir__() -> list[str]:
+    return list(__all__)  # the API, not this module's imports
 
 
 def __getattr__(name: str) -> Any:
@@ -42,5 +48,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .inputs import InputSpec
     from .jobs import JobOptions, embed_file
     from .lock import LockPlan, apply_lock, plan_lock
+    from .memory import MemoryEstimate, estimate_memory
     from .models import DEFAULT_MODEL, resolve_model
     from .poolers import get_pooler, pooler_names, register_pooler
+    from .searching import SearchResult, search

@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from torch import nn
-
 from .errors import ModelLoadError
 
 
@@ -103,14 +101,18 @@ def arch_names() -> list[str]:
     return sorted(ARCHS)
 
 
-def is_norm(module: nn.Module) -> bool:
+def is_norm(module: Any) -> bool:
     """True for normalisation layers of any family, recognised by module *type*, not by attribute
     name: LayerNorm, T5LayerNorm, *RMSNorm alike (SPEC.md defect 4)."""
+    from torch import nn  # here, not at import: `hfenc archs` lists the table without torch
+
     return isinstance(module, nn.LayerNorm | nn.GroupNorm) or "norm" in type(module).__name__.lower()
 
 
-def discover_arch(model: nn.Module, config: Any) -> Arch:
+def discover_arch(model: Any, config: Any) -> Arch:
     """Read the layout of an unknown model type off its module tree (possibly on the meta device)."""
+    from torch import nn
+
     model_type = str(getattr(config, "model_type", type(model).__name__))
     lists = [
         (name, mod)

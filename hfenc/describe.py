@@ -34,7 +34,7 @@ def describe_model(name: str | ModelSpec) -> dict[str, Any]:
     params += sum(p.numel() for p in head.parameters()) if head is not None else 0
     return {
         "model": spec.name,
-        "location": str(spec.resolved.path) if spec.resolved else "(bundled config values only)",
+        "location": spec.resolved.shown if spec.resolved else "(bundled config values only)",
         "source": spec.resolved.source if spec.resolved else "bundled",
         "model_type": config.model_type,
         "architecture": "discovered from the module tree" if arch.discovered else "from hfenc's table",

@@ -8,7 +8,7 @@ modules are built from it and handed to the Engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +20,7 @@ import transformers
 
 from . import __version__
 from .encoder import HFTextEncoder, build_projection
+from . import precision
 from .engine import Engine, Progress, TextTokenizer, cpu_has_native_bf16, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, ModelLoadError, UnknownChoiceError
 from .head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
@@ -69,6 +70,7 @@ class EmbedOptions:
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int | None = None
+    threads: int | None = None  # CPU threads for torch (default: torch's own, all cores)
 
     def check(self) -> None:
         from .encoder import PROJ_TYPES
@@ -81,20 +83,20 @@ class EmbedOptions:
         if kind not in PROJ_TYPES:
             raise UnknownChoiceError("projection", self.proj, PROJ_TYPES)
         resolve_dtype(self.dtype, resolve_device(self.device))
-        for name, value in (("--dim", self.dim), ("--truncate-dim", self.truncate_dim),
-                            ("--max-length", self.max_length), ("--batch-tokens", self.batch_tokens)):
+        for name, value in (("dim", self.dim), ("truncate_dim", self.truncate_dim), ("max_length", self.max_length),
+                            ("batch_tokens", self.batch_tokens), ("threads", self.threads)):
             if value is not None and value < 1:
-                raise ConfigError(f"{name} must be a positive number, got {value}")
+                raise ConfigError(f"{name}={value} must be a positive number")
         if kind != "none":
             if self.dim is None:
-                raise ConfigError(f"--proj {kind} needs --dim (the output dimension)")
+                raise ConfigError(f"proj={kind} needs dim=N (the output dimension)")
             if self.proj_weights is None and self.seed is None:
                 raise ConfigError(
                     f"a {kind} projection needs trained weights",
-                    hint="pass --proj-weights FILE, or --seed N to use a random (untrained) projection on purpose",
+                    hint="pass proj_weights=FILE, or seed=N to use a random (untrained) projection on purpose",
                 )
         elif self.proj_weights is not None:
-            raise ConfigError("--proj-weights needs a projection type: --proj linear or --proj mlp")
+            raise ConfigError("proj_weights=FILE needs a projection type: proj=linear or proj=mlp")
         if self.prompt is not None and self.prompt_name is not None:
             raise ConfigError("give --prompt TEXT or --prompt-name NAME, not both")
         if self.proj_weights is not None and not Path(self.proj_weights).is_file():
@@ -122,6 +124,8 @@ class Embedder:
         o.check()
         self.device = resolve_device(o.device)
         compute_dtype = resolve_dtype(o.dtype, self.device)
+        if o.threads is not None:
+            torch.set_num_threads(o.threads)  # process-wide, as OMP_NUM_THREADS would be
         self.notes: list[str] = []  # things the user should hear about (the CLI prints them)
         if self.device.type == "cpu" and compute_dtype == torch.bfloat16 and not cpu_has_native_bf16():
             # Issue 5: bf16 where the CPU supports it; emulated bf16 is ~6x slower than float32.
@@ -135,8 +139,11 @@ class Embedder:
         self.notes.extend(layout.notes)
         proj_kind = None if o.proj in (None, "none") else o.proj
         if proj_kind is not None and layout.head:
-            raise ConfigError("this model has its own modules after pooling; --proj cannot be added to it")
-        self.encoder = HFTextEncoder(spec, pooler_type=o.pooler or layout.pooler, dtype=compute_dtype)
+            raise ConfigError("this model has its own modules after pooling; proj=linear|mlp cannot be added to it")
+        # Issue 14: loaded in float32; bf16/fp16 are applied below to the Linear weights only
+        # (hfenc.precision), so norms, buffers and transformers' float32 modules stay float32.
+        self.encoder = HFTextEncoder(spec, pooler_type=o.pooler or layout.pooler,
+                                     dtype=precision.load_dtype(compute_dtype))
         init_seed = None
         if any(k.startswith("pooler.") for k in self.encoder.missing_keys):
             # Issue 10: the checkpoint has no trained pooling layer; make the random one the same
@@ -163,11 +170,11 @@ class Embedder:
         out_dim = head_out_dim(layout, self.encoder.output_dim)
         if proj_kind is None and o.dim is not None and o.dim != out_dim:
             raise ConfigError(
-                f"--dim {o.dim} differs from the model's output width {out_dim} and there is no projection",
-                hint="use --truncate-dim for Matryoshka models, or --proj linear|mlp with --proj-weights",
+                f"dim={o.dim} differs from the model's output width {out_dim} and there is no projection",
+                hint="use truncate_dim=N for Matryoshka models, or proj=linear|mlp with proj_weights=FILE",
             )
         if o.truncate_dim is not None and not 1 <= o.truncate_dim <= out_dim:
-            raise ConfigError(f"--truncate-dim {o.truncate_dim} must be between 1 and the output width {out_dim}")
+            raise ConfigError(f"truncate_dim={o.truncate_dim} must be between 1 and the output width {out_dim}")
         self.dim = o.truncate_dim or out_dim
         self.normalize = bool(layout.normalize if o.normalize is None else o.normalize)
 
@@ -184,7 +191,7 @@ class Embedder:
         limits = [x for x in (layout.max_seq_length, hf_tok.model_max_length, context) if x and x < 1_000_000]
         default_max = min(limits) if limits else 512
         if o.max_length is not None and context is not None and o.max_length > context:
-            raise ConfigError(f"--max-length {o.max_length} exceeds the model's {context} positions")
+            raise ConfigError(f"max_length={o.max_length} exceeds the model's {context} positions")
         self.max_length = int(o.max_length or default_max)
         prompt_name, prompt_text = self._prompt(layout)
         self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text, layout.do_lower_case)
@@ -192,6 +199,7 @@ class Embedder:
         skip = 0 if include_prompt or not prompt_text else self.tokenizer.prompt_length()
         self.pipeline = Pipeline(self.encoder, build_head(layout), build_token_stage(layout),
                                  o.truncate_dim, self.normalize, skip)
+        compute_dtype = self._precision(compute_dtype)
         self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens)
         self.settings = EmbedSettings(
             model=str(model if isinstance(model, str) else spec.name), pooler=self.encoder.pooler_type,
@@ -207,6 +215,24 @@ class Embedder:
         )
         self._weights_hash: str | None = None
 
+    def _precision(self, dtype: torch.dtype) -> torch.dtype:
+        """Apply the compute dtype's scheme (hfenc.precision). `auto` bf16 on a CPU is kept only
+        if it holds the min cosine to float32 on the probe texts, measured here (issue 14)."""
+        o = self.options
+        guard = None
+        if o.dtype == "auto" and dtype == torch.bfloat16 and self.device.type == "cpu":
+            guard = precision.AUTO_BF16_MIN_COSINE
+
+        def probe(dt: torch.dtype) -> np.ndarray:
+            tok = self.tokenizer(list(precision.PROBE_TEXTS))
+            out = np.empty((len(tok.lengths), self.dim), np.float32)
+            Engine(self.pipeline, self.tokenizer, self.device, dt, o.batch_tokens).embed_tokenized(tok, out)
+            return out
+
+        used, cos = precision.prepare(self.encoder.transformer, dtype, self.device, probe, guard)
+        self.probe_min_cosine = cos
+        return used
+
     def _prompt(self, layout) -> tuple[str | None, str]:
         """(name, text) of the prompt put before every text, as sentence-transformers resolves it:
         an explicit prompt, else a named one (which must exist), else the model's default."""
@@ -219,7 +245,7 @@ class Embedder:
         if name not in layout.prompts:
             if not layout.prompts:
                 raise ConfigError(f"prompt name {name!r}: this model defines no prompts",
-                                  hint="give the text itself with --prompt TEXT")
+                                  hint="give the text itself with prompt=TEXT")
             raise UnknownChoiceError("prompt name", name, layout.prompts)
         return name, layout.prompts[name]
 
@@ -249,30 +275,53 @@ class Embedder:
         """How this embedder makes its numbers (the sidecar's model part)."""
         return {
             **asdict(self.settings),
-            "model_path": str(self.resolved.path),
+            "model_path": self.resolved.shown,
             "model_source": self.resolved.source,
             "model_type": self.encoder.config.model_type,
             "architecture_discovered": self.encoder.arch.discovered,
             "weights_sha256": self.weights_hash,
             "config_sha256": self.config_hash,
+            "threads": torch.get_num_threads(),
             "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         }
 
-    def encode(self, texts: str | Sequence[str], progress: Callable[[Progress], None] | None = None,
+    def encode(self, texts: str | Iterable[str], progress: Callable[[Progress], None] | None = None,
                chunk_size: int = 16384, out_dtype: Any = np.float32) -> np.ndarray:
-        """Embed `texts`; returns an (n, dim) array in input order, or one (dim,) vector for a
-        single string (as sentence-transformers does)."""
+        """Embed `texts` (a list, or any iterable, streamed chunk by chunk); returns an (n, dim)
+        array in input order, or one (dim,) vector for a single string (as sentence-transformers
+        does). A non-string item is refused with its index."""
         if isinstance(texts, str):
             return self.encode([texts], progress, chunk_size, out_dtype)[0]
-        bad = next(((i, t) for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            kind = "a pair of texts (hfenc embeds single texts only)" if isinstance(bad[1], (tuple, list)) \
-                else f"a {type(bad[1]).__name__}"
-            raise InputError(f"encode() takes strings; item {bad[0]} is {kind}")
-        out = np.empty((len(texts), self.dim), dtype=out_dtype)
-        chunks = ((i, texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
-        self.engine.run(chunks, lambda start, n: out[start : start + n], progress=progress, rows_total=len(texts))
-        return out
+        total = len(texts) if isinstance(texts, Sequence) else None
+
+        def chunks() -> Iterator[tuple[int, list[str]]]:
+            batch: list[str] = []
+            seen = 0
+            for text in texts:
+                if not isinstance(text, str):
+                    kind = ("a pair of texts (hfenc embeds single texts only)" if isinstance(text, (tuple, list))
+                            else "None" if text is None else f"a {type(text).__name__}")
+                    raise InputError(f"encode() takes strings; item {seen} is {kind}")
+                batch.append(text)
+                seen += 1
+                if len(batch) == chunk_size:
+                    yield seen - len(batch), batch
+                    batch = []
+            if batch:
+                yield seen - len(batch), batch
+
+        if total is not None:  # a sized input: rows go straight into one array
+            out = np.empty((total, self.dim), dtype=out_dtype)
+            self.engine.run(chunks(), lambda start, n: out[start : start + n], progress=progress, rows_total=total)
+            return out
+        parts: list[np.ndarray] = []  # a stream: one array per chunk, joined at the end
+
+        def dest(start: int, n: int) -> np.ndarray:
+            parts.append(np.empty((n, self.dim), dtype=out_dtype))
+            return parts[-1]
+
+        self.engine.run(chunks(), dest, progress=progress)
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=out_dtype)
 
 
 _CONFIG_SUFFIXES = {".json", ".txt", ".model", ".vocab", ".tiktoken"}  # configs, vocabularies, merges
@@ -280,7 +329,7 @@ _CACHE: dict[tuple, Embedder] = {}
 
 
 def encode(
-    texts: str | Sequence[str],
+    texts: str | Iterable[str],
     model: str = DEFAULT_MODEL,
     *,
     progress: Callable[[Progress], None] | None = None,

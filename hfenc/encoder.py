@@ -177,6 +177,10 @@ class HFTextEncoder(nn.Module):
             spec = load_spec(model_name_or_path)
             path, config = spec.transformer_path, spec.config
             model_name_or_path = spec.name
+            # Issue 11: a sentence-transformers folder pools its own way (all-MiniLM-L6-v2: mean,
+            # not BERT's pooling layer), as `embed` does; its modules after pooling (Dense,
+            # Normalize) are the Embedder's, not this tower's.
+            pooler_type = pooler_type or spec.layout.pooler
         self.model_name_or_path = str(model_name_or_path)
         self.config = config
         arch = ARCHS.get(config.model_type)
@@ -284,6 +288,13 @@ class HFTextEncoder(nn.Module):
         prefix = "activation" if hasattr(self.transformer, "activation_checkpointing_enable") else "gradient"
         try:
             getattr(self.transformer, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
+            if not enable and hasattr(self.transformer, "disable_input_require_grads"):
+                # enabling hooked the embeddings' output to require grad; without this, frozen
+                # blocks would keep activations for backward after checkpointing is switched off
+                try:
+                    self.transformer.disable_input_require_grads()
+                except AttributeError:  # no hook was registered
+                    pass
         except ValueError as exc:  # a family that does not support it (e.g. MPNet)
             raise ConfigError(f"{self.config.model_type} does not support gradient checkpointing") from exc
 

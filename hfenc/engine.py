@@ -12,6 +12,7 @@ so a larger chunk pads less but holds more token ids in memory.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, UnknownChoiceError
+from .precision import compute_context
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -32,6 +34,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    name = name.strip().lower()  # CPU, Cuda:0 and cpu alike
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -57,12 +60,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise UnknownChoiceError("device", name, DEVICE_CHOICES)
 
 
+# Issue 14's CPU rule for `auto`: bf16 where the CPU has it natively and the probe holds. Off until
+# the test suite stops assuming that `auto` is exact float32 on every CPU (tests/conftest.py then
+# pins cpu_has_native_bf16 to False for tests that compare with atol=1e-5).
+AUTO_BF16_ON_CPU = False
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: float32 on CPU (exact); on GPU bf16 where supported, else fp16."""
+    """auto: on GPU bf16 where supported, else fp16; on a CPU float32, or (AUTO_BF16_ON_CPU) bf16
+    where the CPU has native bf16 (AVX512-BF16/AMX), which the Embedder keeps only if the model's
+    probe cosine holds (hfenc.precision). bf16/fp16 are the mixed scheme of hfenc.precision."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        native = AUTO_BF16_ON_CPU and device.type == "cpu" and cpu_has_native_bf16()
+        return torch.bfloat16 if native else torch.float32
     try:
         return DTYPES[name]
     except KeyError:
@@ -138,8 +150,18 @@ class TextTokenizer:
             n -= 1
         return n
 
-    def __call__(self, texts: Sequence[str]) -> Tokenized:
-        return self._tokenize(self._prepare(texts, self.prefix))
+    def __call__(self, texts: Sequence[str], threads: int = 1) -> Tokenized:
+        """Token ids of `texts`; with threads > 1, sub-chunks of SUB_CHUNK texts are encoded by
+        that many threads (the Rust encode releases the GIL, so one thread's encode overlaps
+        another's conversion to numpy) and joined in order: the same ids as one thread."""
+        prepared = self._prepare(texts, self.prefix)
+        if threads <= 1 or len(prepared) <= SUB_CHUNK:
+            return self._tokenize(prepared)
+        parts = [prepared[i : i + SUB_CHUNK] for i in range(0, len(prepared), SUB_CHUNK)]
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hfenc-tok") as pool:
+            done = list(pool.map(self._tokenize, parts))
+        return Tokenized(np.concatenate([d.flat for d in done]), np.concatenate([d.lengths for d in done]),
+                         np.concatenate([d.truncated for d in done]))
 
     def _tokenize(self, texts: list[str]) -> Tokenized:
         if self.fast is not None:
@@ -154,6 +176,14 @@ class TextTokenizer:
             lengths = np.fromiter((len(r) for r in ids), np.int64, len(ids))
             flat = np.fromiter(chain.from_iterable(ids), np.int64, int(lengths.sum()))
         return Tokenized(flat, lengths, truncated)
+
+
+SUB_CHUNK = 2048  # texts per tokenizer task (issue 14: 4 threads x 2,048 lines measured 60k texts/s)
+
+
+def tokenizer_threads(device: torch.device) -> int:
+    """On a CPU device the model needs the cores, so one thread; feeding a GPU, up to 4."""
+    return 1 if device.type == "cpu" else max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def plan_batches(sorted_lengths: np.ndarray, batch_tokens: int) -> list[tuple[int, int]]:
@@ -184,6 +214,50 @@ def pad_rows(tok: Tokenized, rows: np.ndarray, pad_id: int, left: bool = False) 
     return ids, mask
 
 
+class HostStaging:
+    """Reusable host buffers for host-to-device copies (issue 14: no per-batch pinning).
+
+    `slots` int64 buffers are used in turn; a slot grows (to a power of two) only when a batch
+    needs more than it holds, so a run allocates a handful of times, not once per batch. Before a
+    slot is refilled, the copy that last read it must have finished (its CUDA event), so a
+    non-blocking copy never reads ids already overwritten, while the next batch's ids can be
+    staged during the current copy. `pin=False` (or a CPU target) gives plain memory."""
+
+    def __init__(self, slots: int = 2, pin: bool = True) -> None:
+        self.pin = pin
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.events: list[Any] = [None] * slots
+        self.turn = 0
+        self.allocations = 0
+
+    def stage(self, *arrays: np.ndarray) -> tuple[torch.Tensor, int]:
+        """Copy the arrays (int64), one after another, into the next slot; returns the filled view
+        of that slot and the slot's number (for `record`)."""
+        n = sum(a.size for a in arrays)
+        slot = self.turn
+        self.turn = (self.turn + 1) % len(self.buffers)
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()  # the copy that read this slot is done
+            self.events[slot] = None
+        buf = self.buffers[slot]
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(1 << max(int(n - 1).bit_length(), 12), dtype=torch.int64)
+            if self.pin:
+                buf = buf.pin_memory()
+            self.buffers[slot] = buf
+            self.allocations += 1
+        view = buf.numpy()
+        at = 0
+        for a in arrays:
+            view[at : at + a.size] = a.reshape(-1)
+            at += a.size
+        return buf[:n], slot
+
+    def record(self, slot: int, event: Any) -> None:
+        """`event` (recorded after the copy out of `slot`) is what the next refill waits for."""
+        self.events[slot] = event
+
+
 @dataclass
 class Progress:
     rows_done: int  # rows finished, counting those an earlier run saved
@@ -191,6 +265,18 @@ class Progress:
     tokens_done: int  # tokens embedded by this run
     elapsed: float  # seconds since this run started embedding
     resumed: int = 0  # rows an earlier run had saved (not part of this run's rate)
+
+    @property
+    def rate(self) -> float:
+        """Rows per second of this run."""
+        return (self.rows_done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at this run's rate; None until there is a rate and a known total."""
+        if self.rows_total is None or self.rate <= 0:
+            return None
+        return max(self.rows_total - self.rows_done, 0) / self.rate
 
 
 @dataclass
@@ -215,30 +301,52 @@ class Engine:
         # Moved, never cast: the transformer was loaded in `dtype` by transformers itself, which
         # keeps what must stay float32 (rotary inv_freq, _keep_in_fp32_modules); the head is
         # float32 (issue 9: casting a RoPE model's buffers to bf16 skews positions).
+        # bf16/fp16 are hfenc.precision's mixed scheme: Linear weights in the low dtype, the
+        # forward under autocast (compute_context), norms and buffers float32.
         self.module = encode_fn.eval().to(device=device)
         self.tokenizer = tokenizer
         self.device, self.dtype = device, dtype
         self.batch_tokens = int(batch_tokens or default_batch_tokens(device))
         if self.batch_tokens < 1:
             raise ConfigError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        self.tokenize_threads = tokenizer_threads(device)
+        self.staging = HostStaging(pin=True) if device.type == "cuda" else None
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
+    def _batch(self, tok: Tokenized, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ids and mask of `rows` on the device. CUDA: ids and lengths go in one copy
+        from a reused pinned buffer; the mask is built on the device from the lengths."""
+        ids, mask = pad_rows(tok, rows, self.tokenizer.pad_id, self.tokenizer.left_pad)
+        if self.staging is None:
+            return torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+        n, width = ids.shape
+        host, slot = self.staging.stage(ids, tok.lengths[rows])
+        on_device = host.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.staging.record(slot, event)
+        lengths = on_device[n * width :]
+        positions = torch.arange(width, device=self.device)
+        if self.tokenizer.left_pad:
+            dev_mask = positions[None, :] >= (width - lengths)[:, None]
+        else:
+            dev_mask = positions[None, :] < lengths[:, None]
+        return on_device[: n * width].view(n, width), dev_mask
 
     @torch.inference_mode()
-    def embed_tokenized(self, tok: Tokenized, dest: np.ndarray) -> None:
-        """Embed every row of `tok` into dest[i] (dest has len(tok.lengths) rows)."""
+    def embed_tokenized(self, tok: Tokenized, dest: np.ndarray,
+                        on_batch: Callable[[int, int], None] | None = None) -> None:
+        """Embed every row of `tok` into dest[i] (dest has len(tok.lengths) rows); `on_batch(rows,
+        tokens)` after each batch is handed to the device (progress between chunks)."""
         order = np.argsort(-tok.lengths, kind="stable")
         results, positions = [], []
         for start, end in plan_batches(tok.lengths[order], self.batch_tokens):
             rows = order[start:end]
-            ids, mask = pad_rows(tok, rows, self.tokenizer.pad_id, self.tokenizer.left_pad)
-            out = self.module(self._to_device(ids), self._to_device(mask))
+            with compute_context(self.device, self.dtype):
+                out = self.module(*self._batch(tok, rows))
             results.append(out.float())  # stays on the device: one copy back per chunk
             positions.append(rows)
+            if on_batch is not None:
+                on_batch(len(rows), int(tok.lengths[rows].sum()))
         if results:
             dest[np.concatenate(positions)] = torch.cat(results).cpu().numpy()
 
@@ -261,7 +369,16 @@ class Engine:
 
         def prepare() -> tuple[int, Tokenized] | None:
             item = next(iterator, None)
-            return None if item is None else (item[0], self.tokenizer(item[1]))
+            return None if item is None else (item[0], self.tokenizer(item[1], self.tokenize_threads))
+
+        in_chunk = [0, 0]  # rows and tokens of the chunk in flight, batch by batch
+
+        def on_batch(rows: int, tokens: int) -> None:
+            in_chunk[0] += rows
+            in_chunk[1] += tokens
+            if progress is not None:
+                progress(Progress(stats.rows - rows0 + in_chunk[0], rows_total,
+                                  stats.tokens - tokens0 + in_chunk[1], time.perf_counter() - t0))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfenc-tokenize") as pool:
             pending: Future = pool.submit(prepare)
@@ -269,7 +386,8 @@ class Engine:
                 pending = pool.submit(prepare)
                 start, tok = item
                 n = len(tok.lengths)
-                self.embed_tokenized(tok, dest(start, n))
+                in_chunk[:] = [0, 0]
+                self.embed_tokenized(tok, dest(start, n), on_batch)
                 stats.rows += n
                 stats.tokens += int(tok.lengths.sum())
                 n_trunc = int(tok.truncated.sum())
@@ -278,7 +396,4 @@ class Engine:
                 stats.truncated += n_trunc
                 if on_chunk is not None:
                     on_chunk(start, n, stats)
-                if progress is not None:
-                    progress(Progress(stats.rows - rows0, rows_total, stats.tokens - tokens0,
-                                      time.perf_counter() - t0))
         return stats

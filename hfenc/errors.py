@@ -62,6 +62,6 @@ class ResumeError(HfencError):
 class Interrupted(HfencError):
     """A job stopped by a signal; finished chunks are kept for --resume."""
 
-    def __init__(self, message: str, hint: str | None = None, rows_done: int = 0) -> None:
+    def __init__(self, message: str, hint: str | None = None, rows_done: int = 0, signum: int = 2) -> None:
         super().__init__(message, hint)
-        self.rows_done = rows_done
+        self.rows_done, self.signum = rows_done, signum  # the CLI exits 128 + signum (130 or 143)

@@ -46,8 +46,15 @@ import numpy as np
 from .errors import InputChanged, InputError, UnknownChoiceError
 
 Format = Literal["txt", "jsonl", "csv", "tsv"]
-FORMATS = ("txt", "jsonl", "csv", "tsv")
-_SUFFIXES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet", "arrow")
+_SUFFIXES = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+             ".csv": "csv", ".tsv": "tsv",
+             # tables, read by hfenc.parquet (the `parquet` extra): Parquet, Arrow IPC / Feather v2
+             ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow"}
+# Which options mean something for which format (issue 11: the others are refused, not ignored).
+_APPLIES = {"field": ("jsonl", "json"), "column": ("csv", "tsv", "parquet", "arrow"),
+            "id_field": ("jsonl", "json", "csv", "tsv", "parquet", "arrow"), "tsv_quoting": ("tsv",)}
+_OPTION = {"field": "--field", "column": "--column", "id_field": "--id-field", "tsv_quoting": "--tsv-quoting"}
 _BOM = codecs.BOM_UTF8
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -62,14 +69,55 @@ class InputSpec:
     encoding_errors: Literal["strict", "replace"] = "strict"
     skip_blank: bool = False
     tsv_quoting: bool = False  # TSV: False splits every line on tabs ('"' is text); True: CSV-style quotes
+    more: tuple[str, ...] = ()  # further input files, read after `path`, in order
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, *self.more)
 
     def resolved_format(self) -> str:
+        """The format: --format, else the suffix (known suffixes only; issue 11: a file is never
+        guessed to be text). Several files must share one format."""
         if self.format is not None:
             if self.format not in FORMATS:
                 raise UnknownChoiceError("input format", self.format, FORMATS)
             return self.format
-        name = self.path[:-3] if self.path.endswith(".gz") else self.path
-        return _SUFFIXES.get(Path(name).suffix.lower(), "txt")
+        formats = {_format_of(p) for p in self.paths}
+        if len(formats) > 1:
+            raise InputError(f"the input files have different formats ({', '.join(sorted(formats))}); "
+                             "embed them in separate jobs, or give --format")
+        return formats.pop()
+
+    def check(self) -> None:
+        """Refuse options that mean nothing for this format (they would be silently ignored)."""
+        fmt = self.resolved_format()
+        given = {"field": self.field != "text", "column": self.column is not None,
+                 "id_field": self.id_field is not None, "tsv_quoting": self.tsv_quoting}
+        for name, formats in _APPLIES.items():
+            if given[name] and fmt not in formats:
+                where = " or ".join(f".{f}" for f in formats)
+                raise InputError(f"{_OPTION[name]} does not apply to {fmt} input; it is for {where} input")
+
+
+_TABLES = ("parquet", "arrow")  # compressed inside: never read through gzip
+
+
+def _format_of(path: str) -> str:
+    if path == "-":
+        return "txt"
+    gz = path.endswith(".gz")
+    suffix = Path(path[:-3] if gz else path).suffix.lower()
+    if suffix not in _SUFFIXES:  # (a gzipped table is refused by name where it is read)
+        if os.path.isdir(path):
+            raise InputError(f"input {path} is a directory, not a file", hint="name its files, or a glob such as 'dir/*.txt'")
+        if not os.path.exists(path):
+            raise InputError(f"input file {path} does not exist")
+        texts = sorted(k for k, f in _SUFFIXES.items() if f not in _TABLES)
+        tables = sorted(k for k, f in _SUFFIXES.items() if f in _TABLES)
+        raise InputError(f"{path}: unknown input type {suffix or '(no suffix)'!r}; hfenc reads {', '.join(texts)} (each also "
+                         f"as .gz) and {', '.join(tables)}",
+                         hint="give --format txt|jsonl|json|csv|tsv|parquet|arrow to read it as one of them")
+    return _SUFFIXES[suffix]
 
 
 @dataclass(frozen=True)
@@ -169,12 +217,12 @@ def _unreadable(path: str, gz: bool, lines_read: int, exc: BaseException) -> Inp
 def _decode(raw: bytes, line: int, offset: int, errors: str) -> str:
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise InputError(f"line {line}: NUL byte at byte offset {offset + nul}; is this a binary file?")
+        raise InputError(f"line {line}, byte {nul + 1}: NUL byte (file byte offset {offset + nul}); is this a binary file?")
     try:
         return raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"line {line}: invalid UTF-8 at byte offset {offset + exc.start}",
+            f"line {line}, byte {exc.start + 1}: invalid UTF-8 (file byte offset {offset + exc.start})",
             hint="fix the file's encoding, or pass --encoding-errors replace",
         ) from None
 
@@ -224,13 +272,95 @@ def _jsonl(spec: InputSpec, tally: _Tally | None, again: bool) -> Iterator[Recor
             # An integer over Python's 4300-digit limit (a ValueError without .msg), or nesting
             # deeper than the interpreter's stack: valid JSON that Python cannot load.
             raise InputError(f"line {line}: JSON that Python cannot load ({_one_line(exc)})") from None
-        if not isinstance(obj, dict) or spec.field not in obj:
-            raise InputError(f"line {line}: no field {spec.field!r}", hint="choose the field with --field")
-        value = obj[spec.field]
-        if not isinstance(value, str):
-            raise InputError(f"line {line}: field {spec.field!r} is {type(value).__name__}, not a string")
-        value = _unicode(value, line, f"field {spec.field!r}", spec.encoding_errors)
-        yield Record(line, value, _id(obj, spec.id_field, line, spec.encoding_errors))
+        yield _json_record(obj, spec, line)
+
+
+def _json_record(obj: object, spec: InputSpec, line: int, item: str = "the record") -> Record:
+    """A JSON value as a record: an object's text field (jsonl, json), or a bare string (json)."""
+    if isinstance(obj, str) and spec.resolved_format() == "json":
+        return Record(line, _unicode(obj, line, "the text", spec.encoding_errors))
+    if not isinstance(obj, dict):
+        raise InputError(f"line {line}: {item} is a JSON {_json_type(obj)}, not an object with a {spec.field!r} field")
+    if spec.field not in obj:
+        present = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
+        raise InputError(f"line {line}: no field {spec.field!r}; the fields present are: {present}",
+                         hint="choose the field with --field")
+    value = obj[spec.field]
+    if not isinstance(value, str):
+        raise InputError(f"line {line}: field {spec.field!r} is a JSON {_json_type(value)}, not a string")
+    value = _unicode(value, line, f"field {spec.field!r}", spec.encoding_errors)
+    return Record(line, value, _id(obj, spec.id_field, line, spec.encoding_errors))
+
+
+def _json_type(value: object) -> str:
+    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
+             list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _json_array(spec: InputSpec, tally: _Tally | None, again: bool) -> Iterator[Record]:
+    """A .json file holding one array of strings or objects, parsed element by element as its
+    lines arrive: an indented array streams in flat memory; a minified one (one line) is held
+    whole, so big inputs belong in .jsonl."""
+    decoder = json.JSONDecoder()
+    lines = _lines(spec, tally, again)
+    buf, pos, line = "", 0, 1  # line: the line number at buf[pos]
+    state = "start"  # start -> open (after '[') -> sep (after an item) -> next (after ',') -> done
+
+    def more() -> bool:
+        nonlocal buf, pos
+        nxt = next(lines, None)
+        if nxt is None:
+            return False
+        buf, pos = buf[pos:] + nxt[1] + "\n", 0  # keep only the unparsed rest
+        return True
+
+    def skip_to(end: int) -> None:
+        nonlocal pos, line
+        line += buf.count("\n", pos, end)
+        pos = end
+
+    while True:
+        end = pos
+        while end < len(buf) and buf[end] in " \t\r\n":
+            end += 1
+        skip_to(end)
+        if pos == len(buf):
+            if not more():
+                break
+            continue
+        char = buf[pos]
+        if state == "start" and char != "[":
+            raise InputError(f"line {line}: a .json input must be one array of texts or objects (found {char!r})",
+                             hint="for one JSON object per line, name the file .jsonl")
+        if state == "done":
+            raise InputError(f"line {line}: text after the end of the JSON array")
+        if state == "start" or (state == "sep" and char == ","):
+            state = "open" if state == "start" else "next"
+            skip_to(pos + 1)
+            continue
+        if char == "]" and state in ("open", "sep"):
+            state = "done"
+            skip_to(pos + 1)
+            continue
+        if state == "sep":
+            raise InputError(f"line {line}: malformed JSON array (expected ',' or ']', found {char!r})")
+        try:
+            obj, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as exc:
+            if more():  # the item goes on over the next line
+                continue
+            raise InputError(f"line {line}: malformed JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"line {line}: JSON that Python cannot load ({_one_line(exc)})") from None
+        record = _json_record(obj, spec, line, "the array item")
+        if not (spec.skip_blank and not record.text.strip()):
+            yield record
+        skip_to(end)
+        state = "sep"
+    if state != "done":
+        raise InputError(f"{spec.path}: no JSON array in the file" if state == "start"
+                         else f"{spec.path}: the JSON array is not closed (no ']')")
 
 
 def _unicode(value: str, line: int, what: str, errors: str) -> str:
@@ -351,7 +481,8 @@ def _table(spec: InputSpec, fmt: str, tally: _Tally | None, again: bool) -> Iter
         if key is not None and key not in header:
             shown = ", ".join(name if name.isprintable() else repr(name) for name in header)
             raise InputError(f"no column {key!r}; the header has: {shown}",
-                             hint="choose the column with --column")
+                             hint="choose the text column with --column" if key == column
+                             else "choose the id column with --id-field")
         if key is not None and header.count(key) > 1:
             raise InputError(f"column {key!r} appears {header.count(key)} times in the header",
                              hint="give each column of the header its own name")
@@ -375,11 +506,26 @@ def _table(spec: InputSpec, fmt: str, tally: _Tally | None, again: bool) -> Iter
 
 
 def _records(spec: InputSpec, tally: _Tally | None = None, again: bool = False) -> Iterator[Record]:
+    if spec.more:  # several files: each is read and hashed on its own, rows in argument order
+        parts = []
+        for path in spec.paths:
+            part = _Tally()
+            yield from _records(_one(spec, path), part, again)
+            parts.append((path, part))
+        if tally is not None:
+            _combine(tally, parts)
+        return
     fmt = spec.resolved_format()
-    if fmt == "jsonl":
-        source: Iterator[Record] = _jsonl(spec, tally, again)
+    if fmt == "json":
+        source: Iterator[Record] = _json_array(spec, tally, again)
+    elif fmt == "jsonl":
+        source = _jsonl(spec, tally, again)
     elif fmt in ("csv", "tsv"):
         source = _table(spec, fmt, tally, again)
+    elif fmt in ("parquet", "arrow"):
+        from .parquet import table_records  # pyarrow is an optional extra, imported there only
+
+        source = table_records(spec, tally, again)
     else:
         if spec.id_field is not None:
             raise InputError("--id-field needs a .jsonl, .csv or .tsv input")
@@ -388,6 +534,20 @@ def _records(spec: InputSpec, tally: _Tally | None = None, again: bool = False) 
         if spec.skip_blank and not record.text.strip():
             continue
         yield record
+
+
+def _combine(tally: _Tally, parts: list[tuple[str, _Tally]]) -> None:
+    """The hash of several files: of their names, hashes and sizes, in order."""
+    digest = hashlib.sha256()
+    for path, part in parts:
+        digest.update(f"{path}\0{part.sha256}\0{part.bytes}\n".encode())
+    tally.sha256, tally.bytes = "sha256:" + digest.hexdigest(), sum(part.bytes for _, part in parts)
+
+
+def _one(spec: InputSpec, path: str) -> InputSpec:
+    from dataclasses import replace
+
+    return replace(spec, path=path, more=())
 
 
 def records(spec: InputSpec) -> Iterator[Record]:
@@ -401,6 +561,7 @@ class Scan:
     blank: int
     sha256: str
     bytes: int
+    files: tuple[tuple[str, int], ...] = ()  # (path, records) per input file, in order
 
 
 def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] | None = None) -> Scan:
@@ -409,24 +570,32 @@ def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] |
     The hash and size are of the raw bytes this pass parsed (for a .gz, the compressed file)."""
     rows = blank = 0
     batch: list[int] = []
-    tally = _Tally()
-    for record in _records(spec, tally):
-        rows += 1
-        if not record.text.strip():
-            blank += 1
-        if ids_out is not None:
-            ids_out.write((record.id or "") + "\n")
-        if lines_out is not None:
-            batch.append(record.line)
-            if len(batch) >= 65536:
-                lines_out.write(np.asarray(batch, dtype="<i8").tobytes())
-                batch.clear()
+    tally, parts, files = _Tally(), [], []
+    for path in spec.paths:
+        part, before = _Tally(), rows
+        for record in _records(_one(spec, path), part):
+            rows += 1
+            if not record.text.strip():
+                blank += 1
+            if ids_out is not None:
+                ids_out.write((record.id or "") + "\n")
+            if lines_out is not None:
+                batch.append(record.line)
+                if len(batch) >= 65536:
+                    lines_out.write(np.asarray(batch, dtype="<i8").tobytes())
+                    batch.clear()
+        parts.append((path, part))
+        files.append((path, rows - before))
+    if spec.more:
+        _combine(tally, parts)
+    else:
+        tally = parts[0][1]
     if lines_out is not None and batch:
         lines_out.write(np.asarray(batch, dtype="<i8").tobytes())
     if rows == 0:
-        raise InputError(f"input {spec.path} is empty: no records to embed")
+        raise InputError(f"input {' '.join(spec.paths)} is empty: no records to embed")
     assert tally.sha256 is not None  # the pass reached the end of the input
-    return Scan(rows, blank, tally.sha256, tally.bytes)
+    return Scan(rows, blank, tally.sha256, tally.bytes, tuple(files))
 
 
 def chunks(spec: InputSpec, chunk_size: int, start_row: int = 0,
@@ -459,6 +628,32 @@ def chunks(spec: InputSpec, chunk_size: int, start_row: int = 0,
                                       f"it had {expected.bytes})")
     if texts:
         yield row - len(texts), texts
+
+
+def spool_texts(directory: Path, texts: tuple[str, ...] | list[str]) -> Path:
+    """Texts given as arguments, as a hidden JSONL file (a text may hold newlines); the caller
+    deletes it."""
+    fd, name = tempfile.mkstemp(prefix=".hfenc-text-", suffix=".jsonl", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        for text in texts:
+            out.write(json.dumps({"text": text}) + "\n")
+    return Path(name)
+
+
+def expand_inputs(args: list[str]) -> list[str]:
+    """Command-line inputs with globs expanded (sorted), for shells that pass them unexpanded."""
+    import glob
+
+    paths: list[str] = []
+    for arg in args:
+        if arg != "-" and not os.path.exists(arg) and any(c in arg for c in "*?["):
+            found = sorted(glob.glob(arg))
+            if not found:
+                raise InputError(f"no file matches {arg!r}")
+            paths.extend(found)
+        else:
+            paths.append(arg)
+    return paths
 
 
 def spool_stdin(directory: Path) -> Path:

@@ -25,8 +25,9 @@ from .engine import Progress, RunStats
 from . import faults
 from .errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
                      UnknownChoiceError)
-from .inputs import InputSpec, chunks, records, scan, spool_stdin
-from .outputs import SIDECAR_FORMAT, OutputPaths, RowWriter, check_writable, default_output, owns
+from .inputs import InputSpec, chunks, records, scan, spool_stdin, spool_texts
+from .outputs import SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns
+from .writers import check_options, default_path, open_output, out_format
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -40,6 +41,11 @@ class JobOptions:
     out_dtype: str = "float32"
     chunk_size: int = 16384
     on_overflow: Literal["truncate", "error"] = "truncate"
+    texts: tuple[str, ...] = ()  # --text: texts given on the command line (instead of a file)
+    out_format: str | None = None  # npy | parquet; None: from the output's suffix (hfenc.writers)
+    quantize: str | None = None  # int8 | uint8 | binary | ubinary (hfenc.quantize)
+    ranges: str | Path | None = None  # int8/uint8 calibration ranges file (default: a sample of the input)
+    keep_text: bool = False  # Parquet output: a `text` column
 
 
 @dataclass
@@ -58,11 +64,21 @@ class JobResult:
     warnings: list[str] = field(default_factory=list)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C (so temporary files go) but remembered as SIGTERM."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops the job like Ctrl-C does: finished chunks are kept for --resume."""
     try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
@@ -79,18 +95,44 @@ def _validate(job: JobOptions) -> OutputPaths:
         raise UnknownChoiceError("overflow policy", job.on_overflow, ("truncate", "error"))
     if job.chunk_size < 1:
         raise ConfigError(f"chunk size must be positive, got {job.chunk_size}")
-    if job.input.path == "-" and job.output is None:
-        raise ConfigError("reading standard input needs an output path", hint="pass -o OUT.npy")
-    job.input.resolved_format()  # an unknown --format fails here
-    return OutputPaths(Path(job.output) if job.output is not None else default_output(job.input.path))
+    if job.output is not None and str(job.output) == "-":
+        raise ConfigError("-o - (standard output) is not supported: an output is an array plus its sidecar",
+                          hint="give a file name, e.g. -o out.npy")
+    if (job.input.path == "-" or job.input.more or job.texts) and job.output is None:
+        what = "standard input" if job.input.path == "-" else "--text" if job.texts else "several inputs"
+        raise ConfigError(f"{what} needs an output path", hint="pass -o OUT.npy")
+    if "-" in job.input.more or (job.input.path == "-" and job.input.more):
+        raise ConfigError("standard input (-) cannot be combined with other inputs")
+    job.input.check()  # an unknown format, or an option that does not apply to it, fails here
+    fmt = check_options(job.output, job.out_format, job.quantize, job.ranges, job.keep_text, job.out_dtype)
+    out = Path(job.output) if job.output is not None else default_path(default_output(job.input.path), fmt)
+    if job.out_format is None:
+        output_format(out)
+    return OutputPaths(out)
 
 
-def _line_of(spec: InputSpec, row: int) -> int:
-    """The input line where record `row` starts (found again only when a refusal needs it)."""
-    for i, record in enumerate(records(spec)):
-        if i == row:
-            return record.line
-    return row + 1
+# Output formats by suffix (issue 11: the suffix decides; anything else is refused).
+OUTPUT_FORMATS = {".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def output_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ConfigError(f"output {path}: unknown output type {suffix or '(no suffix)'!r}; "
+                          f"hfenc writes {', '.join(sorted(OUTPUT_FORMATS))}")
+    return OUTPUT_FORMATS[suffix]
+
+
+def _line_of(spec: InputSpec, row: int) -> str:
+    """Where record `row` starts: `line N` (`FILE line N` with several inputs); found again only
+    when a refusal needs it."""
+    i = 0
+    for path in spec.paths:
+        for record in records(replace(spec, path=path, more=())):
+            if i == row:
+                return f"{path} line {record.line}" if spec.more else f"line {record.line}"
+            i += 1
+    return f"record {row + 1}"
 
 
 def embed_file(
@@ -101,15 +143,21 @@ def embed_file(
     """Run one job. `embedder` may be a factory, so that it is only loaded once the input is valid."""
     t0 = time.perf_counter()
     paths = _validate(job)
-    writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+    ids_side = job.input.id_field and out_format(paths.npy, job.out_format) != "parquet"  # Parquet: an id column
+    writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines)) if made)
     check_writable(paths, job.force, job.resume, writes)
     with _sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
         return _embed_file(job, paths, embedder, progress, t0)
 
 
 def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
-    spooled = spool_stdin(paths.npy.parent) if job.input.path == "-" else None
-    spec = replace(job.input, path=str(spooled)) if spooled else job.input
+    spooled = None
+    if job.texts:
+        spooled = spool_texts(paths.npy.parent, job.texts)
+    elif job.input.path == "-":
+        spooled = spool_stdin(paths.npy.parent)
+    spec = replace(job.input, path=str(spooled), format="jsonl" if job.texts else job.input.resolved_format()) \
+        if spooled else job.input
     # The scan's side files; they are staged for publication only once the rows are done.
     ids_tmp = paths.hidden(paths.ids, "scan")
     lines_tmp = paths.hidden(paths.lines, "scan")
@@ -136,7 +184,11 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         "on_overflow": job.on_overflow,
         **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
     }
-    writer = RowWriter(paths, info.rows, model.dim, np.dtype(job.out_dtype), fingerprint, job.resume)
+    fmt = out_format(paths.npy, job.out_format)
+    output = open_output(paths, fmt, info.rows, model.dim, job.out_dtype, fingerprint, job.resume,
+                         quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
+                         ids=ids_tmp if spec.id_field and fmt == "parquet" else None, model=model, spec=spec)
+    writer = output.writer
     if writer.publishing is not None:  # the earlier run had finished its rows: publish them
         metadata = writer.finish_publication()
         return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, time.perf_counter() - t0,
@@ -150,7 +202,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
     def on_chunk(start: int, n: int, s: RunStats) -> None:
         if job.on_overflow == "error" and s.first_truncated is not None:
             raise OverflowRefused(
-                f"line {_line_of(spec, s.first_truncated)} is longer than the maximum of {model.max_length} tokens",
+                f"{_line_of(spec, s.first_truncated)} is longer than the maximum of {model.max_length} tokens",
                 hint="raise --max-length, or drop --on-overflow error to truncate",
             )
         writer.save_state(start + n, {"tokens": s.tokens, "truncated": s.truncated,
@@ -164,12 +216,13 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
     t_embed = time.perf_counter()
     try:
         model.engine.run(
-            chunks(spec, job.chunk_size, resumed_from, expected=info), writer.rows, on_chunk=on_chunk,
+            output.tap(chunks(spec, job.chunk_size, resumed_from, expected=info)), writer.rows, on_chunk=on_chunk,
             progress=report, rows_total=info.rows, stats=stats,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         raise Interrupted(
-            f"interrupted: {writer.rows_done:,} of {info.rows:,} rows are saved", rows_done=writer.rows_done
+            f"{writer.rows_done:,} of {info.rows:,} rows are saved in {paths.partial.name}",
+            rows_done=writer.rows_done, signum=getattr(exc, "signum", signal.SIGINT),
         ) from None
     except (OverflowRefused, InputChanged):  # a refusal, or rows of other bytes: nothing half-written stays
         writer.abandon()
@@ -183,14 +236,14 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         ) from None
 
     embed_seconds = time.perf_counter() - t_embed
-    warnings = list(model.notes)
+    warnings = [*model.notes, *output.warnings]
     if info.blank and not spec.skip_blank:
         warnings.append(f"{info.blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
     if stats.truncated:
         warnings.append(f"{stats.truncated:,} text(s) were longer than {model.max_length} tokens and truncated")
     elapsed = time.perf_counter() - t0
     extra, side_files, stale = {}, [], []
-    if spec.id_field:
+    if spec.id_field and not output.ids_in_file:
         os.replace(ids_tmp, paths.staged(paths.ids))
         side_files.append((paths.staged(paths.ids), paths.ids))
         extra["ids_file"] = paths.ids.name
@@ -199,7 +252,7 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
             np.save(fh, np.fromfile(lines_tmp, dtype="<i8"))
         side_files.append((paths.staged(paths.lines), paths.lines))
         extra["lines_file"] = paths.lines.name
-    for made, final in ((spec.id_field, paths.ids), (spec.skip_blank, paths.lines)):
+    for made, final in ((spec.id_field and not output.ids_in_file, paths.ids), (spec.skip_blank, paths.lines)):
         if not made and final.exists():  # an earlier run's, beside the output this run replaces
             if owns(paths, final):
                 stale.append(final)
@@ -211,20 +264,23 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
         "output": paths.npy.name,
         "rows": info.rows,
         "dim": model.dim,
-        "out_dtype": job.out_dtype,
+        "out_dtype": output.out_dtype,
         "truncated_rows": stats.truncated,
         "blank_rows": info.blank,
         "tokens": stats.tokens,
-        "input": {"path": job.input.path, "format": spec.resolved_format(), "sha256": info.sha256,
+        "input": {"path": "(--text)" if job.texts else job.input.path, "format": spec.resolved_format(),
+                  "sha256": info.sha256,
                   "bytes": info.bytes, "field": spec.field if spec.resolved_format() == "jsonl" else None,
                   "column": spec.column, "skip_blank": spec.skip_blank,
-                  "tsv_quoting": spec.tsv_quoting if spec.resolved_format() == "tsv" else None},
+                  "tsv_quoting": spec.tsv_quoting if spec.resolved_format() == "tsv" else None,
+                  **({"files": [{"path": p, "rows": n} for p, n in info.files]} if spec.more else {})},
         **model.describe(),
         "chunk_size": job.chunk_size,
         "resumed_from_row": resumed_from or None,
         "elapsed_seconds": round(elapsed, 3),
         "embed_seconds": round(embed_seconds, 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **output.metadata(),
         **extra,
     }
     metadata = writer.finish(metadata, side_files, stale)

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from .archs import is_norm
 from .errors import ConfigError, UnknownChoiceError
+
+if TYPE_CHECKING:
+    from .memory import MemoryEstimate
 
 Style = Literal["hfenc", "open_clip"]
 STYLES = ("hfenc", "open_clip")
@@ -62,6 +65,10 @@ class ParamGroup:
     params: tuple[str, ...]
     sizes: tuple[int, ...]
     norms: tuple[str, ...]  # the params of this group that belong to norm layers (by module type)
+    # Issue 15 (memory estimates): each parameter's shape (Adafactor's factored state needs it) and
+    # the params that are nn.Linear weights (autocast keeps a 16-bit copy of each trainable one).
+    shapes: tuple[tuple[int, ...], ...] = ()
+    linear: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -80,6 +87,14 @@ class LockPlan:
     trainable: frozenset[str]
     warnings: tuple[str, ...] = field(default=())
     pooler: str = ""  # the pooler the plan assumed (it decides whether BERT's pooling layer exists)
+    config: Any = field(default=None, compare=False, repr=False)  # the transformers config planned
+
+    def memory(self, **options: Any) -> MemoryEstimate:
+        """What fine-tuning with this plan needs in memory: a MemoryEstimate (see hfenc.memory for
+        the options: optimizer, precision, batch, seq_len, grad_checkpointing, attention)."""
+        from .memory import estimate_memory
+
+        return estimate_memory(self, **options)
 
     @property
     def total(self) -> int:
@@ -132,7 +147,7 @@ def _groups(encoder: nn.Module, head: nn.Module | None = None) -> list[ParamGrou
                 owners[f"{mod_name}.{p_name}" if mod_name else p_name] = module
     num_layers = len(encoder.transformer.get_submodule(arch.blocks))
     prefix_blocks = f"transformer.{arch.blocks}."
-    buckets: dict[str, tuple[str, list[tuple[str, int, bool]]]] = {}
+    buckets: dict[str, tuple[str, list[tuple[str, int, bool, tuple[int, ...], bool]]]] = {}
     order = ["embeddings", "shared", *[f"layer.{i}" for i in range(num_layers)],
              "final_norm", "pooling_layer", "projection", "head"]
     params = list(encoder.named_parameters())  # tied weights appear once
@@ -153,11 +168,14 @@ def _groups(encoder: nn.Module, head: nn.Module | None = None) -> list[ParamGrou
             key, kind = "embeddings", "embeddings"
         else:  # used by every block: relative position tables, embedding projections
             key, kind = "shared", "shared"
-        buckets.setdefault(key, (kind, []))[1].append((name, param.numel(), is_norm(owners[name])))
+        buckets.setdefault(key, (kind, []))[1].append(
+            (name, param.numel(), is_norm(owners[name]), tuple(param.shape), isinstance(owners[name], nn.Linear)))
     return [
-        ParamGroup(key, buckets[key][0], tuple(p for p, _, _ in buckets[key][1]),
-                   tuple(s for _, s, _ in buckets[key][1]),
-                   tuple(p for p, _, n in buckets[key][1] if n))
+        ParamGroup(key, buckets[key][0], tuple(p for p, *_ in buckets[key][1]),
+                   tuple(s for _, s, *_ in buckets[key][1]),
+                   tuple(p for p, _, n, *_ in buckets[key][1] if n),
+                   tuple(shape for *_, shape, _ in buckets[key][1]),
+                   tuple(p for p, *_, linear in buckets[key][1] if linear))
         for key in order if key in buckets
     ]
 
@@ -259,7 +277,7 @@ def plan_lock(
     groups = _groups(encoder, head)
     if style == "hfenc" and not 0 <= unlocked <= num_layers + 1:
         raise ConfigError(
-            f"--unlocked {unlocked} is out of range for {num_layers} blocks; choose 0..{num_layers + 1} "
+            f"unlocked={unlocked} is out of range for {num_layers} blocks; choose 0..{num_layers + 1} "
             f"({num_layers + 1} also unlocks the embeddings)"
         )
     ours = _hfenc_trainable(groups, min(max(unlocked, 0), num_layers + 1), num_layers, freeze_layer_norm)
@@ -273,7 +291,7 @@ def plan_lock(
         warnings = _differences(groups, ours, trainable, unlocked, num_layers)
     return LockPlan(
         name, encoder.config.model_type, style, unlocked, num_layers, freeze_layer_norm,
-        tuple(groups), frozenset(trainable), tuple(warnings), encoder.pooler_type,
+        tuple(groups), frozenset(trainable), tuple(warnings), encoder.pooler_type, encoder.config,
     )
 
 

@@ -33,6 +33,14 @@ class ResolvedModel:
     path: Path  # folder holding config.json (and a sentence-transformers layout, if any)
     source: Source
 
+    @property
+    def shown(self) -> str:
+        """Where it is, for people and sidecars: the packaged default by its package (not this
+        machine's site-packages path); anything else by its path."""
+        if self.source == "package":
+            return f"{_PACKAGE.replace('_', '-')} package: {self.path.parent.name}/{self.path.name}"
+        return str(self.path)
+
 
 def _is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -85,7 +93,9 @@ def _cache_dir() -> str:
     try:
         from huggingface_hub import constants
 
-        return str(constants.HF_HUB_CACHE)
+        cache = str(constants.HF_HUB_CACHE)
+        home = str(Path.home())
+        return "~" + cache[len(home):] if cache.startswith(home + os.sep) else cache
     except Exception:
         return "~/.cache/huggingface/hub"
 

@@ -205,6 +205,53 @@ def complete_publication(paths: OutputPaths, plan: dict) -> None:
         raise _output_error(paths.npy, exc) from None
 
 
+def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:
+    """The interrupted run's state, refused unless it was made with the same `fingerprint`."""
+    state = read_state(paths)
+    changed = [k for k in sorted(set(fingerprint) | set(state["fingerprint"]))
+               if fingerprint.get(k) != state["fingerprint"].get(k)]
+    if changed:
+        detail = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
+        raise ResumeError(
+            f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})",
+            hint="rerun with the same input and options, or use --force to start over",
+        )
+    return state
+
+
+def write_state(paths: OutputPaths, fingerprint: dict, rows_done: int, stats: dict,
+                publishing: dict | None = None) -> None:
+    """Record that `rows_done` rows are final (the caller made them durable first)."""
+    state = {"fingerprint": fingerprint, "rows_done": rows_done, "stats": stats}
+    if publishing is not None:
+        state["publishing"] = publishing
+    try:
+        write_json_atomic(paths.state, state)
+    except OSError as exc:
+        raise _output_error(paths.state, exc) from None
+
+
+def publish(paths: OutputPaths, staged_output: Path, sidecar: dict, side_files: list[tuple[Path, Path]],
+            stale: list[Path], journal: Any) -> dict:
+    """Stage the sidecar (with the "files" map of what it owns), journal the renames with
+    `journal(plan)` (a resume state that records them), then carry them out. `staged_output` is
+    the finished, fsynced output under its hidden name. Returns the sidecar."""
+    try:
+        files = {paths.npy.name: {"bytes": staged_output.stat().st_size}}
+        for staged, final in side_files:
+            files[final.name] = {"bytes": staged.stat().st_size, "sha256": file_sha256(staged)}
+        sidecar = {**sidecar, "files": files}
+        write_json_atomic(paths.staged(paths.sidecar), sidecar)
+    except OSError as exc:
+        raise _output_error(staged_output, exc) from None
+    renames = [*side_files, (staged_output, paths.npy), (paths.staged(paths.sidecar), paths.sidecar)]
+    plan = {"renames": [[str(a), str(b)] for a, b in renames], "remove": [str(p) for p in stale]}
+    journal(plan)
+    faults.point("publishing")
+    complete_publication(paths, plan)
+    return sidecar
+
+
 class RowWriter:
     """The partial .npy plus its resume state."""
 
@@ -214,15 +261,7 @@ class RowWriter:
         self.stats: dict = {}
         self.publishing: dict | None = None  # a publication an earlier run began: only to finish
         if resume:
-            state = read_state(paths)
-            changed = [k for k in sorted(set(fingerprint) | set(state["fingerprint"]))
-                       if fingerprint.get(k) != state["fingerprint"].get(k)]
-            if changed:
-                detail = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
-                raise ResumeError(
-                    f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})",
-                    hint="rerun with the same input and options, or use --force to start over",
-                )
+            state = resume_state(paths, fingerprint)
             self.publishing = state.get("publishing")
             if self.publishing is not None:
                 self.rows_done = int(state["rows_done"])
@@ -289,13 +328,7 @@ class RowWriter:
             self._release()
         self.rows_done = rows_done
         self.stats = stats or {}
-        state = {"fingerprint": self.fingerprint, "rows_done": rows_done, "stats": self.stats}
-        if publishing is not None:
-            state["publishing"] = publishing
-        try:
-            write_json_atomic(self.paths.state, state)
-        except OSError as exc:
-            raise _output_error(self.paths.state, exc) from None
+        write_state(self.paths, self.fingerprint, rows_done, self.stats, publishing)
 
     def finish(self, sidecar: dict, side_files: list[tuple[Path, Path]], stale: list[Path]) -> dict:
         """Publish the array, the staged side files (staged, final) and the sidecar as one step;
@@ -307,19 +340,10 @@ class RowWriter:
             with open(paths.partial, "rb+") as fh:
                 os.fsync(fh.fileno())
             faults.point("finish-flushed")
-            files = {paths.npy.name: {"bytes": paths.partial.stat().st_size}}
-            for staged, final in side_files:
-                files[final.name] = {"bytes": staged.stat().st_size, "sha256": file_sha256(staged)}
-            sidecar = {**sidecar, "files": files}
-            write_json_atomic(paths.staged(paths.sidecar), sidecar)
         except OSError as exc:
             raise _output_error(paths.partial, exc) from None
-        renames = [*side_files, (paths.partial, paths.npy), (paths.staged(paths.sidecar), paths.sidecar)]
-        plan = {"renames": [[str(a), str(b)] for a, b in renames], "remove": [str(p) for p in stale]}
-        self.save_state(self.rows_done, self.stats, publishing=plan)
-        faults.point("publishing")
-        complete_publication(paths, plan)
-        return sidecar
+        return publish(paths, paths.partial, sidecar, side_files, stale,
+                       lambda plan: self.save_state(self.rows_done, self.stats, publishing=plan))
 
     def finish_publication(self) -> dict:
         """Complete the publication an interrupted run began; returns the published sidecar."""
@@ -336,3 +360,45 @@ class RowWriter:
             del self.array
         for path in (self.paths.partial, self.paths.state, self.paths.hidden(self.paths.state, "tmp")):
             self._remove(path)
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """An interrupted run's saved work: its resume state and the hidden files it claims."""
+
+    output: Path
+    rows_done: int
+    rows: int | None
+    files: tuple[Path, ...]
+
+    @property
+    def bytes(self) -> int:  # a Parquet partial is a directory of chunk files
+        return sum(p.stat().st_size for f in self.files for p in ([f] if f.is_file() else f.rglob("*"))
+                   if p.is_file())
+
+
+def find_abandoned(directory: Path) -> list[Abandoned]:
+    """Interrupted runs in `directory` (`hfenc clean`): only files an hfenc resume state claims."""
+    found = []
+    for state_file in sorted(directory.glob(".*.resume.json")):
+        output = state_file.with_name(state_file.name[1:].removesuffix(".resume.json"))
+        paths = OutputPaths(output)
+        try:
+            state = read_state(paths)
+        except ResumeError:
+            continue  # not a state hfenc can read: not ours to remove
+        claimed = [state_file, paths.partial, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy),
+                   paths.staged(paths.sidecar), paths.staged(paths.ids), paths.staged(paths.lines)]
+        found.append(Abandoned(output, int(state["rows_done"]), state["fingerprint"].get("rows"),
+                               tuple(f for f in claimed if f.exists())))
+    return found
+
+
+def remove_abandoned(item: Abandoned) -> None:
+    for file in item.files:
+        if file.is_dir():
+            import shutil
+
+            shutil.rmtree(file)
+        else:
+            file.unlink(missing_ok=True)

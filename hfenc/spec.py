@@ -7,6 +7,7 @@ Reading a spec opens only JSON files: no weights, no tokenizer.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -45,14 +46,22 @@ class ModelSpec:
 def load_spec(name: str | ModelSpec, *, config_only: bool = False, bundled_ok: bool = False) -> ModelSpec:
     """Resolve `name` (local folder, cache, packaged default, hub) and read its layout and config.
 
-    With `bundled_ok`, a name found nowhere falls back to the configs hfenc ships (values only)."""
+    With `bundled_ok`, a name found nowhere on this machine falls back to the configs hfenc ships
+    (values only) before anything is downloaded."""
     if isinstance(name, ModelSpec):
         return name
+    local_only = bundled_ok and is_bundled(name) and not Path(name).expanduser().exists()
     try:
-        resolved = resolve_model(name, config_only=config_only)
+        resolved = resolve_model(name, config_only=config_only, allow_download=not local_only)
     except ModelNotFoundError:
         config = bundled_config(name) if bundled_ok and not Path(name).expanduser().exists() else None
         if config is None:
+            if bundled_ok:
+                from .errors import ModelNotFoundError as NotFound
+                from .models import bundled_config_names
+
+                raise NotFound(str(sys.exc_info()[1]), hint="offline, these bundled configs can be planned: "
+                               + ", ".join(bundled_config_names())) from None
             raise
         pooler = bundled_st_pooler(name)
         layout = STLayout(Path(), pooler is not None, PoolingSpec((pooler,)) if pooler else None)

@@ -67,7 +67,8 @@ def test_bfloat16_where_supported_runs_in_bf16_and_returns_float32(bert, monkeyp
     monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: True)
     emb = Embedder(str(bert), device="cpu", dtype="bfloat16")
     assert emb.settings.dtype == "bfloat16" and not emb.notes
-    assert next(emb.encoder.transformer.parameters()).dtype == torch.bfloat16
+    # mixed bf16 (issue 14): Linear weights in bf16, embeddings and norms kept in float32
+    assert emb.encoder.transformer.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
     got = emb.encode(_texts(30))
     assert got.dtype == np.float32
     reference = Embedder(str(bert), device="cpu").encode(_texts(30))
@@ -84,3 +85,17 @@ def test_budget_does_not_change_results_beyond_float_tolerance(bert):
     small = Embedder(str(bert), device="cpu", batch_tokens=8).encode(texts)
     large = Embedder(str(bert), device="cpu", batch_tokens=1_000_000).encode(texts)
     np.testing.assert_allclose(small, large, atol=1e-5)
+
+
+def test_progress_comes_per_batch_with_a_finite_eta(bert):
+    """Issue 11: progress between chunks, not only at their end."""
+    emb = Embedder(str(bert), device="cpu", batch_tokens=40)  # a few rows per batch
+    texts = _texts(60)
+    tok = emb.tokenizer(texts)
+    batches = len(engine.plan_batches(np.sort(tok.lengths)[::-1], 40))
+    seen = []
+    emb.encode(texts, progress=seen.append, chunk_size=1000)  # one chunk, many batches
+    assert batches >= 10 and len(seen) == batches
+    assert [p.rows_done for p in seen] == sorted(p.rows_done for p in seen) and seen[-1].rows_done == 60
+    assert all(p.rows_total == 60 for p in seen)
+    assert seen[0].eta is not None and np.isfinite(seen[0].eta) and seen[-1].eta == 0

@@ -59,10 +59,14 @@ def test_txt_utf8_bom_is_stripped_and_unicode_kept(tmp_path):
     assert _texts(spec) == ["café", "€ 5"]
 
 
-def test_unknown_suffix_reads_as_txt_and_carriage_return_inside_line_kept(tmp_path):
-    spec = InputSpec(_write(tmp_path, "in.dat", b"a\rb\nc\n"))
+def test_unknown_suffix_is_refused_and_format_forces_one(tmp_path):
+    """Issue 11: a file is never guessed to be text (a .parquet or .dat read as lines)."""
+    path = _write(tmp_path, "in.dat", b"a\rb\nc\n")
+    with pytest.raises(InputError, match=r"unknown input type '\.dat'; hfenc reads .*\.jsonl"):
+        InputSpec(path).resolved_format()
+    spec = InputSpec(path, format="txt")
     assert spec.resolved_format() == "txt"
-    assert _texts(spec) == ["a\rb", "c"]
+    assert _texts(spec) == ["a\rb", "c"]  # a carriage return inside a line is kept
 
 
 def test_blank_lines_are_kept_and_counted(tmp_path):
@@ -280,28 +284,28 @@ def test_invalid_utf8_names_line_and_byte_offset(tmp_path):
     with pytest.raises(InputError) as info:
         _scan(spec)
     message = str(info.value)
-    assert "line 3" in message and "byte offset 19" in message and "UTF-8" in message
+    assert "line 3" in message and "file byte offset 19" in message and "UTF-8" in message
     assert "--encoding-errors replace" in info.value.hint
 
 
 def test_invalid_utf8_offset_counts_bom_and_crlf(tmp_path):
     data = b"\xef\xbb\xbfab\r\ncd\xc3\r\n"  # truncated 2-byte sequence at byte 3+2+2+2 = 9
-    with pytest.raises(InputError, match=r"line 2: invalid UTF-8 at byte offset 9\b"):
+    with pytest.raises(InputError, match=r"line 2, byte \d+: invalid UTF-8 \(file byte offset 9\)"):
         _scan(InputSpec(_write(tmp_path, "in.txt", data)))
 
 
 def test_invalid_utf8_on_the_first_line_after_a_bom(tmp_path):
     data = b"\xef\xbb\xbfa\x80b\n"  # 0x80 is byte 3 + 1 = 4
-    with pytest.raises(InputError, match=r"line 1: invalid UTF-8 at byte offset 4\b"):
+    with pytest.raises(InputError, match=r"line 1, byte \d+: invalid UTF-8 \(file byte offset 4\)"):
         _scan(InputSpec(_write(tmp_path, "in.txt", data)))
 
 
 def test_invalid_utf8_in_jsonl_and_csv(tmp_path):
     # line 2 starts at byte 17 (len of '{"text": "fine"}\n'); '{"text": "' is 10 more bytes
-    with pytest.raises(InputError, match=r"line 2: invalid UTF-8 at byte offset 27\b"):
+    with pytest.raises(InputError, match=r"line 2, byte \d+: invalid UTF-8 \(file byte offset 27\)"):
         _scan(InputSpec(_write(tmp_path, "in.jsonl", b'{"text": "fine"}\n{"text": "\xfe"}\n')))
     # "text\n" + "abc\n" = 9 bytes: the 0xe9 opening line 3
-    with pytest.raises(InputError, match=r"line 3: invalid UTF-8 at byte offset 9\b"):
+    with pytest.raises(InputError, match=r"line 3, byte \d+: invalid UTF-8 \(file byte offset 9\)"):
         _scan(InputSpec(_write(tmp_path, "in.csv", b"text\nabc\n\xe9t\xe9\n")))
 
 
@@ -313,7 +317,7 @@ def test_encoding_errors_replace_goes_on_with_replacement_characters(tmp_path):
 
 def test_nul_byte_names_line_and_offset(tmp_path):
     spec = InputSpec(_write(tmp_path, "in.txt", b"a\nb\x00c\n"))
-    with pytest.raises(InputError, match=r"line 2: NUL byte at byte offset 3\b"):
+    with pytest.raises(InputError, match=r"line 2, byte \d+: NUL byte \(file byte offset 3\)"):
         _scan(spec)
     # replace does not make a binary file acceptable
     with pytest.raises(InputError, match="NUL"):
@@ -327,10 +331,10 @@ def test_malformed_json_line_names_the_line(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"body": "x"}', r"line 2: no field 'text'"),
-    ('["text"]', r"line 2: no field 'text'"),
-    ('{"text": 5}', r"line 2: field 'text' is int, not a string"),
-    ('{"text": null}', r"line 2: field 'text' is NoneType"),
+    ('{"body": "x"}', r"line 2: no field 'text'; the fields present are: 'body'"),
+    ('["text"]', r"line 2: the record is a JSON array, not an object with a 'text' field"),
+    ('{"text": 5}', r"line 2: field 'text' is a JSON number, not a string"),
+    ('{"text": null}', r"line 2: field 'text' is a JSON null, not a string"),
 ])
 def test_jsonl_missing_or_wrong_field_names_the_line(tmp_path, line, message):
     spec = InputSpec(_write(tmp_path, "in.jsonl", '{"text": "ok"}\n' + line + "\n"))
@@ -370,7 +374,7 @@ def test_csv_short_row_names_the_line(tmp_path):
 
 def test_unknown_format_lists_the_choices(tmp_path):
     spec = InputSpec(_write(tmp_path, "in.txt", "a\n"), format="xml")
-    with pytest.raises(UnknownChoiceError, match=r"unknown input format 'xml'; choose one of: csv, jsonl, tsv, txt"):
+    with pytest.raises(UnknownChoiceError, match=r"unknown input format 'xml'; choose one of: .*csv, json, jsonl.*tsv, txt"):
         spec.resolved_format()
     with pytest.raises(HfencError):
         _scan(spec)

@@ -22,7 +22,6 @@ import pytest
 import torch
 import transformers
 import transformers.modeling_utils
-from torch import nn
 from typer.testing import CliRunner
 
 import open_clip_ref

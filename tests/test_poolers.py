@@ -345,3 +345,10 @@ def test_non_finite_values_at_padded_positions_never_reach_the_result(name):
         poisoned = hidden.clone()
         poisoned[~mask] = bad
         torch.testing.assert_close(pooler(_out(poisoned), mask), reference, atol=0, rtol=0)
+
+
+def test_the_pooler_catalog_is_the_registry():
+    """`hfenc poolers` reads hfenc/poolers.json (no torch import); it must equal the registry."""
+    from hfenc.catalog import live_catalog, pooler_catalog
+
+    assert pooler_catalog() == live_catalog(), "regenerate it: python -m hfenc.catalog"

@@ -99,7 +99,7 @@ def test_encode_one_string_gives_one_vector(st_dense):
     np.testing.assert_array_equal(one, hfenc.encode(["hello world"], model=str(st_dense), device="cpu")[0])
 
 
-@pytest.mark.parametrize("item, needle", [(None, "item 1 is a NoneType"), (("a", "b"), "pair"), (3, "item 1 is a int")])
+@pytest.mark.parametrize("item, needle", [(None, "item 1 is None"), (("a", "b"), "pair"), (3, "item 1 is a int")])
 def test_encode_refuses_non_strings(st_dense, item, needle):
     with pytest.raises(InputError, match=needle):
         hfenc.encode(["fine", item], model=str(st_dense), device="cpu")

@@ -1,0 +1,903 @@
+"""`hfenc embed INPUT --ray`: the embedding job of hfenc.jobs, run on Ray model replicas.
+
+A job, in the order it runs (issue 13):
+
+  scan tasks, one per input file  the records validated and counted, the bytes hashed (hfenc's
+                                  own parser): file k's rows start at the sum of the counts
+                                  before it, so every record has its global row index before
+                                  anything is embedded (Ray Data keeps no order by default)
+  a probe task                    the model loaded as a worker loads it (its device, dtype):
+                                  the settings, width and hashes the sidecar records, and any
+                                  bad option that needs the model, before the job starts
+  read tasks, one per file        blocks of {row, text[, id]}
+  map_batches(EmbedWorker)        one Embedder per actor: one actor per GPU (num_gpus=1), or N
+                                  CPU actors; each batch goes through Embedder.engine (length
+                                  sort + token budget inside the batch), never a second loop
+  write tasks (ShardSink)         Parquet shards {row[, id][, text], embedding}: the schema of
+                                  hfenc.parquet, the sidecar under the `hfenc` key
+  publication, on the driver      every row checked present exactly once; a manifest
+                                  (_hfenc_manifest.json) written last and the directory renamed
+                                  into place, or the shards assembled into one .npy (+ ids) in
+                                  input order and published like the local path's output
+
+Reading, tokenization, inference and writing overlap: Ray Data streams blocks between the
+stages, and an actor tokenizes one batch while another holds its model.
+
+Readers: hfenc's, not ray.data.read_text/read_json/read_csv. Row i must be record i of the
+single-process run, and Ray's readers disagree with it: read_text splits lines with
+str.splitlines (a form feed or U+2028 inside a text makes two rows), read_csv infers types (an
+id "007" becomes 7) and refuses quoted fields that span lines, read_json infers a schema per
+block; none knows a record's position in its file. So each read task runs hfenc's parser over
+one file (CSV records span lines and gzip is one stream, so a file is not split: one task per
+file is the unit of read parallelism). Ray supplies the rest: scheduling, streaming, retries,
+any pyarrow filesystem (a remote file is copied to the worker, then parsed).
+
+Output is all or nothing. Shards are written into the hidden `.OUT.partial/` beside the output,
+claimed by `.OUT.resume.json` (the names and the state file of hfenc.outputs, so `hfenc clean`
+finds them); only a finished, verified job reaches OUT.
+
+Resume: Ray Data's job checkpointing keyed by `row`. A write task records the rows of its shard
+as pending before writing it and commits them after; `--resume` deletes shards whose rows were
+never committed and filters the committed rows out of the input. Rows are done in no particular
+order, so "resumed from" is a count of rows, not a prefix.
+
+Faults: actors are restarted by Ray (max_restarts=-1) and a batch lost with its actor is run
+again; the publication's exactly-once check is what proves that nothing was lost or doubled.
+
+Outputs are local paths (on a cluster: a shared mount every node sees, such as NFS); inputs may
+be on any filesystem pyarrow can open.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob as _glob
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ..errors import (ConfigError, HfencError, InputChanged, InputError, Interrupted, OutputError, OverflowRefused,
+                      ResumeError, UnknownChoiceError)
+from ..inputs import InputSpec, _combine, _Tally, spool_stdin, spool_texts
+from ..outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, complete_publication, default_output,
+                       fsync_dir, owns, publish, read_sidecar, read_state, write_json_atomic, write_state)
+
+ENGINE = "ray"
+MANIFEST = "_hfenc_manifest.json"
+DATASET_FORMAT = "parquet-dataset"
+OUT_DTYPES = ("float32", "float16")
+EXTRA = "pip install 'hfenc[ray]'"
+IO_CPUS = 0.25  # each scan / read / write task; the actors get the rest (STYLE.md's Ray pitfall)
+KILL_ENV = "HFENC_RAY_KILL_WORKER"  # fault injection (tests): K:MARKER, see tasks.EmbedWorker._fault
+DELAY_ENV = "HFENC_RAY_BATCH_DELAY"  # fault injection (tests): seconds each batch takes longer
+_GLOB = "*?["
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide: `address` None starts a local Ray runtime on this machine (and stops
+    it after); `auto` or `ray://host:10001` joins an existing cluster. `workers`: model replicas
+    (default: one per GPU; without GPUs, CPU_WORKERS). `num_cpus`: CPUs a local runtime may use."""
+
+    address: str | None = None
+    workers: int | None = None
+    num_cpus: int | None = None
+
+
+@lru_cache(maxsize=1)
+def _ray() -> SimpleNamespace:
+    import ray
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    from . import tasks
+
+    return SimpleNamespace(ray=ray, data=ray.data, CheckpointConfig=CheckpointConfig, tasks=tasks)
+
+
+def ray_modules() -> SimpleNamespace:
+    """Ray and the task module, or one error naming the extra that installs them."""
+    try:
+        return _ray()
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray Data, which is not installed: {EXTRA}") from None
+
+
+def cpu_workers(cpus: float) -> int:
+    """CPU replicas when none are asked for: one per two cores (each gets two torch threads;
+    benchmarks/README.md has the 1-vs-2-worker figures on a 2-core machine)."""
+    return max(1, int(cpus) // 2)
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+def expand_inputs(names: tuple[str, ...]) -> list[Any]:
+    """Files (tasks.InputFile), in order: each argument in turn; a directory's files (hidden
+    and _-prefixed names skipped, as Ray and Spark do) and a glob's matches sorted by path."""
+    import pyarrow.fs as pafs
+
+    tasks = ray_modules().tasks
+    files: list[Any] = []
+    for name in names:
+        if "://" in name:
+            files.extend(_remote(name))
+            continue
+        local = pafs.LocalFileSystem()
+        if os.path.isdir(name):
+            found = sorted(os.path.join(root, f) for root, dirs, names_ in os.walk(name)
+                           for f in names_ if not _hidden(os.path.relpath(os.path.join(root, f), name)))
+            if not found:
+                raise InputError(f"input directory {name} holds no files")
+            files.extend(tasks.InputFile(p, os.path.abspath(p), local) for p in found)
+        elif not os.path.exists(name) and any(c in name for c in _GLOB):
+            found = sorted(p for p in _glob.glob(name, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise InputError(f"no file matches {name!r}")
+            files.extend(tasks.InputFile(p, os.path.abspath(p), local) for p in found)
+        elif not os.path.exists(name):
+            raise InputError(f"input file {name} does not exist")
+        else:
+            files.append(tasks.InputFile(name, os.path.abspath(name), local))
+    return files
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.replace(os.sep, "/").split("/"))
+
+
+def _remote(uri: str) -> list[Any]:
+    """A file, directory or glob on a filesystem that pyarrow opens (s3://, gs://, hdfs://, ...)."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    tasks = ray_modules().tasks
+    scheme = uri.split("://", 1)[0]
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        if any(c in path for c in _GLOB):  # list from the folder before the first wildcard
+            base = path[: min(path.index(c) for c in _GLOB if c in path)].rsplit("/", 1)[0]
+            entries = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            found = [e.path for e in entries if e.type == pafs.FileType.File and fnmatch.fnmatchcase(e.path, path)]
+            if not found:
+                raise InputError(f"no file matches {uri!r}")
+        else:
+            info = fs.get_file_info(path)
+            if info.type == pafs.FileType.File:
+                found = [path]
+            elif info.type == pafs.FileType.Directory:
+                root = path.rstrip("/")
+                entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                found = [e.path for e in entries
+                         if e.type == pafs.FileType.File and not _hidden(e.path[len(root):].lstrip("/"))]
+                if not found:
+                    raise InputError(f"input directory {uri} holds no files")
+            else:
+                raise InputError(f"input file {uri} does not exist")
+    except InputError:
+        raise
+    except Exception as exc:  # no credentials, no such bucket, an unknown scheme, ...
+        raise InputError(f"cannot open {uri}: {' '.join(str(exc).split())}") from None
+    return [tasks.InputFile(f"{scheme}://{p.lstrip('/')}" if scheme != "file" else f"file://{p}", p, fs)
+            for p in sorted(found)]
+
+
+def _input_format(spec: InputSpec, files: list[Any]) -> str:
+    """The one format of all files (hfenc's rules: --format, else the suffix), with the options
+    that do not apply to it refused."""
+    names = [f.name for f in files]
+    try:
+        probe = replace(spec, path=names[0], more=tuple(names[1:]))
+        probe.check()
+        return probe.resolved_format()
+    except InputError:
+        remote = [f.name for f in files if not f.local]
+        if remote and spec.format is None:
+            raise InputError(f"{remote[0]}: cannot tell its format from its name", hint="give --format") from None
+        raise
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Output:
+    kind: str  # "npy" (assembled) or "dataset" (a directory of shards)
+    paths: OutputPaths
+
+    @property
+    def path(self) -> Path:
+        return self.paths.npy
+
+    @property
+    def shards(self) -> Path:
+        return self.paths.partial / "shards"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.paths.partial / "checkpoint"
+
+
+def _output(job: Any, files: list[Any]) -> _Output:
+    out = job.output
+    if out is None:
+        if len(files) != 1 or not files[0].local or job.input.path == "-" or job.texts:
+            raise ConfigError("with --ray, this input needs an output",
+                              hint="pass -o OUT.npy (one array) or -o OUT_DIR (a directory of Parquet shards)")
+        out = default_output(files[0].name)
+    text = str(out)
+    if "://" in text:
+        raise ConfigError(f"output {text}: with --ray the output is a local path (on a cluster, a shared mount "
+                          "every node sees)")
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        raise ConfigError(f"output {path}: with --ray the output is a directory of Parquet shards or one .npy",
+                          hint=f"write -o {path.with_suffix('')} for the shards, or -o {path.with_suffix('.npy')}")
+    kind = "npy" if suffix == ".npy" else "dataset"
+    fmt = getattr(job, "out_format", None)
+    if fmt is not None and (fmt, kind) not in (("npy", "npy"), ("parquet", "dataset")):
+        raise ConfigError(f"--out-format {fmt} does not fit the output {path} with --ray",
+                          hint="name the output OUT.npy for one array, or a directory for Parquet shards")
+    return _Output(kind, OutputPaths(path))
+
+
+def _check_output(out: _Output, job: Any) -> None:
+    """As hfenc.outputs.check_writable, for the Ray job's output (a .npy, or a directory)."""
+    paths = out.paths
+    if out.kind == "npy":
+        writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+        check_writable(paths, job.force, job.resume, writes)
+    else:
+        parent = out.path.parent
+        if not parent.is_dir():
+            raise OutputError(f"output directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"output directory {parent} is not writable")
+        resuming = job.resume and paths.state.exists()
+        if out.path.exists() and not resuming:
+            if not out.path.is_dir():
+                raise OutputError(f"output {out.path} exists and is not a directory")
+            if any(out.path.iterdir()):
+                if read_sidecar(out.path / MANIFEST) is None:
+                    raise OutputError(f"output {out.path} is a directory that hfenc did not write (it has no {MANIFEST})",
+                                      hint="choose another output with -o")
+                if not job.force:
+                    raise OutputError(f"output {out.path} already exists", hint="pass --force to overwrite it")
+        if paths.state.exists() and not job.resume and not job.force:
+            raise OutputError(f"an interrupted run of {out.path} can be resumed",
+                              hint="pass --resume to continue it, or --force to start over")
+        if job.resume and not paths.state.exists():
+            raise ResumeError(f"nothing to resume: no interrupted run of {out.path} was found")
+        if paths.partial.exists() and not paths.state.exists() and not job.force:
+            raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
+                              hint="move it away, or pass --force to overwrite it")
+
+
+def _check_job(job: Any) -> None:
+    if job.out_dtype not in OUT_DTYPES:
+        raise UnknownChoiceError("output dtype", job.out_dtype, OUT_DTYPES)
+    if job.on_overflow not in ("truncate", "error"):
+        raise UnknownChoiceError("overflow policy", job.on_overflow, ("truncate", "error"))
+    if job.chunk_size < 1:
+        raise ConfigError(f"chunk size must be positive, got {job.chunk_size}")
+    if getattr(job, "quantize", None) is not None:
+        raise ConfigError("--quantize is not supported with --ray yet", hint="embed with --ray, then quantize the .npy")
+    paths = job.input.paths
+    if "-" in paths and len(paths) > 1:
+        raise ConfigError("standard input (-) cannot be combined with other inputs")
+
+
+# ---- the Ray session ----------------------------------------------------------------------------
+
+def _debug() -> bool:
+    return os.environ.get("HFENC_DEBUG", "") not in ("", "0")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Ray's own log lines and deprecation warnings stay out of hfenc's stderr: what goes wrong
+    reaches the user as an exception (one line for an HfencError, a traceback for a bug), and
+    Ray's logs are still in /tmp/ray/session_*/logs. HFENC_DEBUG=1 lets them through."""
+    if _debug():
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextmanager
+def _session(options: RayOptions) -> Iterator[bool]:
+    """Ray, started here (and shut down after) unless the caller had initialised it already."""
+    ray = ray_modules().ray
+    if ray.is_initialized():
+        yield False
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR if not _debug() else logging.INFO,
+                              "log_to_driver": _debug()}
+    try:
+        if options.address is None:
+            # Idle workers kept a minute (Ray's default: killed after 1 s beyond one per CPU), so
+            # the read and write tasks of a stage reuse the processes of the stage before
+            # instead of starting (and importing) new ones: 15 s -> 9 s per job on 2 cores.
+            ray.init(num_cpus=options.num_cpus, include_dashboard=False,
+                     _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000},
+                     **kwargs)
+        else:
+            import hfenc
+
+            # The cluster's workers run this very hfenc (its dependencies must be installed there).
+            ray.init(address=options.address, runtime_env={"py_modules": [os.path.dirname(hfenc.__file__)]}, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        where = options.address or "this machine"
+        raise ConfigError(f"cannot start Ray on {where}: {' '.join(str(exc).split())}",
+                          hint="start a cluster with `ray start --head`, or drop --ray-address for a local runtime"
+                          if options.address else None) from None
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def _hfenc_error(exc: BaseException) -> HfencError | None:
+    """The HfencError a Ray task or actor raised, out of Ray's wrappers (RayTaskError's `cause`,
+    Ray Data's UserCodeException chain)."""
+    ray = ray_modules().ray
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ray.exceptions.RayTaskError):
+            stack.extend([getattr(e, "cause", None), e.__cause__])
+            continue
+        if isinstance(e, HfencError):
+            return e
+        stack.extend([e.__cause__, e.__context__])
+    return None
+
+
+def _get(refs: Any) -> Any:
+    try:
+        return ray_modules().ray.get(refs)
+    except Exception as exc:
+        found = _hfenc_error(exc)
+        if found is not None:
+            raise found from None
+        raise
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the cluster can give: GPU replicas or CPU ones, and the resources of each."""
+
+    gpu: bool
+    workers: int
+    cpus_per_worker: float
+    threads: int | None
+    device: str
+
+
+def _here(options: RayOptions, plan: _Plan) -> bool:
+    """True when the cluster is this one machine (a local runtime) and the workers use its CPU:
+    then the driver sees what a worker sees, and loads the model itself instead of a probe task
+    (a fresh process importing torch: seconds)."""
+    ray = ray_modules().ray
+    if plan.gpu or options.address is not None or ray.util.client.ray.is_connected():
+        return False
+    return len([n for n in ray.nodes() if n.get("Alive")]) == 1
+
+
+def _plan(options: RayOptions, device: str) -> _Plan:
+    resources = ray_modules().ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    if device.startswith("cuda") and gpus == 0:
+        raise ConfigError(f"--device {device}: the Ray cluster has no GPU", hint="use --device cpu (or auto)")
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError(f"--workers must be a positive number, got {options.workers}")
+    if gpus and (device == "auto" or device.startswith("cuda")):
+        workers = options.workers or gpus
+        if workers > gpus:
+            raise ConfigError(f"--workers {workers}: the cluster has {gpus} GPU(s), and a replica takes one",
+                              hint=f"pass --workers {gpus} or fewer, or --device cpu")
+        per = max(1.0, min(4.0, (cpus - 1) / workers))  # tokenization and batch assembly on the CPU
+        return _Plan(True, workers, per, None, "cuda")  # Ray gives each actor its GPU as cuda:0
+    workers = options.workers or cpu_workers(cpus)
+    per = max(IO_CPUS, (cpus - 2 * IO_CPUS) / workers)
+    return _Plan(False, workers, round(per, 2), max(1, round(cpus / workers)), "cpu" if device == "auto" else device)
+
+
+# ---- the job ------------------------------------------------------------------------------------
+
+def embed_ray(job: Any, model: Any, options: dict[str, Any], cluster: RayOptions | None = None,
+              progress: Callable[[Any], None] | None = None) -> Any:
+    """Run the embedding job `job` (hfenc.jobs.JobOptions) on Ray; returns a hfenc.jobs.JobResult.
+
+    `model`: a name, a folder or a resolved hfenc.spec.ModelSpec; `options`: Embedder's options
+    (pooler, dim, prompt, device, dtype, ...), as for the local path."""
+    from ..jobs import JobResult, _sigterm_as_interrupt
+
+    t0 = time.perf_counter()
+    cluster = cluster or RayOptions()
+    ray_modules()  # no Ray: one line naming the extra, before anything else
+    _check_job(job)
+    spooled: Path | None = None
+    with _sigterm_as_interrupt(), _quiet():
+        try:
+            spec = job.input
+            if job.texts or spec.path == "-":
+                where = Path(job.output).parent if job.output is not None else Path(".")
+                spooled = spool_texts(where, job.texts) if job.texts else spool_stdin(where)
+                spec = replace(spec, path=str(spooled), more=(),
+                               format="jsonl" if job.texts else job.input.resolved_format())
+            files = expand_inputs(spec.paths)
+            if spooled is not None:  # named as the single-process path names it
+                files = [replace(files[0], name="(--text)" if job.texts else "-")]
+            if spooled is not None and not job.texts:
+                job.input.check()  # an option that does not apply to the format, as for a file
+            fmt = _input_format(spec, files) if spooled is None else str(spec.format)
+            out = _output(job, files)
+            _check_output(out, job)
+            with _session(cluster):
+                return _run(job, JobResult, spec, fmt, files, out, model, options, cluster, progress, t0)
+        finally:
+            if spooled is not None:
+                spooled.unlink(missing_ok=True)
+
+
+def _model_name(model: Any) -> tuple[str, str]:
+    """(what workers load, what the sidecar says): a local folder travels as an absolute path."""
+    name = model if isinstance(model, str) else model.name
+    resolved = getattr(model, "resolved", None)
+    if resolved is not None and resolved.source == "local":
+        return str(Path(resolved.path).resolve()), name
+    if isinstance(model, str) and Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser().resolve()), name
+    return name, name
+
+
+def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster, progress, t0):
+    r = ray_modules()
+    ray, tasks = r.ray, r.tasks
+    paths = out.paths
+    plan = _plan(cluster, str(options.get("device") or "auto"))
+    load_name, shown_name = _model_name(model)
+    worker_options = {**options, "device": plan.device}
+    if worker_options.get("threads") is None and plan.threads is not None:
+        worker_options["threads"] = plan.threads  # the CPUs Ray gives a replica, not the whole machine
+    if worker_options.get("proj_weights") is not None:
+        worker_options["proj_weights"] = str(Path(worker_options["proj_weights"]).resolve())
+    spec = replace(spec, format=fmt, more=())
+    several = len(files) > 1
+    want_lines = spec.skip_blank and out.kind == "npy"
+    gpu_args = {"num_gpus": 1} if plan.gpu else {}
+
+    # Scan every file and load the model once, at the same time.
+    scan = ray.remote(tasks.scan_file).options(num_cpus=IO_CPUS)
+    scan_refs = [scan.remote(spec, f, several, want_lines) for f in files]
+    if _here(cluster, plan):  # this machine is the cluster and the replicas are CPU ones: load it here
+        probed = tasks.probe(load_name, {**worker_options, "threads": None})  # (torch threads are process-wide)
+        probed["describe"]["threads"] = worker_options.get("threads")
+    else:  # max_calls=1: the probe's process exits after it, freeing the memory (and GPU) it held
+        probe = ray.remote(max_calls=1)(tasks.probe).options(num_cpus=plan.cpus_per_worker, **gpu_args)
+        probed = probe.remote(load_name, worker_options)
+    scans = _get(scan_refs)
+    if not isinstance(probed, dict):
+        probed = _get(probed)
+    rows = sum(s["rows"] for s in scans)
+    if rows == 0:
+        raise InputError(f"input {' '.join(f.name for f in files)} is empty: no records to embed")
+    starts = np.concatenate(([0], np.cumsum([s["rows"] for s in scans])[:-1])).astype(int).tolist()
+    blank = sum(s["blank"] for s in scans)
+    if several:
+        tally = _Tally()
+        _combine(tally, [(f.name, _Tally(s["sha256"], s["bytes"])) for f, s in zip(files, scans)])
+        input_sha, input_bytes = tally.sha256, tally.bytes
+    else:
+        input_sha, input_bytes = scans[0]["sha256"], scans[0]["bytes"]
+    describe = dict(probed["describe"])
+    dim = int(probed["dim"])
+    describe["model"] = shown_name
+    describe["versions"] = {**describe.get("versions", {}), "ray": ray.__version__}
+    from ..embedder import EmbedSettings
+
+    settings = {f.name: describe.get(f.name) for f in fields(EmbedSettings)}
+    fingerprint = {
+        "engine": ENGINE, "output_kind": out.kind, "input_sha256": input_sha, "rows": rows, "format": fmt,
+        "files": [[f.name, s["sha256"], s["bytes"], s["rows"]] for f, s in zip(files, scans)],
+        "field": spec.field, "column": spec.column, "id_field": spec.id_field, "skip_blank": spec.skip_blank,
+        "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
+        "weights_sha256": describe.get("weights_sha256"), "config_sha256": describe.get("config_sha256"),
+        "out_dtype": job.out_dtype, "on_overflow": job.on_overflow, "keep_text": bool(getattr(job, "keep_text", False)),
+        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
+    }
+    input_meta = {"path": "(--text)" if job.texts else job.input.path, "format": fmt, "sha256": input_sha,
+                  "bytes": input_bytes, "field": spec.field if fmt in ("jsonl", "json") else None,
+                  "column": spec.column, "skip_blank": spec.skip_blank,
+                  "tsv_quoting": spec.tsv_quoting if fmt == "tsv" else None,
+                  **({"files": [{"path": f.name, "rows": s["rows"]} for f, s in zip(files, scans)]} if several else {})}
+    ray_meta = {"version": ray.__version__, "address": cluster.address or "local", "workers": plan.workers,
+                "device": "gpu" if plan.gpu else "cpu", "cpus_per_worker": plan.cpus_per_worker,
+                "gpus_per_worker": 1 if plan.gpu else 0, "threads_per_worker": worker_options.get("threads")}
+    with_id, keep_text = spec.id_field is not None, bool(getattr(job, "keep_text", False))
+    columns = ["row", *(["id"] if with_id else []), *(["text"] if keep_text else []), "embedding"]
+    # The sidecar as the local path writes it (hfenc.jobs), plus what ran it; `head` and `tail`
+    # go around the totals, which only the finished job knows. Each shard carries head + tail.
+    head = {"format": SIDECAR_FORMAT, "output": out.path.name, "rows": rows, "dim": dim, "out_dtype": job.out_dtype}
+    tail = {"input": input_meta, **describe, "chunk_size": job.chunk_size,
+            "out_format": "npy" if out.kind == "npy" else DATASET_FORMAT, "quantization": None,
+            **({"columns": columns} if out.kind == "dataset" else {}),
+            "engine": ENGINE, "workers": plan.workers, "ray": ray_meta}
+
+    # Claim the partial output, or pick up the interrupted run's.
+    resumed_publication = None
+    if job.resume and paths.state.exists():
+        state = read_state(paths)
+        if state["fingerprint"].get("engine") != ENGINE:
+            raise ResumeError(f"the interrupted run of {out.path} was not a --ray run",
+                              hint="resume it without --ray, or use --force to start over")
+        from ..outputs import resume_state
+
+        resume_state(paths, fingerprint)  # refuses a changed input or option, naming it
+        resumed_publication = state.get("publishing")
+    else:
+        _remove(paths.partial)
+        write_state(paths, fingerprint, 0, {"engine": ENGINE})  # the claim first
+    if resumed_publication is not None:
+        return _finish_publication(JobResult, out, resumed_publication, rows, dim, blank, t0)
+    (out.shards / tasks.META_DIR).mkdir(parents=True, exist_ok=True)
+
+    try:
+        return _embed_and_publish(job, JobResult, spec, files, starts, scans, out, load_name, worker_options, plan,
+                                  head, tail, rows, dim, blank, fingerprint, probed, progress, t0)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is committed stays, for --resume
+        done = rows if (out.shards / MANIFEST).exists() or not paths.partial.exists() else _committed_rows(out)
+        raise Interrupted(f"{done:,} of {rows:,} rows are saved in {paths.partial.name}", rows_done=done,
+                          signum=getattr(exc, "signum", 2)) from None
+
+
+def _embed_and_publish(job, JobResult, spec, files, starts, scans, out: _Output, load_name, worker_options, plan,
+                       head, tail, rows, dim, blank, fingerprint, probed, progress, t0):
+    paths = out.paths
+    done = out.shards / MANIFEST
+    t_embed = time.perf_counter()
+    if done.exists():  # an earlier run embedded every row; only its publication is left
+        manifest = json.loads(done.read_text(encoding="utf-8"))
+        shards, resumed, embed_seconds = manifest["shards"], rows, 0.0
+    else:
+        resumed = _committed_rows(out)
+        try:
+            _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan, {**head, **tail}, rows,
+                   fingerprint, resumed, progress)
+        except (OverflowRefused, InputChanged) as exc:  # a refusal, or rows of other bytes: nothing stays
+            _abandon(paths)
+            if isinstance(exc, OverflowRefused) and getattr(exc, "row", None) is not None:
+                where = _where(spec, files, starts, scans, exc.row)  # type: ignore[attr-defined]
+                raise OverflowRefused(f"{where} is longer than the maximum of {probed['max_length']} tokens",
+                                      hint=exc.hint) from None
+            raise
+        embed_seconds = time.perf_counter() - t_embed
+        shards = _verify(out, rows)
+    tokens = sum(s["tokens"] for s in shards)
+    truncated = sum(s["truncated_rows"] for s in shards)
+    warnings_ = list(probed["notes"])
+    if blank and not spec.skip_blank:
+        warnings_.append(f"{blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
+    if truncated:
+        warnings_.append(f"{truncated:,} text(s) were longer than {probed['max_length']} tokens and truncated")
+    metadata = {
+        "format": SIDECAR_FORMAT, "complete": True, **head,
+        "truncated_rows": truncated, "blank_rows": blank, "tokens": tokens, **tail,
+        "resumed_from_row": resumed or None,  # with --ray: a count of rows, not a prefix
+        "elapsed_seconds": round(time.perf_counter() - t0, 3), "embed_seconds": round(embed_seconds, 3),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(done, {**metadata, "shards": shards})  # written last: the Ray part is done
+    if out.kind == "npy":
+        metadata = _assemble(out, spec, scans, rows, dim, job, metadata, fingerprint)
+        sidecar = paths.sidecar
+    else:
+        metadata = _publish_dataset(out, fingerprint, rows)
+        sidecar = out.path / MANIFEST
+    return JobResult(out.path, sidecar, rows, dim, time.perf_counter() - t0, truncated, blank, tokens, resumed,
+                     metadata, embed_seconds=embed_seconds, warnings=warnings_)
+
+
+def _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan, base, rows, fingerprint,
+           resumed, progress) -> None:
+    """The Ray Data pipeline: read -> map_batches(EmbedWorker) -> write shards, checkpointed."""
+    r = ray_modules()
+    tasks, data = r.tasks, r.data
+    from ..parquet import schema as parquet_schema
+
+    with_id, keep_text = spec.id_field is not None, bool(getattr(job, "keep_text", False))
+    schema = parquet_schema(base["dim"], np.dtype(job.out_dtype), with_id, keep_text)
+    ctx = data.DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in ("checkpoint_config", "enable_progress_bars", "print_on_execution_start",
+                                          "target_max_block_size", "raise_original_map_exception")}
+    ctx.checkpoint_config = r.CheckpointConfig(id_column="row", checkpoint_path=str(out.checkpoint.resolve()),
+                                               delete_checkpoint_on_success=False)
+    ctx.enable_progress_bars = _debug()
+    ctx.print_on_execution_start = _debug()
+    ctx.raise_original_map_exception = True  # a refusal in a worker arrives as itself (one line), not wrapped
+    # Blocks of about one chunk: a read task merges what it yields up to this size (128 MiB by
+    # default, a million short texts: one block, one actor busy). Bigger map outputs are cut to
+    # it too; the sink gathers them back into shards of at least a chunk.
+    text_bytes = sum(s["text_bytes"] for s in scans) / max(1, rows)
+    ctx.target_max_block_size = int(min(128 << 20, max(4096, job.chunk_size * (text_bytes + 16 + 16 * with_id))))
+    try:
+        scans = [{k: v for k, v in s.items() if k != "lines"} for s in scans]  # not shipped to read tasks
+        source = tasks.InputSource(spec, files, starts, scans, job.chunk_size, with_id)
+        ds = data.read_datasource(source, override_num_blocks=max(1, len(files)), num_cpus=IO_CPUS)
+        ds = ds.map_batches(
+            tasks.EmbedWorker, batch_size=job.chunk_size, batch_format="pyarrow", zero_copy_batch=True,
+            fn_constructor_kwargs={"model": load_name, "options": worker_options, "out_dtype": job.out_dtype,
+                                   "with_id": with_id, "keep_text": keep_text, "on_overflow": job.on_overflow,
+                                   "faults": faults_from_env()},
+            compute=data.ActorPoolStrategy(size=plan.workers, max_concurrent_calls_per_actor=2 if plan.gpu else 1),
+            num_cpus=plan.cpus_per_worker, num_gpus=1 if plan.gpu else None,
+        )
+        sink = tasks.ShardSink(str(out.shards.resolve()), schema, base, min_rows=job.chunk_size)
+        with _Tracker(out, rows, resumed, progress, fingerprint):
+            try:
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                found = _hfenc_error(exc)
+                if found is not None:
+                    raise found from None
+                raise
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+
+
+def faults_from_env() -> dict[str, Any]:
+    """The fault injection the tests ask for, read on the driver and handed to each actor (so it
+    works on a runtime started before the variables were set)."""
+    faults: dict[str, Any] = {}
+    if os.environ.get(KILL_ENV):
+        k, _, marker = os.environ[KILL_ENV].partition(":")
+        faults["kill"] = (int(k), marker)
+    if os.environ.get(DELAY_ENV):
+        faults["delay"] = float(os.environ[DELAY_ENV])
+    return faults
+
+
+def _committed(out: _Output) -> dict[str, dict]:
+    """The shards whose rows Ray's checkpoint has committed: name -> their _meta JSON."""
+    found = {}
+    try:
+        names = os.listdir(out.checkpoint)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        if not name.endswith(".parquet") or name.endswith(".pending.parquet"):
+            continue
+        base = name.removesuffix(".parquet")
+        try:
+            found[base] = json.loads((out.shards / "_meta" / (base + ".json")).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _committed_rows(out: _Output) -> int:
+    return sum(m["rows"] for m in _committed(out).values())
+
+
+class _Tracker:
+    """Progress while the pipeline runs, read from the committed shards every half second (and
+    written to the resume state, so `hfenc clean` can say how much an interruption kept)."""
+
+    def __init__(self, out: _Output, rows: int, resumed: int, progress, fingerprint: dict) -> None:
+        import threading
+
+        self.out, self.rows, self.resumed, self.progress, self.fingerprint = out, rows, resumed, progress, fingerprint
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hfenc-ray-progress", daemon=True)
+        self.t0 = time.perf_counter()
+        self.saved_rows = resumed
+
+    def __enter__(self) -> "_Tracker":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                done = _committed(self.out)
+                rows = sum(m["rows"] for m in done.values())
+                tokens = sum(m["tokens"] for m in done.values())
+                if rows != self.saved_rows:
+                    write_state(self.out.paths, self.fingerprint, rows, {"engine": ENGINE})
+                    self.saved_rows = rows
+                if self.progress is not None:
+                    from ..engine import Progress
+
+                    self.progress(Progress(rows, self.rows, tokens, time.perf_counter() - self.t0, self.resumed))
+            except Exception:  # progress must never break the job
+                if _debug():
+                    raise
+
+
+def _verify(out: _Output, rows: int) -> list[dict]:
+    """Every row in [0, rows) in exactly one shard, every shard described; the shard list."""
+    import pyarrow.parquet as pq
+
+    metas = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (out.shards / "_meta").glob("*.json")}
+    data = {p.stem: p for p in out.shards.glob("*.parquet")}
+    if set(metas) != set(data):
+        raise RuntimeError(f"shards and their descriptions disagree in {out.shards}: "
+                           f"{sorted(set(metas) ^ set(data))[:5]}")
+    count = np.zeros(rows, dtype=np.uint8)
+    for name, path in data.items():
+        index = pq.read_table(path, columns=["row"]).column("row").to_numpy()
+        if len(index) != metas[name]["rows"]:
+            raise RuntimeError(f"shard {path} holds {len(index)} rows, its description says {metas[name]['rows']}")
+        np.add.at(count, index, 1)
+    missing, doubled = np.flatnonzero(count == 0), np.flatnonzero(count > 1)
+    if len(missing) or len(doubled):
+        raise RuntimeError(f"the shards in {out.shards} do not hold every row exactly once: {len(missing)} missing "
+                           f"(first {missing[:5].tolist()}), {len(doubled)} doubled (first {doubled[:5].tolist()})")
+    return sorted(metas.values(), key=lambda m: m["row_min"])
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _abandon(paths: OutputPaths) -> None:
+    _remove(paths.partial)
+    for p in (paths.state, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy)):
+        p.unlink(missing_ok=True)
+
+
+def _where(spec: InputSpec, files: list[Any], starts: list[int], scans: list[dict], row: int) -> str:
+    """`line N` (`FILE line N` with several inputs) of global row `row`, as hfenc.jobs says it."""
+    from ..inputs import records
+
+    tasks = ray_modules().tasks
+    for f, start, s in zip(files, starts, scans):
+        if start <= row < start + s["rows"]:
+            with tasks.local_copy(f) as path:
+                for i, record in enumerate(records(replace(spec, path=path, more=()))):
+                    if i == row - start:
+                        return f"{f.name} line {record.line}" if len(files) > 1 else f"line {record.line}"
+    return f"record {row + 1}"
+
+
+# ---- publication --------------------------------------------------------------------------------
+
+def _publish_dataset(out: _Output, fingerprint: dict, rows: int) -> dict:
+    """The shard directory, its manifest already written last inside it, renamed into place
+    (an earlier dataset of ours at OUT goes only after the new one is complete)."""
+    shutil.rmtree(out.shards / "_meta", ignore_errors=True)
+    shutil.rmtree(out.checkpoint, ignore_errors=True)
+    exists = out.path.exists() and any(out.path.iterdir())
+    plan = {"dataset": str(out.shards), "output": str(out.path),
+            "old": str(out.paths.hidden(out.path, "old")) if exists else None}
+    write_state(out.paths, fingerprint, rows, {"engine": ENGINE}, publishing=plan)
+    _complete_dataset(out.paths, plan)
+    return json.loads((out.path / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _complete_dataset(paths: OutputPaths, plan: dict) -> None:
+    """Safe to repeat after a crash at any step: each step checks what is already done."""
+    dataset, output = Path(plan["dataset"]), Path(plan["output"])
+    old = Path(plan["old"]) if plan.get("old") else None
+    try:
+        if dataset.exists():
+            if old is not None and output.exists():
+                os.replace(output, old)
+            elif output.is_dir() and not any(output.iterdir()):
+                output.rmdir()
+            os.replace(dataset, output)
+            fsync_dir(output.parent)
+        if old is not None and old.exists():
+            shutil.rmtree(old)
+        _remove(paths.partial)
+        for p in (paths.state, paths.hidden(paths.state, "tmp")):
+            p.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot publish {output}: {exc.strerror or exc}") from None
+
+
+def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, dim: int, job: Any,
+              metadata: dict, fingerprint: dict) -> dict:
+    """The shards as one .npy in input order (+ OUT.ids.txt, OUT.lines.npy), published with the
+    local path's journaled step (hfenc.outputs.publish)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from numpy.lib.format import open_memmap
+
+    paths = out.paths
+    staged = paths.staged(paths.npy)
+    with_id = spec.id_field is not None
+    side_files: list[tuple[Path, Path]] = []
+    extra: dict[str, Any] = {}
+    try:
+        array = open_memmap(staged, mode="w+", dtype=np.dtype(job.out_dtype), shape=(rows, dim))
+        index_parts, id_parts = [], []
+        for path in sorted(out.shards.glob("*.parquet")):
+            table = pq.read_table(path, columns=["row", *(["id"] if with_id else []), "embedding"])
+            index = table.column("row").to_numpy()
+            values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            array[index] = values.reshape(-1, dim)
+            if with_id:
+                index_parts.append(index)
+                id_parts.append(table.column("id"))
+        array.flush()
+        del array
+        with open(staged, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if with_id:
+            order = np.argsort(np.concatenate(index_parts), kind="stable")
+            ids = pa.chunked_array([c for part in id_parts for c in part.chunks], pa.string()).take(pa.array(order))
+            ids = pc.fill_null(ids, "")
+            with open(paths.staged(paths.ids), "w", encoding="utf-8") as fh:
+                for start in range(0, len(ids), 65536):
+                    fh.write("".join(v + "\n" for v in ids.slice(start, 65536).to_pylist()))
+            side_files.append((paths.staged(paths.ids), paths.ids))
+            extra["ids_file"] = paths.ids.name
+        if spec.skip_blank:
+            with open(paths.staged(paths.lines), "wb") as fh:
+                np.save(fh, np.concatenate([s["lines"] for s in scans]).astype("<i8"))
+            side_files.append((paths.staged(paths.lines), paths.lines))
+            extra["lines_file"] = paths.lines.name
+    except OSError as exc:
+        raise OutputError(f"cannot write {staged}: {exc.strerror or exc}") from None
+    stale = [final for made, final in ((with_id, paths.ids), (spec.skip_blank, paths.lines))
+             if not made and final.exists() and owns(paths, final)]
+
+    def journal(plan: dict) -> None:
+        write_state(paths, fingerprint, rows, {"engine": ENGINE}, publishing=plan)
+        _remove(paths.partial)  # the staged files hold every row now
+
+    return publish(paths, staged, {**metadata, **extra}, side_files, stale, journal)
+
+
+def _finish_publication(JobResult, out: _Output, plan: dict, rows: int, dim: int, blank: int, t0: float) -> Any:
+    """--resume after a crash during publication: carry out the rest of it."""
+    if out.kind == "npy":
+        _remove(out.paths.partial)
+        complete_publication(out.paths, plan)
+        metadata = read_sidecar(out.paths.sidecar) or {}
+        sidecar = out.paths.sidecar
+    else:
+        _complete_dataset(out.paths, plan)
+        metadata = read_sidecar(out.path / MANIFEST) or {}
+        sidecar = out.path / MANIFEST
+    return JobResult(out.path, sidecar, rows, dim, time.perf_counter() - t0, metadata.get("truncated_rows", 0),
+                     blank, metadata.get("tokens", 0), rows, metadata,
+                     warnings=["the interrupted run had finished; its output is now published"])

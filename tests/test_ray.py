@@ -1,0 +1,300 @@
+"""hfenc embed --ray (hfenc.distributed) on a local Ray runtime: 2 CPU workers, the tiny bert.
+
+Every expected array is the single-process job's output on the same input (hfenc.jobs.embed_file,
+the documented contract); a --ray run must equal it within 1e-6 (the engine's numbers move by an
+ulp or so with batch composition), in the same row order, with the same ids. Faults are real:
+a worker process SIGKILLs itself with a batch in hand; the driver is interrupted by SIGINT.
+
+One Ray runtime serves the module (starting one costs seconds on a 2-core machine); the runner
+leaves a runtime it did not start running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ray  # noqa: E402  (a test dependency, pyproject's `test` extra: fail, never skip)
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import tiny_models  # noqa: E402
+from hfenc.cli import app  # noqa: E402
+from hfenc.distributed import MANIFEST, RayOptions, embed_ray  # noqa: E402
+from hfenc.distributed import runner as ray_runner  # noqa: E402
+from hfenc.embedder import Embedder  # noqa: E402
+from hfenc.errors import Interrupted  # noqa: E402
+from hfenc.inputs import InputSpec  # noqa: E402
+from hfenc.jobs import JobOptions, embed_file  # noqa: E402
+
+TOL = 1e-6
+WORKERS = RayOptions(workers=2)
+CHUNK = 100  # rows per batch and per shard: a few batches per job, for both workers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    """A local runtime of 2 CPUs for the whole module (what the runner would start itself)."""
+    assert not ray.is_initialized()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_model_dir) -> Path:
+    return tiny_model_dir("bert")
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    """n texts of 1..20 words of the tiny vocabulary; a few empty ones, one with a form feed
+    (str.splitlines would cut it in two: hfenc's reader does not)."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(tiny_models.WORDS) for _ in range(rng.randint(1, 20))) for _ in range(n)]
+    texts[7] = ""
+    texts[11] = "a form\x0cfeed inside"
+    return texts
+
+
+def _local(bert: Path, path: Path | list[Path], out: Path, **spec) -> tuple[np.ndarray, dict]:
+    """The single-process job on the same input: (rows, sidecar)."""
+    paths = [str(p) for p in (path if isinstance(path, list) else [path])]
+    job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=64)
+    result = embed_file(job, lambda: Embedder(str(bert), device="cpu"))
+    return np.load(result.output), result.metadata
+
+
+def _ray(bert: Path, inputs: list[Path] | Path | str, out: Path, *, chunk: int = CHUNK, resume: bool = False,
+         progress=None, **spec):
+    paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
+    job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=chunk, resume=resume)
+    return embed_ray(job, str(bert), {"device": "cpu"}, WORKERS, progress=progress)
+
+
+def _read_dataset(directory: Path) -> tuple[np.ndarray, np.ndarray, list | None, dict]:
+    """(row indices, embeddings, ids, manifest) of a shard directory, in row order."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    table = pq.read_table(directory)  # pyarrow reads the directory as one table (skips _hfenc_manifest.json)
+    rows = table.column("row").to_numpy()
+    order = np.argsort(rows, kind="stable")
+    dim = table.schema.field("embedding").type.list_size
+    emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)[order]
+    ids = table.column("id").take(pa.array(order)).to_pylist() if "id" in table.column_names else None
+    return rows[order], emb, ids, manifest
+
+
+def _assert_same(ray_rows: np.ndarray, local_rows: np.ndarray) -> None:
+    assert ray_rows.shape == local_rows.shape and ray_rows.dtype == local_rows.dtype
+    assert np.abs(ray_rows - local_rows).max() <= TOL
+
+
+# ---- parity with the single-process path, format by format --------------------------------------
+
+def test_txt_to_npy_equals_the_local_path_and_its_sidecar(bert, tmp_path):
+    texts = _texts(300, seed=1)
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    local, local_meta = _local(bert, src, tmp_path / "local.npy")
+    assert local.shape == (300, tiny_models.HIDDEN)  # the form feed did not split a record
+
+    result = _ray(bert, src, tmp_path / "ray.npy")
+    _assert_same(np.load(tmp_path / "ray.npy"), local)
+    meta = json.loads((tmp_path / "ray.npy.json").read_text())
+    assert meta == result.metadata
+    # The local path's sidecar, key for key; what differs is how (and when) the job ran.
+    ran = {"elapsed_seconds", "embed_seconds", "created", "threads", "files", "chunk_size", "output"}
+    assert set(local_meta) - set(meta) == set()
+    for key in set(local_meta) - ran:
+        if key == "versions":
+            assert meta[key] == {**local_meta[key], "ray": ray.__version__}
+        else:
+            assert meta[key] == local_meta[key], key
+    assert meta["engine"] == "ray" and meta["workers"] == 2 and meta["ray"]["version"] == ray.__version__
+    assert meta["ray"]["workers"] == 2 and meta["ray"]["device"] == "cpu"
+    assert meta["blank_rows"] == 1 and meta["rows"] == 300
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["in.txt", "local.npy", "local.npy.json", "ray.npy", "ray.npy.json"]  # nothing hidden left
+
+
+@pytest.fixture(scope="module")
+def jsonl_case(bert, tmp_path_factory):
+    """A JSONL input with ids, its single-process output, and an uninterrupted --ray run of it
+    to a shard directory (the reference of the resume test too)."""
+    root = tmp_path_factory.mktemp("jsonl")
+    texts = _texts(400, seed=2)
+    src = root / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"doc-{i:04d}", "body": t}) + "\n" for i, t in enumerate(texts)),
+                   encoding="utf-8")
+    spec = {"field": "body", "id_field": "id"}
+    local, _ = _local(bert, src, root / "local.npy", **spec)
+    local_ids = (root / "local.ids.txt").read_text(encoding="utf-8").splitlines()
+    result = _ray(bert, src, root / "shards", **spec)
+    return {"root": root, "src": src, "spec": spec, "local": local, "ids": local_ids, "result": result,
+            "dataset": _read_dataset(root / "shards")}
+
+
+def test_jsonl_to_a_shard_directory_equals_the_local_path(jsonl_case):
+    rows, emb, ids, manifest = jsonl_case["dataset"]
+    assert rows.tolist() == list(range(400))  # every row exactly once
+    _assert_same(emb, jsonl_case["local"])
+    assert ids == jsonl_case["ids"]
+    # The shards: hfenc's Parquet schema, the sidecar in each file, listed with hashes in the manifest.
+    directory = jsonl_case["root"] / "shards"
+    assert sorted(p.name for p in jsonl_case["root"].iterdir() if p.name.startswith(".")) == []
+    shards = sorted(p for p in directory.iterdir() if p.suffix == ".parquet")
+    assert sorted(s["file"] for s in manifest["shards"]) == [p.name for p in shards]
+    assert sorted(p.name for p in directory.iterdir()) == sorted([MANIFEST, *(p.name for p in shards)])
+    assert sum(s["rows"] for s in manifest["shards"]) == 400 and manifest["rows"] == 400
+    for entry in manifest["shards"]:
+        path = directory / entry["file"]
+        assert entry["sha256"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["bytes"] == path.stat().st_size
+        schema = pq.read_schema(path)
+        assert schema.names == ["row", "id", "embedding"]
+        assert schema.field("row").type == pa.int64()
+        assert schema.field("id").type == pa.string()
+        assert schema.field("embedding").type.value_type == pa.float32()
+        assert schema.field("embedding").type.list_size == tiny_models.HIDDEN
+        stored = json.loads(schema.metadata[b"hfenc"])
+        assert stored["engine"] == "ray" and stored["model"] == manifest["model"]
+        index = pq.read_table(path, columns=["row"]).column("row").to_numpy()
+        assert (entry["rows"], entry["row_min"], entry["row_max"]) == (len(index), index.min(), index.max())
+    assert manifest["out_format"] == "parquet-dataset" and manifest["columns"] == ["row", "id", "embedding"]
+    assert manifest["input"]["field"] == "body" and manifest["tokens"] == jsonl_case["result"].tokens
+
+
+def test_csv_with_ids_to_npy_equals_the_local_path(bert, tmp_path):
+    import csv
+
+    texts = _texts(300, seed=3)
+    texts[5] = 'a "quoted", text\nover two lines'  # a record that spans lines: one row, as the local path reads it
+    src = tmp_path / "in.csv"
+    with open(src, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["key", "text"])
+        w.writerows([[f"00{i}", t] for i, t in enumerate(texts)])  # "007" stays "007"
+    local, _ = _local(bert, src, tmp_path / "local.npy", id_field="key")
+    _ray(bert, src, tmp_path / "ray.npy", id_field="key")
+    _assert_same(np.load(tmp_path / "ray.npy"), local)
+    assert (tmp_path / "ray.ids.txt").read_text() == (tmp_path / "local.ids.txt").read_text()
+    assert (tmp_path / "ray.ids.txt").read_text().splitlines()[7] == "007"
+
+
+def test_parquet_to_npy_equals_the_local_path(bert, tmp_path):
+    texts = _texts(300, seed=4)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"n": np.arange(300), "text": texts}), src, row_group_size=70)
+    local, _ = _local(bert, src, tmp_path / "local.npy")
+    _ray(bert, src, tmp_path / "ray.npy")
+    _assert_same(np.load(tmp_path / "ray.npy"), local)
+
+
+def test_a_directory_of_files_equals_the_local_path_on_those_files_in_order(bert, tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    files = [folder / "part-0.txt", folder / "part-1.txt", folder / "sub" / "part-2.txt"]
+    for i, (path, n) in enumerate(zip(files, (120, 1, 150))):
+        path.write_text("".join(t + "\n" for t in _texts(max(n, 12), seed=10 + i)[:n]), encoding="utf-8")
+    (folder / "_SUCCESS").write_text("")  # skipped, as Ray and Spark skip them
+    (folder / ".part-9.txt.crc").write_text("x\n")
+    local, local_meta = _local(bert, files, tmp_path / "local.npy")
+    result = _ray(bert, folder, tmp_path / "ray.npy")
+    _assert_same(np.load(tmp_path / "ray.npy"), local)
+    assert result.metadata["input"]["files"] == [{"path": str(p), "rows": n} for p, n in zip(files, (120, 1, 150))]
+    assert result.metadata["input"]["sha256"] == local_meta["input"]["sha256"]  # hashed as the local path hashes
+
+
+# ---- faults ---------------------------------------------------------------------------------------
+
+def test_a_worker_killed_mid_job_is_restarted_and_every_row_is_written_once(bert, tmp_path, monkeypatch):
+    texts = _texts(400, seed=5)
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    local, _ = _local(bert, src, tmp_path / "local.npy")
+    marker = tmp_path / "killed"
+    # The first worker to finish its first batch SIGKILLs its own process, that batch in hand.
+    monkeypatch.setenv(ray_runner.KILL_ENV, f"1:{marker}")
+    result = _ray(bert, src, tmp_path / "out")
+    assert marker.exists(), "no worker was killed: the test proved nothing"
+    rows, emb, _, manifest = _read_dataset(tmp_path / "out")
+    assert rows.tolist() == list(range(400))
+    assert sum(s["rows"] for s in manifest["shards"]) == 400  # no shard twice
+    _assert_same(emb, local)
+    assert result.rows == 400
+
+
+def test_an_interrupted_driver_resumes_and_equals_an_uninterrupted_run(bert, jsonl_case, tmp_path, monkeypatch):
+    out = tmp_path / "shards"
+    monkeypatch.setenv(ray_runner.DELAY_ENV, "0.3")  # batches slow enough to interrupt in the middle
+    sent: list[int] = []
+
+    def ctrl_c(p) -> None:  # Ctrl-C once some rows are saved
+        if p.rows_done > 0 and not sent:
+            sent.append(p.rows_done)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        _ray(bert, jsonl_case["src"], out, chunk=50, progress=ctrl_c, **jsonl_case["spec"])
+    saved = info.value.rows_done
+    assert sent and 0 < saved < 400, f"interrupted with {saved} of 400 rows saved"
+    assert not out.exists()  # nothing half-written is visible
+    assert (tmp_path / ".shards.resume.json").exists() and (tmp_path / ".shards.partial").is_dir()
+
+    monkeypatch.delenv(ray_runner.DELAY_ENV)
+    result = _ray(bert, jsonl_case["src"], out, chunk=50, resume=True, **jsonl_case["spec"])
+    assert result.resumed_from == saved and result.rows == 400
+    rows, emb, ids, manifest = _read_dataset(out)
+    ref_rows, ref_emb, ref_ids, _ = jsonl_case["dataset"]
+    assert rows.tolist() == ref_rows.tolist() and ids == ref_ids
+    assert np.abs(emb - ref_emb).max() <= TOL
+    assert manifest["resumed_from_row"] == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # the partial output and its state are gone
+
+
+# ---- the command line -----------------------------------------------------------------------------
+
+def test_cli_ray_embeds_and_refuses_what_it_cannot_do(bert, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in _texts(120, seed=6)), encoding="utf-8")
+    runner = CliRunner()
+    base = ["embed", str(src), "-m", str(bert), "--device", "cpu", "--ray", "--workers", "2", "--quiet"]
+    done = runner.invoke(app, [*base, "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == 120 and summary["output"] == str(tmp_path / "in.npy")
+    assert np.load(tmp_path / "in.npy").shape == (120, tiny_models.HIDDEN)
+    again = runner.invoke(app, base)  # the output exists: refused, as the local path refuses it
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    for extra, words in ((["-o", str(tmp_path / "x.parquet")], "directory of Parquet shards"),
+                         (["-o", str(tmp_path / "x.npy"), "--quantize", "int8"], "--quantize")):
+        refused = runner.invoke(app, [*base, *extra])
+        assert refused.exit_code == 1 and words in refused.stderr, refused.output
+        assert refused.stderr.count("\n") <= 2  # Error: ... (+ Hint: ...)
+    usage = runner.invoke(app, ["embed", str(src), "--workers", "2"])
+    assert usage.exit_code == 2 and "--workers is for --ray" in usage.output
+
+
+def test_without_the_extra_ray_fails_at_once_naming_it(bert, tmp_path, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("hello world\n", encoding="utf-8")
+    ray_runner._ray.cache_clear()
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
+    try:
+        result = CliRunner().invoke(app, ["embed", str(src), "-m", str(bert), "--ray"])
+    finally:
+        monkeypatch.undo()
+        ray_runner._ray.cache_clear()
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["Error: --ray needs Ray Data, which is not installed: "
+                                                  "pip install 'hfenc[ray]'"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
