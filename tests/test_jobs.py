@@ -28,6 +28,7 @@ import torch
 import transformers
 
 import tiny_models
+from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.errors import ConfigError, InputError, Interrupted, OutputError, ResumeError
 from hfenc.inputs import InputSpec
@@ -58,23 +59,10 @@ def _names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def _stop_after(rows: int):
-    """A progress callback that acts like Ctrl-C during the chunk after the first `rows` rows
-    (progress comes per batch, before its chunk is saved: `rows` rows are saved then)."""
-    def progress(p) -> None:
-        if p.rows_done > rows:
-            raise KeyboardInterrupt
-    return progress
 
 
-@pytest.fixture(scope="module")
-def bert(tiny_model_dir) -> Path:
-    return tiny_model_dir("bert")
 
 
-@pytest.fixture(scope="module")
-def embedder(bert) -> Embedder:
-    return Embedder(str(bert), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +265,7 @@ def test_on_overflow_error_passes_when_nothing_overflows(tmp_path, short_embedde
 def _interrupted(data: Path, embedder: Embedder, chunk_size: int = 7, rows: int = 14) -> Interrupted:
     with pytest.raises(Interrupted) as info:
         embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=chunk_size), embedder,
-                   progress=_stop_after(rows))
+                   progress=stop_after(rows))
     return info.value
 
 
@@ -581,7 +569,7 @@ def test_an_interrupted_force_run_resumes_over_the_old_output(data, embedder, tm
     embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7), embedder)  # a finished output
     with pytest.raises(Interrupted):
         embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, force=True), embedder,
-                   progress=_stop_after(14))
+                   progress=stop_after(14))
     # The printed hint drops --force; resuming must not be refused because out.npy exists.
     result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
     assert result.resumed_from == 14
@@ -603,7 +591,7 @@ def test_resume_refuses_changed_projection_weights(data, bert, tmp_path):
     torch.save({"weight": torch.zeros(8, WIDTH)}, weights)
     emb = Embedder(str(bert), device="cpu", proj="linear", dim=8, proj_weights=weights)
     with pytest.raises(Interrupted):
-        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7), emb, progress=_stop_after(14))
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7), emb, progress=stop_after(14))
     torch.save({"weight": torch.ones(8, WIDTH)}, weights)  # retrained at the same path
     retrained = Embedder(str(bert), device="cpu", proj="linear", dim=8, proj_weights=weights)
     with pytest.raises(ResumeError, match="weights_sha256 changed"):

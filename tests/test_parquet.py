@@ -25,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 import tiny_models
+from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.errors import ConfigError, InputError
@@ -55,23 +56,10 @@ def _names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def _stop_after(rows: int):
-    """Ctrl-C during the chunk after the first `rows` rows (progress comes per batch, before its
-    chunk is saved: `rows` rows are saved then), as tests/test_jobs.py does."""
-    def progress(p) -> None:
-        if p.rows_done > rows:
-            raise KeyboardInterrupt
-    return progress
 
 
-@pytest.fixture(scope="module")
-def bert(tiny_model_dir) -> Path:
-    return tiny_model_dir("bert")
 
 
-@pytest.fixture(scope="module")
-def embedder(bert) -> Embedder:
-    return Embedder(str(bert), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +170,7 @@ def test_interrupted_parquet_run_resumes_to_the_same_table_bit_for_bit(data, emb
     out = data / "out.parquet"
     job = _job(data / "in.jsonl", out, id_field="id", keep_text=True, chunk_size=7)
     with pytest.raises(Exception, match="rows are saved"):
-        embed_file(job, embedder, progress=_stop_after(14))
+        embed_file(job, embedder, progress=stop_after(14))
     assert not out.exists()
     partial = data / ".out.parquet.partial"
     assert sorted(p.name for p in partial.iterdir()) == ["000000000000+7.arrow", "000000000007+7.arrow"]
@@ -201,7 +189,7 @@ def test_interrupted_parquet_run_resumes_to_the_same_table_bit_for_bit(data, emb
 def test_resume_refuses_other_parquet_options(data, embedder):
     out = data / "out.parquet"
     with pytest.raises(Exception, match="rows are saved"):
-        embed_file(_job(data / "in.jsonl", out, chunk_size=7), embedder, progress=_stop_after(7))
+        embed_file(_job(data / "in.jsonl", out, chunk_size=7), embedder, progress=stop_after(7))
     with pytest.raises(Exception, match="cannot resume: keep_text changed"):
         embed_file(_job(data / "in.jsonl", out, chunk_size=7, resume=True, keep_text=True), embedder)
 
@@ -209,7 +197,7 @@ def test_resume_refuses_other_parquet_options(data, embedder):
 def test_resume_refuses_a_partial_directory_that_lost_a_chunk(data, embedder):
     out = data / "out.parquet"
     with pytest.raises(Exception, match="rows are saved"):
-        embed_file(_job(data / "in.jsonl", out, chunk_size=7), embedder, progress=_stop_after(21))
+        embed_file(_job(data / "in.jsonl", out, chunk_size=7), embedder, progress=stop_after(21))
     (data / ".out.parquet.partial" / "000000000007+7.arrow").unlink()
     with pytest.raises(Exception, match=r"lacks rows 7 to 13"):
         embed_file(_job(data / "in.jsonl", out, chunk_size=7, resume=True), embedder)

@@ -20,6 +20,7 @@ from sentence_transformers.util.quantization import quantize_embeddings
 from typer.testing import CliRunner
 
 import tiny_models
+from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.errors import ConfigError, ResumeError
@@ -49,21 +50,10 @@ def _rows(path: Path) -> np.ndarray:
     return np.load(path)
 
 
-def _stop_after(rows: int):
-    def progress(p) -> None:
-        if p.rows_done > rows:
-            raise KeyboardInterrupt
-    return progress
 
 
-@pytest.fixture(scope="module")
-def bert(tiny_model_dir) -> Path:
-    return tiny_model_dir("bert")
 
 
-@pytest.fixture(scope="module")
-def embedder(bert) -> Embedder:
-    return Embedder(str(bert), device="cpu")
 
 
 @pytest.fixture()
@@ -203,7 +193,7 @@ def test_given_ranges_are_used_exactly_and_a_changed_file_refuses_resume(data, e
     assert again.metadata["quantization"]["ranges"] == q["ranges"]
     with pytest.raises(Exception, match="rows are saved"):
         embed_file(_job(data / "in.txt", data / "r.npy", chunk_size=7, quantize="int8", ranges=data / "ranges.npy"),
-                   embedder, progress=_stop_after(7))
+                   embedder, progress=stop_after(7))
     np.save(data / "ranges.npy", ranges * 2)
     with pytest.raises(ResumeError, match="calibration changed"):
         embed_file(_job(data / "in.txt", data / "r.npy", chunk_size=7, quantize="int8", ranges=data / "ranges.npy",
@@ -217,7 +207,7 @@ def test_resume_quantizes_with_the_saved_ranges_bit_for_bit(data, embedder, monk
     embed_file(_job(data / "in.txt", data / f"full{suffix}", chunk_size=7, quantize="int8"), embedder)
     out = data / f"out{suffix}"
     with pytest.raises(Exception, match="rows are saved"):
-        embed_file(_job(data / "in.txt", out, chunk_size=7, quantize="int8"), embedder, progress=_stop_after(14))
+        embed_file(_job(data / "in.txt", out, chunk_size=7, quantize="int8"), embedder, progress=stop_after(14))
 
     def no_second_calibration(*args):
         raise AssertionError("a resumed run must reuse the saved ranges")
