@@ -196,7 +196,7 @@ def embed(
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
     ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local runtime using every GPU here (one replica each), or CPU workers (needs hfenc[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Run on an existing Ray cluster: auto, or ray://HOST:10001 (implies --ray)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: model replicas (default: one per GPU; without GPUs, one per 2 CPUs)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: model replicas (default: one per GPU; without GPUs, one per CPU, up to 8)."),
 ) -> None:
     """Embed every record of INPUT (one text per line, or per JSON/CSV record) into rows of a .npy
     file, with a JSON sidecar.

@@ -89,7 +89,7 @@ _GLOB = "*?["
 class RayOptions:
     """Where and how wide: `address` None starts a local Ray runtime on this machine (and stops
     it after); `auto` or `ray://host:10001` joins an existing cluster. `workers`: model replicas
-    (default: one per GPU; without GPUs, CPU_WORKERS). `num_cpus`: CPUs a local runtime may use."""
+    (default: one per GPU; without GPUs, cpu_workers()). `num_cpus`: CPUs a local runtime may use."""
 
     address: str | None = None
     workers: int | None = None
@@ -116,9 +116,11 @@ def ray_modules() -> SimpleNamespace:
 
 
 def cpu_workers(cpus: float) -> int:
-    """CPU replicas when none are asked for: one per two cores (each gets two torch threads;
-    benchmarks/README.md has the 1-vs-2-worker figures on a 2-core machine)."""
-    return max(1, int(cpus) // 2)
+    """CPU replicas when none are asked for: one per CPU, each with one torch thread, up to 8
+    (each holds a copy of the model). On 2 cores, 2 workers x 1 thread embedded 1.3x as fast as
+    the single-process path, 1 worker x 2 threads 0.6x: its two threads share the cores with
+    Ray's read and write tasks and stall each other (benchmarks/README.md)."""
+    return max(1, min(8, int(cpus)))
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ def _plan(options: RayOptions, device: str) -> _Plan:
         return _Plan(True, workers, per, None, "cuda")  # Ray gives each actor its GPU as cuda:0
     workers = options.workers or cpu_workers(cpus)
     per = max(IO_CPUS, (cpus - 2 * IO_CPUS) / workers)
-    return _Plan(False, workers, round(per, 2), max(1, round(cpus / workers)), "cpu" if device == "auto" else device)
+    return _Plan(False, workers, round(per, 2), max(1, int(cpus // workers)), "cpu" if device == "auto" else device)
 
 
 # ---- the job ------------------------------------------------------------------------------------
