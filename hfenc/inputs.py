@@ -191,7 +191,7 @@ class _Tee(io.RawIOBase):
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What one pass read: filled in when the pass reaches the end of the input."""
     sha256: str | None = None
     bytes: int = 0
@@ -227,7 +227,7 @@ def _decode(raw: bytes, line: int, offset: int, errors: str) -> str:
         ) from None
 
 
-def _lines(spec: InputSpec, tally: _Tally | None = None, again: bool = False) -> Iterator[tuple[int, str]]:
+def _lines(spec: InputSpec, tally: Tally | None = None, again: bool = False) -> Iterator[tuple[int, str]]:
     """(line number, text without its line ending) for every line of the (decompressed) input.
 
     Every way the bytes cannot be read becomes one InputError naming the file and the lines read
@@ -258,7 +258,7 @@ def _lines(spec: InputSpec, tally: _Tally | None = None, again: bool = False) ->
         raise _unreadable(path, gz, line, exc) from None
 
 
-def _jsonl(spec: InputSpec, tally: _Tally | None, again: bool) -> Iterator[Record]:
+def _jsonl(spec: InputSpec, tally: Tally | None, again: bool) -> Iterator[Record]:
     for line, text in _lines(spec, tally, again):
         if not text.strip():
             if spec.skip_blank:
@@ -298,7 +298,7 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _json_array(spec: InputSpec, tally: _Tally | None, again: bool) -> Iterator[Record]:
+def _json_array(spec: InputSpec, tally: Tally | None, again: bool) -> Iterator[Record]:
     """A .json file holding one array of strings or objects, parsed element by element as its
     lines arrive: an indented array streams in flat memory; a minified one (one line) is held
     whole, so big inputs belong in .jsonl."""
@@ -424,7 +424,7 @@ def _restore_field_limit() -> None:
             csv.field_size_limit(_limit_saved)
 
 
-def _quoted_rows(spec: InputSpec, delimiter: str, tally: _Tally | None, again: bool) -> Iterator[tuple[int, list[str]]]:
+def _quoted_rows(spec: InputSpec, delimiter: str, tally: Tally | None, again: bool) -> Iterator[tuple[int, list[str]]]:
     """(first line, fields) of each record, with CSV quoting (a quoted field may span lines)."""
     kind = "CSV" if delimiter == "," else "TSV"
     # csv.reader pulls lines on demand; remember where each record starts (a quoted field may
@@ -459,14 +459,14 @@ def _quoted_rows(spec: InputSpec, delimiter: str, tally: _Tally | None, again: b
             yield state["start"], fields
 
 
-def _tab_rows(spec: InputSpec, tally: _Tally | None, again: bool) -> Iterator[tuple[int, list[str]]]:
+def _tab_rows(spec: InputSpec, tally: Tally | None, again: bool) -> Iterator[tuple[int, list[str]]]:
     """(line, fields) of each line split on tabs: plain TSV has no quoting, and '"' is text."""
     for line, text in _lines(spec, tally, again):
         if text:  # blank lines between records are skipped, as for CSV
             yield line, text.split("\t")
 
 
-def _table(spec: InputSpec, fmt: str, tally: _Tally | None, again: bool) -> Iterator[Record]:
+def _table(spec: InputSpec, fmt: str, tally: Tally | None, again: bool) -> Iterator[Record]:
     quoted = fmt == "csv" or spec.tsv_quoting
     if quoted:
         rows = _quoted_rows(spec, "," if fmt == "csv" else "\t", tally, again)
@@ -505,15 +505,18 @@ def _table(spec: InputSpec, fmt: str, tally: _Tally | None, again: bool) -> Iter
         yield Record(line, fields[text_at], None if id_at is None else _id_value(fields[id_at], line))
 
 
-def _records(spec: InputSpec, tally: _Tally | None = None, again: bool = False) -> Iterator[Record]:
+def records(spec: InputSpec, tally: Tally | None = None, again: bool = False) -> Iterator[Record]:
+    """Every record of the input, in order, blank ones included unless skip_blank. `tally`
+    receives the hash and size of the bytes parsed; `again`: the second pass over the input (a
+    file gone since the first is InputChanged, not a missing input)."""
     if spec.more:  # several files: each is read and hashed on its own, rows in argument order
         parts = []
         for path in spec.paths:
-            part = _Tally()
-            yield from _records(_one(spec, path), part, again)
+            part = Tally()
+            yield from records(_one(spec, path), part, again)
             parts.append((path, part))
         if tally is not None:
-            _combine(tally, parts)
+            combine_hashes(tally, parts)
         return
     fmt = spec.resolved_format()
     if fmt == "json":
@@ -536,7 +539,7 @@ def _records(spec: InputSpec, tally: _Tally | None = None, again: bool = False) 
         yield record
 
 
-def _combine(tally: _Tally, parts: list[tuple[str, _Tally]]) -> None:
+def combine_hashes(tally: Tally, parts: list[tuple[str, Tally]]) -> None:
     """The hash of several files: of their names, hashes and sizes, in order."""
     digest = hashlib.sha256()
     for path, part in parts:
@@ -548,11 +551,6 @@ def _one(spec: InputSpec, path: str) -> InputSpec:
     from dataclasses import replace
 
     return replace(spec, path=path, more=())
-
-
-def records(spec: InputSpec) -> Iterator[Record]:
-    """Every record of the input, in order, blank ones included unless skip_blank."""
-    return _records(spec)
 
 
 @dataclass(frozen=True)
@@ -570,10 +568,10 @@ def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] |
     The hash and size are of the raw bytes this pass parsed (for a .gz, the compressed file)."""
     rows = blank = 0
     batch: list[int] = []
-    tally, parts, files = _Tally(), [], []
+    tally, parts, files = Tally(), [], []
     for path in spec.paths:
-        part, before = _Tally(), rows
-        for record in _records(_one(spec, path), part):
+        part, before = Tally(), rows
+        for record in records(_one(spec, path), part):
             rows += 1
             if not record.text.strip():
                 blank += 1
@@ -587,7 +585,7 @@ def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] |
         parts.append((path, part))
         files.append((path, rows - before))
     if spec.more:
-        _combine(tally, parts)
+        combine_hashes(tally, parts)
     else:
         tally = parts[0][1]
     if lines_out is not None and batch:
@@ -607,11 +605,11 @@ def chunks(spec: InputSpec, chunk_size: int, start_row: int = 0,
     removed since the scan is an InputError ("input changed while it was being embedded"): at
     once when it has more records than the scan counted, else at the end of the input, which is
     always reached before the last chunk is handed out (the last chunk is held back until then)."""
-    tally = _Tally()
+    tally = Tally()
     again = expected is not None
     texts: list[str] = []
     row = 0
-    for record in _records(spec, tally, again):
+    for record in records(spec, tally, again):
         if expected is not None and row >= expected.rows:
             raise _changed(spec.path, f"has more than the {expected.rows} records it had")
         if row >= start_row:

@@ -75,7 +75,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops the job like Ctrl-C does: finished chunks are kept for --resume."""
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -88,21 +88,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _validate(job: JobOptions) -> OutputPaths:
+def check_job(job: JobOptions) -> None:
+    """The options every engine checks before it reads anything."""
     if job.out_dtype not in OUT_DTYPES:
         raise UnknownChoiceError("output dtype", job.out_dtype, OUT_DTYPES)
     if job.on_overflow not in ("truncate", "error"):
         raise UnknownChoiceError("overflow policy", job.on_overflow, ("truncate", "error"))
     if job.chunk_size < 1:
         raise ConfigError(f"chunk size must be positive, got {job.chunk_size}")
+    if "-" in job.input.more or (job.input.path == "-" and job.input.more):
+        raise ConfigError("standard input (-) cannot be combined with other inputs")
+
+
+def _validate(job: JobOptions) -> OutputPaths:
+    check_job(job)
     if job.output is not None and str(job.output) == "-":
         raise ConfigError("-o - (standard output) is not supported: an output is an array plus its sidecar",
                           hint="give a file name, e.g. -o out.npy")
     if (job.input.path == "-" or job.input.more or job.texts) and job.output is None:
         what = "standard input" if job.input.path == "-" else "--text" if job.texts else "several inputs"
         raise ConfigError(f"{what} needs an output path", hint="pass -o OUT.npy")
-    if "-" in job.input.more or (job.input.path == "-" and job.input.more):
-        raise ConfigError("standard input (-) cannot be combined with other inputs")
     job.input.check()  # an unknown format, or an option that does not apply to it, fails here
     fmt = check_options(job.output, job.out_format, job.quantize, job.ranges, job.keep_text, job.out_dtype)
     out = Path(job.output) if job.output is not None else default_path(default_output(job.input.path), fmt)
@@ -146,7 +151,7 @@ def embed_file(
     ids_side = job.input.id_field and out_format(paths.npy, job.out_format) != "parquet"  # Parquet: an id column
     writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines)) if made)
     check_writable(paths, job.force, job.resume, writes)
-    with _sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
+    with sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
         return _embed_file(job, paths, embedder, progress, t0)
 
 
@@ -176,14 +181,8 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
 
 
 def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, t0) -> JobResult:
-    settings = asdict(model.settings)
-    fingerprint = {
-        "input_sha256": info.sha256, "rows": info.rows, "format": spec.resolved_format(),
-        "field": spec.field, "column": spec.column, "skip_blank": spec.skip_blank, "tsv_quoting": spec.tsv_quoting,
-        "weights_sha256": model.weights_hash, "config_sha256": model.config_hash, "chunk_size": job.chunk_size, "out_dtype": job.out_dtype,
-        "on_overflow": job.on_overflow,
-        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
-    }
+    fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, info.rows, asdict(model.settings),
+                                  model.weights_hash, model.config_hash, chunk_size=job.chunk_size)
     fmt = out_format(paths.npy, job.out_format)
     output = open_output(paths, fmt, info.rows, model.dim, job.out_dtype, fingerprint, job.resume,
                          quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
@@ -258,32 +257,69 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
                 stale.append(final)
             else:
                 warnings.append(f"left {final.name} alone: hfenc did not write it")
-    metadata = {
-        "format": SIDECAR_FORMAT,
-        "complete": True,
-        "output": paths.npy.name,
-        "rows": info.rows,
-        "dim": model.dim,
-        "out_dtype": output.out_dtype,
-        "truncated_rows": stats.truncated,
-        "blank_rows": info.blank,
-        "tokens": stats.tokens,
-        "input": {"path": "(--text)" if job.texts else job.input.path, "format": spec.resolved_format(),
-                  "sha256": info.sha256,
-                  "bytes": info.bytes, "field": spec.field if spec.resolved_format() == "jsonl" else None,
-                  "column": spec.column, "skip_blank": spec.skip_blank,
-                  "tsv_quoting": spec.tsv_quoting if spec.resolved_format() == "tsv" else None,
-                  **({"files": [{"path": p, "rows": n} for p, n in info.files]} if spec.more else {})},
-        **model.describe(),
-        "chunk_size": job.chunk_size,
-        "resumed_from_row": resumed_from or None,
-        "elapsed_seconds": round(elapsed, 3),
-        "embed_seconds": round(embed_seconds, 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **output.metadata(),
-        **extra,
-    }
+    fmt_in = spec.resolved_format()
+    input_meta = input_metadata(job, spec, fmt_in, info.sha256, info.bytes, info.files if spec.more else None)
+    metadata = job_sidecar(paths.npy, info.rows, model.dim, output.out_dtype, input_meta, model.describe(),
+                           job.chunk_size, {**output.metadata(), **extra},
+                           RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from, elapsed, embed_seconds))
     metadata = writer.finish(metadata, side_files, stale)
     return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, elapsed, stats.truncated, info.blank,
                      stats.tokens, resumed_from, metadata, embed_seconds=embed_seconds, warnings=warnings)
 
+
+# ---- what a job records: both engines (this module and hfenc.distributed) build these ---------
+
+def job_fingerprint(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, rows: int, settings: dict[str, Any],
+                    weights_sha256: str | None, config_sha256: str | None, **extra: Any) -> dict[str, Any]:
+    """What a resumed run must match (hfenc.outputs.resume_state names what differs): the input's
+    bytes and how they are read, the model's files, every setting that changes a row."""
+    return {
+        "input_sha256": sha256, "rows": rows, "format": fmt,
+        "field": spec.field, "column": spec.column, "id_field": spec.id_field, "skip_blank": spec.skip_blank,
+        "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
+        "weights_sha256": weights_sha256, "config_sha256": config_sha256,
+        "out_dtype": job.out_dtype, "on_overflow": job.on_overflow,
+        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
+        **extra,
+    }
+
+
+def input_metadata(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, nbytes: int,
+                   files: Any = None) -> dict[str, Any]:
+    """The sidecar's "input": `files`, (path, records) per file, when there are several."""
+    return {"path": "(--text)" if job.texts else job.input.path, "format": fmt, "sha256": sha256, "bytes": nbytes,
+            "field": spec.field if fmt in ("jsonl", "json") else None, "column": spec.column,
+            "skip_blank": spec.skip_blank, "tsv_quoting": spec.tsv_quoting if fmt == "tsv" else None,
+            **({"files": [{"path": p, "rows": n} for p, n in files]} if files else {})}
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """What only the finished job knows."""
+
+    truncated: int
+    blank: int
+    tokens: int
+    resumed_from: int
+    elapsed: float
+    embed_seconds: float
+
+
+def job_sidecar(output: Path, rows: int, dim: int, out_dtype: str, input_meta: dict[str, Any],
+                describe: dict[str, Any], chunk_size: int, extra: dict[str, Any],
+                totals: RunTotals | None = None) -> dict[str, Any]:
+    """The sidecar of a job, one shape for both engines; without `totals`, what a Ray shard
+    carries while the job runs (no totals, not `complete`)."""
+    meta: dict[str, Any] = {"format": SIDECAR_FORMAT}
+    if totals is not None:
+        meta["complete"] = True
+    meta.update({"output": output.name, "rows": rows, "dim": dim, "out_dtype": out_dtype})
+    if totals is not None:
+        meta.update({"truncated_rows": totals.truncated, "blank_rows": totals.blank, "tokens": totals.tokens})
+    meta.update({"input": input_meta, **describe, "chunk_size": chunk_size})
+    if totals is not None:
+        meta.update({"resumed_from_row": totals.resumed_from or None,  # with --ray: a count of rows, not a prefix
+                     "elapsed_seconds": round(totals.elapsed, 3), "embed_seconds": round(totals.embed_seconds, 3),
+                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    meta.update(extra)
+    return meta

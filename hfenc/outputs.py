@@ -219,6 +219,15 @@ def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:
     return state
 
 
+def finish_publication(paths: OutputPaths, plan: dict) -> dict:
+    """Complete the publication `plan` an interrupted run began; returns the published sidecar."""
+    complete_publication(paths, plan)
+    sidecar = read_sidecar(paths.sidecar)
+    if sidecar is None:
+        raise ResumeError(f"cannot resume: the sidecar {paths.sidecar} is missing after publication")
+    return sidecar
+
+
 def write_state(paths: OutputPaths, fingerprint: dict, rows_done: int, stats: dict,
                 publishing: dict | None = None) -> None:
     """Record that `rows_done` rows are final (the caller made them durable first)."""
@@ -348,11 +357,7 @@ class RowWriter:
     def finish_publication(self) -> dict:
         """Complete the publication an interrupted run began; returns the published sidecar."""
         assert self.publishing is not None
-        complete_publication(self.paths, self.publishing)
-        sidecar = read_sidecar(self.paths.sidecar)
-        if sidecar is None:
-            raise ResumeError(f"cannot resume: the sidecar {self.paths.sidecar} is missing after publication")
-        return sidecar
+        return finish_publication(self.paths, self.publishing)
 
     def abandon(self) -> None:
         """Drop everything (a refused run: nothing half-written stays behind)."""

@@ -50,9 +50,8 @@ import numpy as np
 
 from . import faults
 from .errors import ConfigError, HfencError, InputError, OutputError, ResumeError
-from .inputs import InputSpec, Record, _changed, _one_line, _open_raw, _Tally
-from .outputs import (OutputPaths, _output_error, complete_publication, fsync_dir, publish, read_sidecar,
-                      resume_state, write_state)
+from .inputs import InputSpec, Record, _changed, _one_line, _open_raw, Tally
+from .outputs import OutputPaths, _output_error, finish_publication, fsync_dir, publish, resume_state, write_state
 
 METADATA_KEY = "hfenc"
 TABLE_FORMATS = ("parquet", "arrow")
@@ -138,7 +137,7 @@ def _nulls(array: Any, first: int, what: str) -> None:
                          hint="fill or drop the nulls, or choose another column with --column")
 
 
-def table_records(spec: InputSpec, tally: _Tally | None = None, again: bool = False) -> Iterator[Record]:
+def table_records(spec: InputSpec, tally: Tally | None = None, again: bool = False) -> Iterator[Record]:
     """Every record of a Parquet / Arrow IPC file (`spec.resolved_format()` in TABLE_FORMATS)."""
     fmt, path = spec.resolved_format(), spec.path
     if path.endswith(".gz"):
@@ -408,11 +407,7 @@ class ParquetWriter:
             self._remove_partial()
         except OSError as exc:
             raise _output_error(self.paths.partial, exc) from None
-        complete_publication(self.paths, self.publishing)
-        sidecar = read_sidecar(self.paths.sidecar)
-        if sidecar is None:
-            raise ResumeError(f"cannot resume: the sidecar {self.paths.sidecar} is missing after publication")
-        return sidecar
+        return finish_publication(self.paths, self.publishing)
 
     def abandon(self) -> None:
         self._pending = None

@@ -13,7 +13,7 @@ interrupted before these options existed still resumes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,7 @@ def default_path(default: Path, fmt: str) -> Path:
     return default.with_suffix(_DEFAULT_SUFFIX[fmt])
 
 
-def check_options(output: Path | None, override: str | None, quantize: str | None, ranges: Any,
-                  keep_text: bool, out_dtype: str) -> str:
-    """Refuse option combinations that cannot work, before anything is read; returns the format."""
-    fmt = out_format(output, override)
+def check_quantize(quantize: str | None, ranges: Any, out_dtype: str) -> None:
     if quantize is not None:
         check_precision(quantize)
         if out_dtype != "float32":
@@ -61,6 +58,13 @@ def check_options(output: Path | None, override: str | None, quantize: str | Non
             raise ConfigError("--ranges is for --quantize int8 or uint8")
         if not Path(ranges).is_file():
             raise ConfigError(f"ranges file {ranges} does not exist")
+
+
+def check_options(output: Path | None, override: str | None, quantize: str | None, ranges: Any,
+                  keep_text: bool, out_dtype: str) -> str:
+    """Refuse option combinations that cannot work, before anything is read; returns the format."""
+    fmt = out_format(output, override)
+    check_quantize(quantize, ranges, out_dtype)
     if keep_text and fmt != "parquet":
         raise ConfigError("--keep-text needs a Parquet output (the .npy format holds numbers only)",
                           hint="write -o OUT.parquet")
@@ -98,6 +102,22 @@ def calibrate(model: Any, spec: InputSpec, rows: int) -> tuple[np.ndarray, dict[
     sample = model.encode(texts)
     return ranges_from(sample), {"method": "sample", "rows": len(picks), "of_rows": rows,
                                  "max_rows": CALIBRATION_ROWS, "seed": CALIBRATION_SEED}
+
+
+def scalar_ranges(dim: int, ranges: Any, sample: Callable[[], tuple[np.ndarray, dict[str, Any]]]
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """int8/uint8 ranges and how they were obtained: from --ranges FILE, else `sample()` (calibrate)."""
+    if ranges is not None:
+        return load_ranges(ranges, dim), {"method": "file", "path": str(ranges), "sha256": file_sha256(Path(ranges))}
+    return sample()
+
+
+def calibration_warnings(quantization: Quantization) -> list[str]:
+    how = quantization.calibration or {}
+    if how.get("method") == "sample" and how["rows"] < 100:
+        return [f"{quantization.precision} ranges were calibrated on only {how['rows']} rows; "
+                "--ranges FILE from a bigger corpus gives steadier codes"]
+    return []
 
 
 class QuantizingWriter:
@@ -188,12 +208,8 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
                                         inner.stats.get("quantization_calibration"))
         else:
             try:
-                if ranges is not None:
-                    values = load_ranges(ranges, dim)
-                    how = {"method": "file", "path": str(ranges), "sha256": file_sha256(Path(ranges))}
-                else:
-                    assert model is not None and spec is not None
-                    values, how = calibrate(model, spec, rows)
+                assert ranges is not None or (model is not None and spec is not None)
+                values, how = scalar_ranges(dim, ranges, lambda: calibrate(model, spec, rows))
             except BaseException:
                 if inner.rows_done == 0:
                     inner.abandon()  # nothing was embedded yet: leave nothing behind
@@ -201,10 +217,7 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
             quantization = Quantization(quantize, dim, values, how)
             inner.save_state(inner.rows_done, {**inner.stats, "quantization_ranges": values.tolist(),
                                                "quantization_calibration": how})
-        if quantization.calibration and quantization.calibration.get("method") == "sample" \
-                and quantization.calibration["rows"] < 100:
-            output.warnings.append(f"{quantize} ranges were calibrated on only {quantization.calibration['rows']} rows; "
-                                   "--ranges FILE from a bigger corpus gives steadier codes")
+        output.warnings.extend(calibration_warnings(quantization))
     output.writer, output.quantization = QuantizingWriter(inner, quantization), quantization
     return output
 

@@ -45,7 +45,7 @@ CHUNK = 100  # rows per batch and per shard: a few batches per job, for both wor
 def ray_runtime():
     """A local runtime of 2 CPUs for the whole module (what the runner would start itself)."""
     assert not ray.is_initialized()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000})
     yield
     ray.shutdown()
@@ -66,18 +66,20 @@ def _texts(n: int, seed: int) -> list[str]:
     return texts
 
 
-def _local(bert: Path, path: Path | list[Path], out: Path, **spec) -> tuple[np.ndarray, dict]:
+def _local(bert: Path, path: Path | list[Path], out: Path, quantize: str | None = None,
+           **spec) -> tuple[np.ndarray, dict]:
     """The single-process job on the same input: (rows, sidecar)."""
     paths = [str(p) for p in (path if isinstance(path, list) else [path])]
-    job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=64)
+    job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=64, quantize=quantize)
     result = embed_file(job, lambda: Embedder(str(bert), device="cpu"))
     return np.load(result.output), result.metadata
 
 
 def _ray(bert: Path, inputs: list[Path] | Path | str, out: Path, *, chunk: int = CHUNK, resume: bool = False,
-         progress=None, **spec):
+         progress=None, quantize: str | None = None, **spec):
     paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
-    job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=chunk, resume=resume)
+    job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=chunk, resume=resume,
+                     quantize=quantize)
     return embed_ray(job, str(bert), {"device": "cpu"}, WORKERS, progress=progress)
 
 
@@ -91,6 +93,18 @@ def _read_dataset(directory: Path) -> tuple[np.ndarray, np.ndarray, list | None,
     emb = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)[order]
     ids = table.column("id").take(pa.array(order)).to_pylist() if "id" in table.column_names else None
     return rows[order], emb, ids, manifest
+
+
+def _assert_replicas_released(seconds: float = 60.0) -> None:
+    """The interrupted job's actors finished their batches and gave their CPUs back: this
+    runtime outlives the job (the runner shuts down only a runtime it started), and a resume
+    started while they hold the CPUs would wait for them."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"CPUs still held after {seconds} s: {ray.available_resources()}"
+        time.sleep(0.2)
 
 
 def _assert_same(ray_rows: np.ndarray, local_rows: np.ndarray) -> None:
@@ -214,6 +228,50 @@ def test_a_directory_of_files_equals_the_local_path_on_those_files_in_order(bert
     assert result.metadata["input"]["sha256"] == local_meta["input"]["sha256"]  # hashed as the local path hashes
 
 
+def test_quantized_codes_equal_the_local_path_and_survive_an_interruption(bert, tmp_path, monkeypatch):
+    """--quantize with --ray: ubinary codes equal the local path's; int8 ranges are calibrated on
+    the local path's sample (the same rows, so the same ranges), and a resumed job quantizes with
+    the very ranges its first part used (read back from the resume state, not calibrated again)."""
+    texts = _texts(400, seed=8)
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    local_bits, _ = _local(bert, src, tmp_path / "local-bits.npy", quantize="ubinary")
+    result = _ray(bert, src, tmp_path / "bits.npy", quantize="ubinary")
+    bits = np.load(tmp_path / "bits.npy")
+    assert bits.dtype == np.uint8 and bits.shape == (400, (tiny_models.HIDDEN + 7) // 8)
+    assert np.array_equal(bits, local_bits)
+    assert result.metadata["out_dtype"] == "uint8" and result.metadata["quantization"]["precision"] == "ubinary"
+
+    local_codes, local_meta = _local(bert, src, tmp_path / "local-int8.npy", quantize="int8")
+    out = tmp_path / "int8"
+    monkeypatch.setenv(ray_runner.DELAY_ENV, "0.3")
+    sent: list[int] = []
+
+    def ctrl_c(p) -> None:
+        if p.rows_done > 0 and not sent:
+            sent.append(p.rows_done)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        _ray(bert, src, out, chunk=50, progress=ctrl_c, quantize="int8")
+    _assert_replicas_released()
+    del info
+    state = json.loads((tmp_path / ".int8.resume.json").read_text())
+    first_ranges = state["stats"]["quantization_ranges"]
+    monkeypatch.delenv(ray_runner.DELAY_ENV)
+    result = _ray(bert, src, out, chunk=50, resume=True, quantize="int8")
+    assert 0 < result.resumed_from < 400
+    rows, codes, _, manifest = _read_dataset(out)
+    assert rows.tolist() == list(range(400)) and codes.dtype == np.int8
+    q, local_q = manifest["quantization"], local_meta["quantization"]
+    assert q["ranges"] == first_ranges  # the resumed part used the first part's ranges
+    assert q["calibration"] == local_q["calibration"] == {**local_q["calibration"], "method": "sample", "rows": 400}
+    assert np.abs(np.asarray(q["ranges"]) - np.asarray(local_q["ranges"])).max() <= TOL
+    # Floats within 1e-6 of each other can fall into neighbouring buckets, never further apart.
+    diff = np.abs(codes.astype(int) - local_codes.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
+
+
 # ---- faults ---------------------------------------------------------------------------------------
 
 def test_a_worker_killed_mid_job_is_restarted_and_every_row_is_written_once(bert, tmp_path, monkeypatch):
@@ -246,6 +304,7 @@ def test_an_interrupted_driver_resumes_and_equals_an_uninterrupted_run(bert, jso
     with pytest.raises(Interrupted) as info:
         _ray(bert, jsonl_case["src"], out, chunk=50, progress=ctrl_c, **jsonl_case["spec"])
     saved = info.value.rows_done
+    _assert_replicas_released()
     assert sent and 0 < saved < 400, f"interrupted with {saved} of 400 rows saved"
     assert not out.exists()  # nothing half-written is visible
     assert (tmp_path / ".shards.resume.json").exists() and (tmp_path / ".shards.partial").is_dir()
@@ -276,7 +335,8 @@ def test_cli_ray_embeds_and_refuses_what_it_cannot_do(bert, tmp_path):
     again = runner.invoke(app, base)  # the output exists: refused, as the local path refuses it
     assert again.exit_code == 1 and "already exists" in again.stderr
     for extra, words in ((["-o", str(tmp_path / "x.parquet")], "directory of Parquet shards"),
-                         (["-o", str(tmp_path / "x.npy"), "--quantize", "int8"], "--quantize")):
+                         (["-o", str(tmp_path / "x.npy"), "--quantize", "int4"], "binary, int8, ubinary, uint8"),
+                         (["-o", str(tmp_path / "x.npy"), "--ranges", str(src)], "--ranges is for")):
         refused = runner.invoke(app, [*base, *extra])
         assert refused.exit_code == 1 and words in refused.stderr, refused.output
         assert refused.stderr.count("\n") <= 2  # Error: ... (+ Hint: ...)

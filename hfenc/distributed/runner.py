@@ -43,6 +43,9 @@ order, so "resumed from" is a count of rows, not a prefix.
 
 Faults: actors are restarted by Ray (max_restarts=-1) and a batch lost with its actor is run
 again; the publication's exactly-once check is what proves that nothing was lost or doubled.
+After Ctrl-C, Ray Data drops its actors without killing them: they finish the batches already
+sent to them, then exit (a runtime hfenc started is shut down at once instead). A caller that
+owns the runtime and resumes in it right away waits for them.
 
 Outputs are local paths (on a cluster: a shared mount every node sees, such as NFS); inputs may
 be on any filesystem pyarrow can open.
@@ -50,7 +53,6 @@ be on any filesystem pyarrow can open.
 
 from __future__ import annotations
 
-import datetime as _dt
 import glob as _glob
 import json
 import logging
@@ -69,15 +71,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import (ConfigError, HfencError, InputChanged, InputError, Interrupted, OutputError, OverflowRefused,
-                      ResumeError, UnknownChoiceError)
-from ..inputs import InputSpec, _combine, _Tally, spool_stdin, spool_texts
-from ..outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, complete_publication, default_output,
-                       fsync_dir, owns, publish, read_sidecar, read_state, write_json_atomic, write_state)
+                      ResumeError)
+from ..inputs import InputSpec, Tally, combine_hashes, spool_stdin, spool_texts
+from ..outputs import (OutputPaths, check_writable, default_output, finish_publication, fsync_dir,
+                       owns, publish, read_sidecar, read_state, write_json_atomic, write_state)
 
 ENGINE = "ray"
 MANIFEST = "_hfenc_manifest.json"
 DATASET_FORMAT = "parquet-dataset"
-OUT_DTYPES = ("float32", "float16")
 EXTRA = "pip install 'hfenc[ray]'"
 IO_CPUS = 0.25  # each scan / read / write task; the actors get the rest (STYLE.md's Ray pitfall)
 KILL_ENV = "HFENC_RAY_KILL_WORKER"  # fault injection (tests): K:MARKER, see tasks.EmbedWorker._fault
@@ -94,6 +95,7 @@ class RayOptions:
     address: str | None = None
     workers: int | None = None
     num_cpus: int | None = None
+    on_cluster: bool = False  # set by hfenc: this driver runs as a task on the cluster (ray://)
 
 
 @lru_cache(maxsize=1)
@@ -288,17 +290,11 @@ def _check_output(out: _Output, job: Any) -> None:
 
 
 def _check_job(job: Any) -> None:
-    if job.out_dtype not in OUT_DTYPES:
-        raise UnknownChoiceError("output dtype", job.out_dtype, OUT_DTYPES)
-    if job.on_overflow not in ("truncate", "error"):
-        raise UnknownChoiceError("overflow policy", job.on_overflow, ("truncate", "error"))
-    if job.chunk_size < 1:
-        raise ConfigError(f"chunk size must be positive, got {job.chunk_size}")
-    if getattr(job, "quantize", None) is not None:
-        raise ConfigError("--quantize is not supported with --ray yet", hint="embed with --ray, then quantize the .npy")
-    paths = job.input.paths
-    if "-" in paths and len(paths) > 1:
-        raise ConfigError("standard input (-) cannot be combined with other inputs")
+    from ..jobs import check_job
+    from ..writers import check_quantize
+
+    check_job(job)
+    check_quantize(job.quantize, job.ranges, job.out_dtype)
 
 
 # ---- the Ray session ----------------------------------------------------------------------------
@@ -337,12 +333,16 @@ def _session(options: RayOptions) -> Iterator[bool]:
         return
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR if not _debug() else logging.INFO,
                               "log_to_driver": _debug()}
+    if options.address is not None:
+        _reachable(options.address)
     try:
         if options.address is None:
             # Idle workers kept a minute (Ray's default: killed after 1 s beyond one per CPU), so
             # the read and write tasks of a stage reuse the processes of the stage before
             # instead of starting (and importing) new ones: 15 s -> 9 s per job on 2 cores.
-            ray.init(num_cpus=options.num_cpus, include_dashboard=False,
+            # address="local": a new runtime even where `ray start` left a cluster or RAY_ADDRESS
+            # names one (ray.init() would join those; --ray-address auto is how to ask for that).
+            ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False,
                      _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000},
                      **kwargs)
         else:
@@ -351,14 +351,35 @@ def _session(options: RayOptions) -> Iterator[bool]:
             # The cluster's workers run this very hfenc (its dependencies must be installed there).
             ray.init(address=options.address, runtime_env={"py_modules": [os.path.dirname(hfenc.__file__)]}, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = options.address or "this machine"
-        raise ConfigError(f"cannot start Ray on {where}: {' '.join(str(exc).split())}",
-                          hint="start a cluster with `ray start --head`, or drop --ray-address for a local runtime"
-                          if options.address else None) from None
+        where, message = options.address or "this machine", " ".join(str(exc).split())
+        hint = None
+        if options.address is not None and "Could not find any running Ray instance" in message:
+            hint = "start one with `ray start --head`, or drop --ray-address for a local runtime"
+        elif options.address is not None:  # Ray says why only in its C++ log lines, e.g. a missing token
+            hint = ("a cluster with token authentication (Ray's default for `ray start`) needs RAY_AUTH_MODE=token "
+                    "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too")
+        raise ConfigError(f"cannot start Ray on {where}: {message}", hint=hint) from None
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT or ray://HOST:PORT that nothing answers on fails in seconds, not after Ray's
+    own retries (minutes). `auto` is left to Ray (it fails at once when it finds no cluster)."""
+    import socket
+
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
+                          hint="check the address (HOST:6379 for the head node, ray://HOST:10001 for Ray Client)"
+                          ) from None
 
 
 def _hfenc_error(exc: BaseException) -> HfencError | None:
@@ -430,6 +451,60 @@ def _plan(options: RayOptions, device: str) -> _Plan:
     return _Plan(False, workers, round(per, 2), max(1, int(cpus // workers)), "cpu" if device == "auto" else device)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What the job stores and records, settled before anything is embedded: the float width,
+    the quantization (None: floats of `float_dtype`), the resume fingerprint and state stats, and
+    the sidecar's parts (both engines' shape: hfenc.jobs.job_sidecar)."""
+
+    dim: int
+    quantization: Any
+    float_dtype: str
+    chunk_size: int
+    fingerprint: dict
+    stats: dict
+    extra: dict
+    input_meta: dict
+    describe: dict
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.quantization.dtype if self.quantization is not None else np.dtype(self.float_dtype)
+
+    @property
+    def width(self) -> int:
+        return self.quantization.width if self.quantization is not None else self.dim
+
+    def sidecar(self, out: _Output, totals: Any = None) -> dict:
+        from ..jobs import job_sidecar
+
+        return job_sidecar(out.path, self.fingerprint["rows"], self.dim, str(self.dtype), self.input_meta,
+                           self.describe, self.chunk_size, self.extra, totals)
+
+
+def _quantization(job: Any, dim: int, saved: dict, sample: Callable[[], tuple[np.ndarray, dict]]) -> Any:
+    """--quantize, as the local path does it (hfenc.writers.open_output): binary/ubinary need
+    nothing; int8/uint8 ranges are the interrupted run's (the very arrays its shards used), or
+    --ranges FILE, or a sample of the input embedded once before the job."""
+    if job.quantize is None:
+        return None
+    from ..quantize import SCALAR, Quantization
+    from ..writers import scalar_ranges
+
+    if job.quantize not in SCALAR:
+        return Quantization(job.quantize, dim)
+    if saved.get("quantization_ranges") is not None:
+        return Quantization(job.quantize, dim, np.asarray(saved["quantization_ranges"], dtype=np.float32),
+                            saved.get("quantization_calibration"))
+    return Quantization(job.quantize, dim, *scalar_ranges(dim, job.ranges, sample))
+
+
+def _quantization_stats(quantization: Any) -> dict:
+    if quantization is None or quantization.ranges is None:
+        return {}
+    return {"quantization_ranges": quantization.ranges.tolist(), "quantization_calibration": quantization.calibration}
+
+
 # ---- the job ------------------------------------------------------------------------------------
 
 def embed_ray(job: Any, model: Any, options: dict[str, Any], cluster: RayOptions | None = None,
@@ -438,14 +513,16 @@ def embed_ray(job: Any, model: Any, options: dict[str, Any], cluster: RayOptions
 
     `model`: a name, a folder or a resolved hfenc.spec.ModelSpec; `options`: Embedder's options
     (pooler, dim, prompt, device, dtype, ...), as for the local path."""
-    from ..jobs import JobResult, _sigterm_as_interrupt
+    from ..jobs import JobResult, sigterm_as_interrupt
 
     t0 = time.perf_counter()
     cluster = cluster or RayOptions()
     ray_modules()  # no Ray: one line naming the extra, before anything else
     _check_job(job)
+    if (cluster.address or "").startswith("ray://") and not cluster.on_cluster:
+        return _through_client(job, model, options, cluster)
     spooled: Path | None = None
-    with _sigterm_as_interrupt(), _quiet():
+    with sigterm_as_interrupt(), _quiet():
         try:
             spec = job.input
             if job.texts or spec.path == "-":
@@ -466,6 +543,33 @@ def embed_ray(job: Any, model: Any, options: dict[str, Any], cluster: RayOptions
         finally:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
+
+
+def _through_client(job: Any, model: Any, options: dict[str, Any], cluster: RayOptions) -> Any:
+    """A ray:// address (Ray Client): the driver's part runs as a task on the cluster. Ray Data
+    cannot run a pipeline from a Ray Client (Ray 2.60 fails in write_datasink: the client has no
+    core worker), and the driver's work (scans, checks, publication) belongs beside the data
+    anyway. So the node Ray picks for that task must see the inputs, the output and a local model
+    folder at the paths given (a shared mount); relative paths are made absolute here first.
+    Progress is not reported back; Ctrl-C cancels the task, whose saved shards stay for --resume."""
+    if job.texts or "-" in job.input.paths:
+        raise ConfigError("--text and standard input cannot go through Ray Client (ray://): the job runs on the cluster",
+                          hint="write the texts to a file on storage the cluster reads")
+    ray = ray_modules().ray
+    absolute = (lambda p: p if p is None or "://" in str(p) else type(p)(os.path.abspath(p)))  # noqa: E731
+    spec = replace(job.input, path=absolute(job.input.path), more=tuple(absolute(p) for p in job.input.more))
+    job = replace(job, input=spec, output=absolute(job.output), ranges=absolute(job.ranges))
+    load_name, _ = _model_name(model)
+    options = {**options, **({"proj_weights": absolute(options["proj_weights"])} if options.get("proj_weights") else {})}
+    inside = replace(cluster, on_cluster=True)
+    with _session(cluster):
+        ref = ray.remote(num_cpus=0, max_retries=0)(ray_modules().tasks.run_driver).remote(job, load_name, options,
+                                                                                        inside)
+        try:
+            return _get(ref)
+        except KeyboardInterrupt:
+            ray.cancel(ref)
+            raise Interrupted("the job on the cluster was stopped; the shards it saved stay for --resume") from None
 
 
 def _model_name(model: Any) -> tuple[str, str]:
@@ -498,8 +602,12 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     # Scan every file and load the model once, at the same time.
     scan = ray.remote(tasks.scan_file).options(num_cpus=IO_CPUS)
     scan_refs = [scan.remote(spec, f, several, want_lines) for f in files]
+    local_model = None
     if _here(cluster, plan):  # this machine is the cluster and the replicas are CPU ones: load it here
-        probed = tasks.probe(load_name, {**worker_options, "threads": None})  # (torch threads are process-wide)
+        from ..embedder import Embedder
+
+        local_model = Embedder(load_name, **{**worker_options, "threads": None})  # (torch threads are process-wide)
+        probed = tasks.described(local_model)
         probed["describe"]["threads"] = worker_options.get("threads")
     else:  # max_calls=1: the probe's process exits after it, freeing the memory (and GPU) it held
         probe = ray.remote(max_calls=1)(tasks.probe).options(num_cpus=plan.cpus_per_worker, **gpu_args)
@@ -513,8 +621,8 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     starts = np.concatenate(([0], np.cumsum([s["rows"] for s in scans])[:-1])).astype(int).tolist()
     blank = sum(s["blank"] for s in scans)
     if several:
-        tally = _Tally()
-        _combine(tally, [(f.name, _Tally(s["sha256"], s["bytes"])) for f, s in zip(files, scans)])
+        tally = Tally()
+        combine_hashes(tally, [(f.name, Tally(s["sha256"], s["bytes"])) for f, s in zip(files, scans)])
         input_sha, input_bytes = tally.sha256, tally.bytes
     else:
         input_sha, input_bytes = scans[0]["sha256"], scans[0]["bytes"]
@@ -523,37 +631,24 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     describe["model"] = shown_name
     describe["versions"] = {**describe.get("versions", {}), "ray": ray.__version__}
     from ..embedder import EmbedSettings
+    from ..jobs import input_metadata, job_fingerprint
+    from ..writers import fingerprint_of
 
     settings = {f.name: describe.get(f.name) for f in fields(EmbedSettings)}
-    fingerprint = {
-        "engine": ENGINE, "output_kind": out.kind, "input_sha256": input_sha, "rows": rows, "format": fmt,
-        "files": [[f.name, s["sha256"], s["bytes"], s["rows"]] for f, s in zip(files, scans)],
-        "field": spec.field, "column": spec.column, "id_field": spec.id_field, "skip_blank": spec.skip_blank,
-        "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
-        "weights_sha256": describe.get("weights_sha256"), "config_sha256": describe.get("config_sha256"),
-        "out_dtype": job.out_dtype, "on_overflow": job.on_overflow, "keep_text": bool(getattr(job, "keep_text", False)),
-        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
-    }
-    input_meta = {"path": "(--text)" if job.texts else job.input.path, "format": fmt, "sha256": input_sha,
-                  "bytes": input_bytes, "field": spec.field if fmt in ("jsonl", "json") else None,
-                  "column": spec.column, "skip_blank": spec.skip_blank,
-                  "tsv_quoting": spec.tsv_quoting if fmt == "tsv" else None,
-                  **({"files": [{"path": f.name, "rows": s["rows"]} for f, s in zip(files, scans)]} if several else {})}
+    with_id, keep_text = spec.id_field is not None, bool(job.keep_text)
+    fingerprint = job_fingerprint(
+        job, spec, fmt, input_sha, rows, settings, describe.get("weights_sha256"), describe.get("config_sha256"),
+        engine=ENGINE, output_kind=out.kind, keep_text=keep_text,
+        files=[[f.name, s["sha256"], s["bytes"], s["rows"]] for f, s in zip(files, scans)],
+        **fingerprint_of("npy", job.quantize, job.ranges, keep_text))  # its quantization keys
+    input_meta = input_metadata(job, spec, fmt, input_sha, input_bytes,
+                                [(f.name, s["rows"]) for f, s in zip(files, scans)] if several else None)
     ray_meta = {"version": ray.__version__, "address": cluster.address or "local", "workers": plan.workers,
                 "device": "gpu" if plan.gpu else "cpu", "cpus_per_worker": plan.cpus_per_worker,
                 "gpus_per_worker": 1 if plan.gpu else 0, "threads_per_worker": worker_options.get("threads")}
-    with_id, keep_text = spec.id_field is not None, bool(getattr(job, "keep_text", False))
-    columns = ["row", *(["id"] if with_id else []), *(["text"] if keep_text else []), "embedding"]
-    # The sidecar as the local path writes it (hfenc.jobs), plus what ran it; `head` and `tail`
-    # go around the totals, which only the finished job knows. Each shard carries head + tail.
-    head = {"format": SIDECAR_FORMAT, "output": out.path.name, "rows": rows, "dim": dim, "out_dtype": job.out_dtype}
-    tail = {"input": input_meta, **describe, "chunk_size": job.chunk_size,
-            "out_format": "npy" if out.kind == "npy" else DATASET_FORMAT, "quantization": None,
-            **({"columns": columns} if out.kind == "dataset" else {}),
-            "engine": ENGINE, "workers": plan.workers, "ray": ray_meta}
 
     # Claim the partial output, or pick up the interrupted run's.
-    resumed_publication = None
+    resumed_publication, saved = None, {}
     if job.resume and paths.state.exists():
         state = read_state(paths)
         if state["fingerprint"].get("engine") != ENGINE:
@@ -561,18 +656,41 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
                               hint="resume it without --ray, or use --force to start over")
         from ..outputs import resume_state
 
-        resume_state(paths, fingerprint)  # refuses a changed input or option, naming it
-        resumed_publication = state.get("publishing")
+        state = resume_state(paths, fingerprint)  # refuses a changed input or option, naming it
+        saved, resumed_publication = state.get("stats") or {}, state.get("publishing")
     else:
         _remove(paths.partial)
         write_state(paths, fingerprint, 0, {"engine": ENGINE})  # the claim first
-    if resumed_publication is not None:
+    if resumed_publication:
         return _finish_publication(JobResult, out, resumed_publication, rows, dim, blank, t0)
+
+    def sample() -> tuple[np.ndarray, dict]:  # embedded by the model the driver holds, or by a task
+        if local_model is not None:
+            return tasks.calibrate(local_model, spec, files, rows)
+        calibrate = ray.remote(max_calls=1)(tasks.calibrate_with).options(num_cpus=plan.cpus_per_worker, **gpu_args)
+        return _get(calibrate.remote(load_name, worker_options, spec, files, rows))
+
+    try:
+        quantization = _quantization(job, dim, saved, sample)
+    except BaseException:
+        if not job.resume:
+            _abandon(paths)  # nothing was embedded yet: leave nothing behind
+        raise
+    local_model = None  # the replicas hold their own
+    stats = {"engine": ENGINE, **_quantization_stats(quantization)}
+    write_state(paths, fingerprint, _committed_rows(out) if job.resume else 0, stats)
+    columns = ["row", *(["id"] if with_id else []), *(["text"] if keep_text else []), "embedding"]
+    layout = _Layout(dim, quantization, job.out_dtype, job.chunk_size, fingerprint, stats, {
+        "out_format": "npy" if out.kind == "npy" else DATASET_FORMAT,
+        "quantization": None if quantization is None else quantization.record(),
+        **({"columns": columns} if out.kind == "dataset" else {}),
+        "engine": ENGINE, "workers": plan.workers, "ray": ray_meta,
+    }, input_meta, describe)
     (out.shards / tasks.META_DIR).mkdir(parents=True, exist_ok=True)
 
     try:
         return _embed_and_publish(job, JobResult, spec, files, starts, scans, out, load_name, worker_options, plan,
-                                  head, tail, rows, dim, blank, fingerprint, probed, progress, t0)
+                                  layout, rows, blank, probed, progress, t0)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is committed stays, for --resume
         done = rows if (out.shards / MANIFEST).exists() or not paths.partial.exists() else _committed_rows(out)
         raise Interrupted(f"{done:,} of {rows:,} rows are saved in {paths.partial.name}", rows_done=done,
@@ -580,7 +698,7 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
 
 
 def _embed_and_publish(job, JobResult, spec, files, starts, scans, out: _Output, load_name, worker_options, plan,
-                       head, tail, rows, dim, blank, fingerprint, probed, progress, t0):
+                       layout: "_Layout", rows, blank, probed, progress, t0):
     paths = out.paths
     done = out.shards / MANIFEST
     t_embed = time.perf_counter()
@@ -590,8 +708,8 @@ def _embed_and_publish(job, JobResult, spec, files, starts, scans, out: _Output,
     else:
         resumed = _committed_rows(out)
         try:
-            _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan, {**head, **tail}, rows,
-                   fingerprint, resumed, progress)
+            _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan, layout, rows, resumed,
+                   progress)
         except (OverflowRefused, InputChanged) as exc:  # a refusal, or rows of other bytes: nothing stays
             _abandon(paths)
             if isinstance(exc, OverflowRefused) and getattr(exc, "row", None) is not None:
@@ -604,37 +722,38 @@ def _embed_and_publish(job, JobResult, spec, files, starts, scans, out: _Output,
     tokens = sum(s["tokens"] for s in shards)
     truncated = sum(s["truncated_rows"] for s in shards)
     warnings_ = list(probed["notes"])
+    if layout.quantization is not None:
+        from ..writers import calibration_warnings
+
+        warnings_.extend(calibration_warnings(layout.quantization))
     if blank and not spec.skip_blank:
         warnings_.append(f"{blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
     if truncated:
         warnings_.append(f"{truncated:,} text(s) were longer than {probed['max_length']} tokens and truncated")
-    metadata = {
-        "format": SIDECAR_FORMAT, "complete": True, **head,
-        "truncated_rows": truncated, "blank_rows": blank, "tokens": tokens, **tail,
-        "resumed_from_row": resumed or None,  # with --ray: a count of rows, not a prefix
-        "elapsed_seconds": round(time.perf_counter() - t0, 3), "embed_seconds": round(embed_seconds, 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    from ..jobs import RunTotals
+
+    metadata = layout.sidecar(out, RunTotals(truncated, blank, tokens, resumed, time.perf_counter() - t0,
+                                             embed_seconds))
     write_json_atomic(done, {**metadata, "shards": shards})  # written last: the Ray part is done
     if out.kind == "npy":
-        metadata = _assemble(out, spec, scans, rows, dim, job, metadata, fingerprint)
+        metadata = _assemble(out, spec, scans, rows, job, metadata, layout)
         sidecar = paths.sidecar
     else:
-        metadata = _publish_dataset(out, fingerprint, rows)
+        metadata = _publish_dataset(out, layout, rows)
         sidecar = out.path / MANIFEST
-    return JobResult(out.path, sidecar, rows, dim, time.perf_counter() - t0, truncated, blank, tokens, resumed,
+    return JobResult(out.path, sidecar, rows, layout.dim, time.perf_counter() - t0, truncated, blank, tokens, resumed,
                      metadata, embed_seconds=embed_seconds, warnings=warnings_)
 
 
-def _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan, base, rows, fingerprint,
-           resumed, progress) -> None:
+def _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan, layout: "_Layout", rows, resumed,
+           progress) -> None:
     """The Ray Data pipeline: read -> map_batches(EmbedWorker) -> write shards, checkpointed."""
     r = ray_modules()
     tasks, data = r.tasks, r.data
     from ..parquet import schema as parquet_schema
 
     with_id, keep_text = spec.id_field is not None, bool(getattr(job, "keep_text", False))
-    schema = parquet_schema(base["dim"], np.dtype(job.out_dtype), with_id, keep_text)
+    schema = parquet_schema(layout.width, layout.dtype, with_id, keep_text)
     ctx = data.DataContext.get_current()
     saved = {k: getattr(ctx, k) for k in ("checkpoint_config", "enable_progress_bars", "print_on_execution_start",
                                           "target_max_block_size", "raise_original_map_exception")}
@@ -655,13 +774,13 @@ def _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan
         ds = ds.map_batches(
             tasks.EmbedWorker, batch_size=job.chunk_size, batch_format="pyarrow", zero_copy_batch=True,
             fn_constructor_kwargs={"model": load_name, "options": worker_options, "out_dtype": job.out_dtype,
-                                   "with_id": with_id, "keep_text": keep_text, "on_overflow": job.on_overflow,
+                                   "quantization": layout.extra["quantization"], "with_id": with_id, "keep_text": keep_text, "on_overflow": job.on_overflow,
                                    "faults": faults_from_env()},
             compute=data.ActorPoolStrategy(size=plan.workers, max_concurrent_calls_per_actor=2 if plan.gpu else 1),
             num_cpus=plan.cpus_per_worker, num_gpus=1 if plan.gpu else None,
         )
-        sink = tasks.ShardSink(str(out.shards.resolve()), schema, base, min_rows=job.chunk_size)
-        with _Tracker(out, rows, resumed, progress, fingerprint):
+        sink = tasks.ShardSink(str(out.shards.resolve()), schema, layout.sidecar(out), min_rows=job.chunk_size)
+        with _Tracker(out, rows, resumed, progress, layout):
             try:
                 ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
             except KeyboardInterrupt:
@@ -714,10 +833,10 @@ class _Tracker:
     """Progress while the pipeline runs, read from the committed shards every half second (and
     written to the resume state, so `hfenc clean` can say how much an interruption kept)."""
 
-    def __init__(self, out: _Output, rows: int, resumed: int, progress, fingerprint: dict) -> None:
+    def __init__(self, out: _Output, rows: int, resumed: int, progress, layout: "_Layout") -> None:
         import threading
 
-        self.out, self.rows, self.resumed, self.progress, self.fingerprint = out, rows, resumed, progress, fingerprint
+        self.out, self.rows, self.resumed, self.progress, self.layout = out, rows, resumed, progress, layout
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="hfenc-ray-progress", daemon=True)
         self.t0 = time.perf_counter()
@@ -738,7 +857,7 @@ class _Tracker:
                 rows = sum(m["rows"] for m in done.values())
                 tokens = sum(m["tokens"] for m in done.values())
                 if rows != self.saved_rows:
-                    write_state(self.out.paths, self.fingerprint, rows, {"engine": ENGINE})
+                    write_state(self.out.paths, self.layout.fingerprint, rows, self.layout.stats)
                     self.saved_rows = rows
                 if self.progress is not None:
                     from ..engine import Progress
@@ -800,7 +919,7 @@ def _where(spec: InputSpec, files: list[Any], starts: list[int], scans: list[dic
 
 # ---- publication --------------------------------------------------------------------------------
 
-def _publish_dataset(out: _Output, fingerprint: dict, rows: int) -> dict:
+def _publish_dataset(out: _Output, layout: "_Layout", rows: int) -> dict:
     """The shard directory, its manifest already written last inside it, renamed into place
     (an earlier dataset of ours at OUT goes only after the new one is complete)."""
     shutil.rmtree(out.shards / "_meta", ignore_errors=True)
@@ -808,7 +927,7 @@ def _publish_dataset(out: _Output, fingerprint: dict, rows: int) -> dict:
     exists = out.path.exists() and any(out.path.iterdir())
     plan = {"dataset": str(out.shards), "output": str(out.path),
             "old": str(out.paths.hidden(out.path, "old")) if exists else None}
-    write_state(out.paths, fingerprint, rows, {"engine": ENGINE}, publishing=plan)
+    write_state(out.paths, layout.fingerprint, rows, layout.stats, publishing=plan)
     _complete_dataset(out.paths, plan)
     return json.loads((out.path / MANIFEST).read_text(encoding="utf-8"))
 
@@ -834,8 +953,8 @@ def _complete_dataset(paths: OutputPaths, plan: dict) -> None:
         raise OutputError(f"cannot publish {output}: {exc.strerror or exc}") from None
 
 
-def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, dim: int, job: Any,
-              metadata: dict, fingerprint: dict) -> dict:
+def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, job: Any, metadata: dict,
+              layout: "_Layout") -> dict:
     """The shards as one .npy in input order (+ OUT.ids.txt, OUT.lines.npy), published with the
     local path's journaled step (hfenc.outputs.publish)."""
     import pyarrow as pa
@@ -849,13 +968,13 @@ def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, dim: 
     side_files: list[tuple[Path, Path]] = []
     extra: dict[str, Any] = {}
     try:
-        array = open_memmap(staged, mode="w+", dtype=np.dtype(job.out_dtype), shape=(rows, dim))
+        array = open_memmap(staged, mode="w+", dtype=layout.dtype, shape=(rows, layout.width))
         index_parts, id_parts = [], []
         for path in sorted(out.shards.glob("*.parquet")):
             table = pq.read_table(path, columns=["row", *(["id"] if with_id else []), "embedding"])
             index = table.column("row").to_numpy()
             values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            array[index] = values.reshape(-1, dim)
+            array[index] = values.reshape(-1, layout.width)
             if with_id:
                 index_parts.append(index)
                 id_parts.append(table.column("id"))
@@ -883,7 +1002,7 @@ def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, dim: 
              if not made and final.exists() and owns(paths, final)]
 
     def journal(plan: dict) -> None:
-        write_state(paths, fingerprint, rows, {"engine": ENGINE}, publishing=plan)
+        write_state(paths, layout.fingerprint, rows, layout.stats, publishing=plan)
         _remove(paths.partial)  # the staged files hold every row now
 
     return publish(paths, staged, {**metadata, **extra}, side_files, stale, journal)
@@ -893,8 +1012,7 @@ def _finish_publication(JobResult, out: _Output, plan: dict, rows: int, dim: int
     """--resume after a crash during publication: carry out the rest of it."""
     if out.kind == "npy":
         _remove(out.paths.partial)
-        complete_publication(out.paths, plan)
-        metadata = read_sidecar(out.paths.sidecar) or {}
+        metadata = finish_publication(out.paths, plan)
         sidecar = out.paths.sidecar
     else:
         _complete_dataset(out.paths, plan)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +34,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import BlockBasedFileDatasink
 
 from ..errors import HfencError, InputChanged, OverflowRefused
-from ..inputs import InputSpec, _records, _Tally  # the parser the single-process scan uses
+from ..inputs import InputSpec, Tally, records  # the parser the single-process scan uses
 from ..parquet import METADATA_KEY, embedding_array
 
 META_DIR = "_meta"  # beside the shards: one JSON per shard (rows, tokens, bytes, sha256)
@@ -94,8 +94,8 @@ def scan_file(spec: InputSpec, f: InputFile, several: bool, want_lines: bool) ->
     """Validate and count one file's records (the scan of hfenc.inputs, file by file); the hash
     is of the very bytes that were parsed. `lines`: kept line numbers, for --skip-blank."""
     with local_copy(f) as path, naming(f, path, several):
-        tally, rows, blank, chars, lines = _Tally(), 0, 0, 0, []
-        for record in _records(_one(spec, path), tally):
+        tally, rows, blank, chars, lines = Tally(), 0, 0, 0, []
+        for record in records(_one(spec, path), tally):
             rows += 1
             blank += not record.text.strip()
             chars += len(record.text)
@@ -111,9 +111,37 @@ def probe(model: str, options: dict[str, Any]) -> dict[str, Any]:
     job starts."""
     from ..embedder import Embedder
 
-    embedder = Embedder(model, **options)
+    return described(Embedder(model, **options))
+
+
+def described(embedder: Any) -> dict[str, Any]:
     return {"describe": embedder.describe(), "dim": embedder.dim, "notes": list(embedder.notes),
             "max_length": embedder.max_length}
+
+
+def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int) -> tuple[np.ndarray, dict]:
+    """int8/uint8 ranges from the local path's sample of the input (hfenc.writers.calibrate),
+    over every file in order (remote ones copied here first)."""
+    from ..writers import calibrate as calibrate_on
+
+    with ExitStack() as stack:
+        paths = [stack.enter_context(local_copy(f)) for f in files]
+        return calibrate_on(embedder, replace(spec, path=paths[0], more=tuple(paths[1:])), rows)
+
+
+def calibrate_with(model: str, options: dict[str, Any], spec: InputSpec, files: list[InputFile],
+                   rows: int) -> tuple[np.ndarray, dict]:
+    """calibrate, in a task of its own on a worker node (the model loaded as a replica loads it)."""
+    from ..embedder import Embedder
+
+    return calibrate(Embedder(model, **options), spec, files, rows)
+
+
+def run_driver(job: Any, model: str, options: dict[str, Any], cluster: Any) -> Any:
+    """The whole job, run as a task on the cluster (a ray:// address: see runner._through_client)."""
+    from .runner import embed_ray
+
+    return embed_ray(job, model, options, cluster)
 
 
 def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any], block_rows: int,
@@ -122,7 +150,7 @@ def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any],
     hashes the bytes again as it streams; a file that changed since the scan fails before its
     last block is handed out (as hfenc.inputs.chunks does)."""
     with local_copy(f) as path, naming(f, path, several):
-        tally = _Tally()
+        tally = Tally()
         texts: list[str] = []
         ids: list[str | None] = []
         n = 0
@@ -135,7 +163,7 @@ def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any],
                 columns["id"] = pa.array(ids, pa.string())
             return pa.table(columns)
 
-        for record in _records(_one(spec, path), tally, again=True):
+        for record in records(_one(spec, path), tally, again=True):
             if n >= expect["rows"]:
                 raise _changed(f.name, f"has more than the {expect['rows']} records it had")
             if len(texts) == block_rows:
@@ -194,11 +222,14 @@ class EmbedWorker:
     while the other holds the model (the lock), so tokenization overlaps inference on a GPU."""
 
     def __init__(self, model: str, options: dict[str, Any], out_dtype: str, with_id: bool, keep_text: bool,
-                 on_overflow: str, faults: dict[str, Any] | None = None) -> None:
+                 on_overflow: str, quantization: dict[str, Any] | None = None,
+                 faults: dict[str, Any] | None = None) -> None:
         from ..embedder import Embedder
+        from ..quantize import Quantization
 
         self.embedder = Embedder(model, **options)
         self.out_dtype = np.dtype(out_dtype)
+        self.quantization = None if quantization is None else Quantization.from_record(quantization)
         self.with_id, self.keep_text, self.on_overflow = with_id, keep_text, on_overflow
         self.lock = threading.Lock()
         self.calls = 0
@@ -224,7 +255,8 @@ class EmbedWorker:
             columns["id"] = batch.column("id")
         if self.keep_text:
             columns["text"] = batch.column("text")
-        columns["embedding"] = embedding_array(dest.astype(self.out_dtype, copy=False))
+        stored = self.quantization(dest) if self.quantization is not None else dest.astype(self.out_dtype, copy=False)
+        columns["embedding"] = embedding_array(stored)
         columns["_tokens"] = pa.array(tok.lengths.astype(np.int64))
         columns["_truncated"] = pa.array(tok.truncated)
         return pa.table(columns)
