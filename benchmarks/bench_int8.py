@@ -10,6 +10,10 @@ float32 excluded), timed end to end with `Embedder.encode` (texts in memory), al
 - hfenc per-token: `hfenc.precision.to_int8` (per-channel weights, one activation scale per row,
   `torch._int_mm`).
 
+The last column is the STS-like Spearman of each variant (cosine of 150 graded sentence pairs,
+tests/data/sts_pairs.tsv, against their 0-5 grades) and its distance from float32 in points
+(1 point = 0.01): the issue asks for an int8 path within 0.5 points.
+
     python benchmarks/bench_int8.py --n 2000
 """
 
@@ -44,6 +48,17 @@ def main() -> None:
 
     texts = real_texts(args.n)
     probe = list(precision.PROBE_TEXTS)
+    sts = Path(__file__).resolve().parents[1] / "tests" / "data" / "sts_pairs.tsv"
+    rows = [line.split("\t") for line in sts.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    gold = np.array([float(r[0]) for r in rows])
+    firsts, seconds = [r[1] for r in rows], [r[2] for r in rows]
+
+    def spearman(emb) -> float:
+        from scipy.stats import spearmanr
+
+        a, b = emb.encode(firsts).astype(np.float64), emb.encode(seconds).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        return float(spearmanr(cos, gold).statistic)
     print(f"machine: {machine()}; {len(texts):,} texts + the {len(probe)} probe texts; all-MiniLM-L6-v2")
 
     def torch_dynamic(per_channel: bool):
@@ -73,13 +88,15 @@ def main() -> None:
             best[name] = min(best.get(name, 1e9), time.perf_counter() - t0)
     ref = outs["hfenc float32"]
     ref_probe = embedders["hfenc float32"].encode(probe)
-    print("| setting | texts/s | vs hfenc float32 | min cosine | p01 cosine | min cosine, probe texts |")
-    print("|---|---:|---:|---:|---:|---:|")
+    rho = {name: spearman(emb) for name, emb in embedders.items()}
+    print("| setting | texts/s | vs hfenc float32 | min cosine | p01 cosine | min cosine, probe texts | STS-like Spearman |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, emb in embedders.items():
         cos = np.sum(outs[name].astype(np.float64) * ref, 1)
         pcos = precision.min_cosine(emb.encode(probe), ref_probe)
         print(f"| {name} | {len(texts) / best[name]:,.0f} | {best['hfenc float32'] / best[name]:.2f}x | "
-              f"{cos.min():.5f} | {np.quantile(cos, 0.01):.5f} | {pcos:.5f} |")
+              f"{cos.min():.5f} | {np.quantile(cos, 0.01):.5f} | {pcos:.5f} | "
+              f"{rho[name]:.4f} ({100 * (rho[name] - rho['hfenc float32']):+.2f}) |")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def embed(
     prompt_name: Optional[str] = typer.Option(None, help="A prompt the model defines (see `hfenc info`), e.g. query."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps (any case)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: all cores)."),
-    dtype: str = typer.Option("auto", help="Compute dtype: auto (float32 on CPU, bf16/fp16 on GPU), float32, float16, bfloat16."),
+    dtype: str = typer.Option("auto", help="Compute dtype: auto (GPU bf16/fp16; CPU bf16 where native, else float32), float32 (exact), float16, bfloat16."),
     out_dtype: str = typer.Option("float32", help="Stored dtype: float32 or float16."),
     out_format: Optional[str] = typer.Option(None, "--out-format", help="Output format: npy or parquet (default: from the output's suffix)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Store codes: int8, uint8 (calibrated ranges), binary, ubinary (packed bits)."),

@@ -282,6 +282,8 @@ class Embedder:
             "weights_sha256": self.weights_hash,
             "config_sha256": self.config_hash,
             "threads": torch.get_num_threads(),
+            # `--dtype auto` on a CPU: the probe's min cosine of bf16 to float32 (None: not probed)
+            "probe_min_cosine": None if self.probe_min_cosine is None else round(self.probe_min_cosine, 6),
             "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
         }
 

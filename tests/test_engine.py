@@ -76,8 +76,15 @@ def test_bfloat16_where_supported_runs_in_bf16_and_returns_float32(bert, monkeyp
     assert cos.min() > 0.99  # bf16 keeps ~3 significant digits
 
 
-def test_auto_dtype_is_float32_on_cpu():
-    assert engine.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+@pytest.mark.parametrize("switch, native, expected", [
+    (None, False, torch.float32), (None, True, torch.bfloat16), ("0", True, torch.float32), ("1", True, torch.bfloat16)])
+def test_auto_dtype_on_cpu_is_bf16_only_with_native_bf16_and_not_switched_off(switch, native, expected, monkeypatch):
+    monkeypatch.delenv(engine.AUTO_BF16_ENV, raising=False)
+    if switch is not None:
+        monkeypatch.setenv(engine.AUTO_BF16_ENV, switch)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    assert engine.resolve_dtype("auto", torch.device("cpu")) == expected
+    assert engine.resolve_dtype("float32", torch.device("cpu")) == torch.float32  # explicit: as asked
 
 
 def test_budget_does_not_change_results_beyond_float_tolerance(bert):

@@ -75,7 +75,7 @@ def test_modules_transformers_keeps_in_float32_stay_float32(tiny_model_dir, nati
 
 def test_auto_on_cpu_follows_native_bf16(tiny_model_dir, monkeypatch):
     folder = str(tiny_model_dir("bert"))
-    monkeypatch.setattr(engine, "AUTO_BF16_ON_CPU", True)
+    monkeypatch.delenv(engine.AUTO_BF16_ENV)
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
     assert Embedder(folder, device="cpu").settings.dtype == "float32"
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
@@ -83,6 +83,11 @@ def test_auto_on_cpu_follows_native_bf16(tiny_model_dir, monkeypatch):
     emb = Embedder(folder, device="cpu")
     assert emb.probe_min_cosine is not None
     assert emb.settings.dtype == ("bfloat16" if emb.probe_min_cosine >= precision.AUTO_BF16_MIN_COSINE else "float32")
+    assert emb.settings.batch_tokens == (1024 if emb.settings.dtype == "bfloat16" else 3072)
+    monkeypatch.setenv(engine.AUTO_BF16_ENV, "0")  # the switch: auto stays float32 on this CPU
+    assert Embedder(folder, device="cpu").settings.dtype == "float32"
+    assert Embedder(folder, device="cpu", dtype="bfloat16").settings.dtype == "bfloat16"  # explicit: unaffected
+    monkeypatch.delenv(engine.AUTO_BF16_ENV)
     monkeypatch.setattr(precision, "AUTO_BF16_MIN_COSINE", 1.01)  # a guard that cannot hold
     emb = Embedder(folder, device="cpu")
     assert emb.settings.dtype == "float32" and not emb.notes
