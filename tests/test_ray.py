@@ -340,6 +340,9 @@ def test_cli_ray_embeds_and_refuses_what_it_cannot_do(bert, tmp_path):
         refused = runner.invoke(app, [*base, *extra])
         assert refused.exit_code == 1 and words in refused.stderr, refused.output
         assert refused.stderr.count("\n") <= 2  # Error: ... (+ Hint: ...)
+    client = runner.invoke(app, ["embed", "--text", "hello", "-m", str(bert), "-o", str(tmp_path / "t.npy"),
+                                 "--ray-address", "ray://127.0.0.1:1"])  # refused before connecting
+    assert client.exit_code == 1 and "cannot go through Ray Client" in client.stderr, client.output
     usage = runner.invoke(app, ["embed", str(src), "--workers", "2"])
     assert usage.exit_code == 2 and "--workers is for --ray" in usage.output
 

@@ -563,8 +563,8 @@ def _through_client(job: Any, model: Any, options: dict[str, Any], cluster: RayO
     options = {**options, **({"proj_weights": absolute(options["proj_weights"])} if options.get("proj_weights") else {})}
     inside = replace(cluster, on_cluster=True)
     with _session(cluster):
-        ref = ray.remote(num_cpus=0, max_retries=0)(ray_modules().tasks.run_driver).remote(job, load_name, options,
-                                                                                        inside)
+        driver = ray.remote(num_cpus=0, max_retries=0)(ray_modules().tasks.run_driver)
+        ref = driver.remote(job, load_name, options, inside)
         try:
             return _get(ref)
         except KeyboardInterrupt:
@@ -774,7 +774,8 @@ def _embed(job, spec, files, starts, scans, out, load_name, worker_options, plan
         ds = ds.map_batches(
             tasks.EmbedWorker, batch_size=job.chunk_size, batch_format="pyarrow", zero_copy_batch=True,
             fn_constructor_kwargs={"model": load_name, "options": worker_options, "out_dtype": job.out_dtype,
-                                   "quantization": layout.extra["quantization"], "with_id": with_id, "keep_text": keep_text, "on_overflow": job.on_overflow,
+                                   "quantization": layout.extra["quantization"], "with_id": with_id,
+                                   "keep_text": keep_text, "on_overflow": job.on_overflow,
                                    "faults": faults_from_env()},
             compute=data.ActorPoolStrategy(size=plan.workers, max_concurrent_calls_per_actor=2 if plan.gpu else 1),
             num_cpus=plan.cpus_per_worker, num_gpus=1 if plan.gpu else None,
