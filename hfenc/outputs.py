@@ -205,17 +205,22 @@ def complete_publication(paths: OutputPaths, plan: dict) -> None:
         raise _output_error(paths.npy, exc) from None
 
 
+# Keys a fingerprint gained after release, with the value every earlier run had: a run
+# interrupted before they were recorded still resumes.
+FINGERPRINT_DEFAULTS = {"id_field": None, "encoding_errors": "strict"}
+
+
 def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:
     """The interrupted run's state, refused unless it was made with the same `fingerprint`."""
     state = read_state(paths)
-    changed = [k for k in sorted(set(fingerprint) | set(state["fingerprint"]))
-               if fingerprint.get(k) != state["fingerprint"].get(k)]
+    old, new = {**FINGERPRINT_DEFAULTS, **state["fingerprint"]}, {**FINGERPRINT_DEFAULTS, **fingerprint}
+    changed = [k for k in sorted(set(new) | set(old)) if new.get(k) != old.get(k)]
     if changed:
         detail = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
-        raise ResumeError(
-            f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})",
-            hint="rerun with the same input and options, or use --force to start over",
-        )
+        hint = "rerun with the same input and options, or use --force to start over"
+        if "dtype" in changed:  # e.g. `--dtype auto` decided otherwise on this machine
+            hint = f"rerun with --dtype {state['fingerprint'].get('dtype')}, as the interrupted run computed, or --force"
+        raise ResumeError(f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})", hint=hint)
     return state
 
 

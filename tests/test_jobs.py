@@ -287,6 +287,34 @@ def test_interrupt_keeps_finished_chunks_and_resume_is_bit_for_bit(data, embedde
     assert np.array_equal(np.load(data / "out.npy"), np.load(reference))
 
 
+def test_a_state_from_before_a_fingerprint_key_existed_still_resumes(data, embedder, tmp_path):
+    """id_field and encoding_errors joined the fingerprint later: a state without them means
+    their defaults (outputs.FINGERPRINT_DEFAULTS), so that run resumes, equal to a fresh one."""
+    _interrupted(data, embedder)
+    state_path = data / ".out.npy.resume.json"
+    state = json.loads(state_path.read_text())
+    assert state["fingerprint"]["id_field"] is None and state["fingerprint"]["encoding_errors"] == "strict"
+    del state["fingerprint"]["id_field"], state["fingerprint"]["encoding_errors"]
+    state_path.write_text(json.dumps(state))
+    result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
+    assert result.resumed_from == 14
+    embed_file(_job(data / "in.txt", tmp_path / "reference.npy", chunk_size=7), embedder)
+    assert np.array_equal(np.load(data / "out.npy"), np.load(tmp_path / "reference.npy"))
+
+
+def test_resume_with_another_dtype_is_refused_naming_the_dtype_to_give(data, embedder):
+    """`--dtype auto` may decide otherwise on another machine: the hint says what the run used."""
+    _interrupted(data, embedder)
+    state_path = data / ".out.npy.resume.json"
+    state = json.loads(state_path.read_text())
+    state["fingerprint"]["dtype"] = "bfloat16"  # as an interrupted run on a bf16 CPU records it
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ResumeError) as info:
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
+    assert "dtype: 'bfloat16' -> 'float32'" in str(info.value)
+    assert info.value.hint.startswith("rerun with --dtype bfloat16")
+
+
 def test_resume_progress_counts_from_the_saved_rows(data, embedder):
     _interrupted(data, embedder)
     seen: list[int] = []

@@ -45,10 +45,14 @@ CHUNK = 100  # rows per batch and per shard: a few batches per job, for both wor
 def ray_runtime():
     """A local runtime of 2 CPUs for the whole module (what the runner would start itself)."""
     assert not ray.is_initialized()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000})
+    _init_runtime()
     yield
     ray.shutdown()
+
+
+def _init_runtime() -> None:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000})
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +99,13 @@ def _read_dataset(directory: Path) -> tuple[np.ndarray, np.ndarray, list | None,
     return rows[order], emb, ids, manifest
 
 
-def _assert_replicas_released(seconds: float = 60.0) -> None:
-    """The interrupted job's actors finished their batches and gave their CPUs back: this
-    runtime outlives the job (the runner shuts down only a runtime it started), and a resume
-    started while they hold the CPUs would wait for them."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        assert time.monotonic() < deadline, f"CPUs still held after {seconds} s: {ray.available_resources()}"
-        time.sleep(0.2)
+def _restart_runtime() -> None:
+    """What the CLI does after Ctrl-C: the runtime goes (the runner shuts down one it started).
+    This module's runtime outlives each job, and after Ctrl-C Ray Data leaves the replicas to
+    finish their batches; one sometimes never exits and keeps its CPUs, and a resume started
+    beside it waits forever for them."""
+    ray.shutdown()
+    _init_runtime()
 
 
 def _assert_same(ray_rows: np.ndarray, local_rows: np.ndarray) -> None:
@@ -254,11 +255,18 @@ def test_quantized_codes_equal_the_local_path_and_survive_an_interruption(bert, 
 
     with pytest.raises(Interrupted) as info:
         _ray(bert, src, out, chunk=50, progress=ctrl_c, quantize="int8")
-    _assert_replicas_released()
+    _restart_runtime()
     del info
     state = json.loads((tmp_path / ".int8.resume.json").read_text())
     first_ranges = state["stats"]["quantization_ranges"]
     monkeypatch.delenv(ray_runner.DELAY_ENV)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("a resumed job calibrated again instead of reading its ranges back")
+
+    tasks = ray_runner.ray_modules().tasks
+    monkeypatch.setattr(tasks, "calibrate", no_calibration)
+    monkeypatch.setattr(tasks, "calibrate_with", no_calibration)
     result = _ray(bert, src, out, chunk=50, resume=True, quantize="int8")
     assert 0 < result.resumed_from < 400
     rows, codes, _, manifest = _read_dataset(out)
@@ -270,6 +278,38 @@ def test_quantized_codes_equal_the_local_path_and_survive_an_interruption(bert, 
     # Floats within 1e-6 of each other can fall into neighbouring buckets, never further apart.
     diff = np.abs(codes.astype(int) - local_codes.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.999
+
+
+def test_replicas_compute_in_the_dtype_the_sidecar_records(bert, tmp_path, monkeypatch):
+    """`--dtype auto` is decided once, by the probe, and handed to every replica: here the
+    driver may pick bf16 (HFENC_AUTO_BF16 unset, on a CPU with native bf16) while the workers'
+    environment says float32; the rows must still be those of the recorded dtype."""
+    texts = _texts(120, seed=9)
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    monkeypatch.delenv("HFENC_AUTO_BF16")  # the driver only: the runtime's workers keep "0"
+    result = _ray(bert, src, tmp_path / "ray.npy")
+    dtype = result.metadata["dtype"]
+    # The replicas' very batches (blocks of CHUNK rows) and threads (1), so that bf16 rows agree
+    # to the bit too; rows of another dtype would differ by ~1e-3.
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        job = JobOptions(InputSpec(str(src)), tmp_path / "local.npy", chunk_size=CHUNK)
+        embed_file(job, lambda: Embedder(str(bert), device="cpu", dtype=dtype, threads=1))
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same(np.load(tmp_path / "ray.npy"), np.load(tmp_path / "local.npy"))
+
+
+def test_a_replica_that_cannot_compute_the_jobs_dtype_refuses(bert, monkeypatch):
+    from hfenc.errors import ConfigError
+
+    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: False)  # a node without bf16
+    tasks = ray_runner.ray_modules().tasks
+    with pytest.raises(ConfigError, match="computes in float32, not the job's bfloat16"):
+        tasks.EmbedWorker(str(bert), {"device": "cpu", "dtype": "bfloat16"}, "float32", False, False, "truncate")
 
 
 # ---- faults ---------------------------------------------------------------------------------------
@@ -304,19 +344,20 @@ def test_an_interrupted_driver_resumes_and_equals_an_uninterrupted_run(bert, jso
     with pytest.raises(Interrupted) as info:
         _ray(bert, jsonl_case["src"], out, chunk=50, progress=ctrl_c, **jsonl_case["spec"])
     saved = info.value.rows_done
-    _assert_replicas_released()
+    _restart_runtime()
     assert sent and 0 < saved < 400, f"interrupted with {saved} of 400 rows saved"
     assert not out.exists()  # nothing half-written is visible
     assert (tmp_path / ".shards.resume.json").exists() and (tmp_path / ".shards.partial").is_dir()
 
     monkeypatch.delenv(ray_runner.DELAY_ENV)
     result = _ray(bert, jsonl_case["src"], out, chunk=50, resume=True, **jsonl_case["spec"])
-    assert result.resumed_from == saved and result.rows == 400
+    # What Ctrl-C reported saved is kept (a write task in flight may have committed one more shard)
+    assert result.resumed_from >= saved and result.rows == 400
     rows, emb, ids, manifest = _read_dataset(out)
     ref_rows, ref_emb, ref_ids, _ = jsonl_case["dataset"]
     assert rows.tolist() == ref_rows.tolist() and ids == ref_ids
     assert np.abs(emb - ref_emb).max() <= TOL
-    assert manifest["resumed_from_row"] == saved
+    assert manifest["resumed_from_row"] == result.resumed_from
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # the partial output and its state are gone
 
 

@@ -356,8 +356,8 @@ def _session(options: RayOptions) -> Iterator[bool]:
         if options.address is not None and "Could not find any running Ray instance" in message:
             hint = "start one with `ray start --head`, or drop --ray-address for a local runtime"
         elif options.address is not None:  # Ray says why only in its C++ log lines, e.g. a missing token
-            hint = ("a cluster with token authentication (Ray's default for `ray start`) needs RAY_AUTH_MODE=token "
-                    "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too")
+            hint = ("if the cluster uses token authentication (Ray's default for `ray start`), set "
+                    "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) here too")
         raise ConfigError(f"cannot start Ray on {where}: {message}", hint=hint) from None
     try:
         yield True
@@ -372,6 +372,7 @@ def _reachable(address: str) -> None:
 
     where = address.removeprefix("ray://")
     host, _, port = where.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
     if address == "auto" or not host or not port.isdigit():
         return
     try:
@@ -538,8 +539,11 @@ def embed_ray(job: Any, model: Any, options: dict[str, Any], cluster: RayOptions
             fmt = _input_format(spec, files) if spooled is None else str(spec.format)
             out = _output(job, files)
             _check_output(out, job)
-            with _session(cluster):
-                return _run(job, JobResult, spec, fmt, files, out, model, options, cluster, progress, t0)
+            try:
+                with _session(cluster):
+                    return _run(job, JobResult, spec, fmt, files, out, model, options, cluster, progress, t0)
+            except _Stopped as stopped:
+                raise stopped.interrupted() from None
         finally:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
@@ -615,6 +619,9 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     scans = _get(scan_refs)
     if not isinstance(probed, dict):
         probed = _get(probed)
+    # Every replica computes in the dtype the probe settled on (`auto` decided once, here, not
+    # per node: nodes with and without native bf16 would otherwise mix dtypes in one output).
+    worker_options["dtype"] = probed["describe"]["dtype"]
     rows = sum(s["rows"] for s in scans)
     if rows == 0:
         raise InputError(f"input {' '.join(f.name for f in files)} is empty: no records to embed")
@@ -692,9 +699,22 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
         return _embed_and_publish(job, JobResult, spec, files, starts, scans, out, load_name, worker_options, plan,
                                   layout, rows, blank, probed, progress, t0)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is committed stays, for --resume
-        done = rows if (out.shards / MANIFEST).exists() or not paths.partial.exists() else _committed_rows(out)
-        raise Interrupted(f"{done:,} of {rows:,} rows are saved in {paths.partial.name}", rows_done=done,
-                          signum=getattr(exc, "signum", 2)) from None
+        raise _Stopped(out, rows, getattr(exc, "signum", 2)) from None
+
+
+class _Stopped(Exception):
+    """A job stopped by a signal, on its way out of the Ray session: the rows saved are counted
+    once the session is closed (write tasks in flight at Ctrl-C may still commit a shard)."""
+
+    def __init__(self, out: _Output, rows: int, signum: int) -> None:
+        super().__init__("stopped")
+        self.out, self.rows, self.signum = out, rows, signum
+
+    def interrupted(self) -> Interrupted:
+        out, rows = self.out, self.rows
+        done = rows if (out.shards / MANIFEST).exists() or not out.paths.partial.exists() else _committed_rows(out)
+        return Interrupted(f"{done:,} of {rows:,} rows are saved in {out.paths.partial.name}", rows_done=done,
+                           signum=self.signum)
 
 
 def _embed_and_publish(job, JobResult, spec, files, starts, scans, out: _Output, load_name, worker_options, plan,

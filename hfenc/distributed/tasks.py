@@ -33,7 +33,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.datasource import BlockBasedFileDatasink
 
-from ..errors import HfencError, InputChanged, OverflowRefused
+from ..errors import ConfigError, HfencError, InputChanged, OverflowRefused
 from ..inputs import InputSpec, Tally, records  # the parser the single-process scan uses
 from ..parquet import METADATA_KEY, embedding_array
 
@@ -228,6 +228,11 @@ class EmbedWorker:
         from ..quantize import Quantization
 
         self.embedder = Embedder(model, **options)
+        if self.embedder.settings.dtype != options.get("dtype", self.embedder.settings.dtype):
+            # e.g. bf16 asked for on a node without native bf16: its rows would differ from the rest
+            raise ConfigError(f"a replica on this node computes in {self.embedder.settings.dtype}, not the job's "
+                              f"{options['dtype']}: {'; '.join(self.embedder.notes) or 'its CPU differs'}",
+                              hint="give --dtype float32, or run on nodes of one kind")
         self.out_dtype = np.dtype(out_dtype)
         self.quantization = None if quantization is None else Quantization.from_record(quantization)
         self.with_id, self.keep_text, self.on_overflow = with_id, keep_text, on_overflow
