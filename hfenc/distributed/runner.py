@@ -44,8 +44,8 @@ order, so "resumed from" is a count of rows, not a prefix.
 Faults: actors are restarted by Ray (max_restarts=-1) and a batch lost with its actor is run
 again; the publication's exactly-once check is what proves that nothing was lost or doubled.
 After Ctrl-C, Ray Data drops its actors without killing them: they finish the batches already
-sent to them, then exit (a runtime hfenc started is shut down at once instead). A caller that
-owns the runtime and resumes in it right away waits for them.
+sent to them, then exit, though in the tests one sometimes never did (a runtime hfenc started
+is shut down at once instead). A caller that owns the runtime should restart it before resuming.
 
 Outputs are local paths (on a cluster: a shared mount every node sees, such as NFS); inputs may
 be on any filesystem pyarrow can open.
