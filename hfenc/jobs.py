@@ -140,6 +140,17 @@ def _line_of(spec: InputSpec, row: int) -> str:
     return f"record {row + 1}"
 
 
+def _saved_rows(paths: OutputPaths, fallback: int) -> int:
+    """The rows the resume state on disk says are saved (what --resume will start from): the
+    signal may have landed while it was being written."""
+    from .outputs import read_state
+
+    try:
+        return int(read_state(paths)["rows_done"])
+    except (HfencError, TypeError, ValueError):  # no readable state: what the writer counted
+        return fallback
+
+
 def embed_file(
     job: JobOptions,
     embedder: Embedder | Callable[[], Embedder],
@@ -219,9 +230,10 @@ def _run(job, spec, paths, info, model: Embedder, ids_tmp, lines_tmp, progress, 
             progress=report, rows_total=info.rows, stats=stats,
         )
     except KeyboardInterrupt as exc:
+        saved = _saved_rows(paths, writer.rows_done)
         raise Interrupted(
-            f"{writer.rows_done:,} of {info.rows:,} rows are saved in {paths.partial.name}",
-            rows_done=writer.rows_done, signum=getattr(exc, "signum", signal.SIGINT),
+            f"{saved:,} of {info.rows:,} rows are saved in {paths.partial.name}",
+            rows_done=saved, signum=getattr(exc, "signum", signal.SIGINT),
         ) from None
     except (OverflowRefused, InputChanged):  # a refusal, or rows of other bytes: nothing half-written stays
         writer.abandon()

@@ -340,9 +340,10 @@ class RowWriter:
         if hasattr(self, "array"):
             self.array.flush()  # the rows first, then the claim that they are done
             self._release()
+        # The state on disk first: a signal landing in between must not leave rows_done ahead of it
+        write_state(self.paths, self.fingerprint, rows_done, stats or {}, publishing)
         self.rows_done = rows_done
         self.stats = stats or {}
-        write_state(self.paths, self.fingerprint, rows_done, self.stats, publishing)
 
     def finish(self, sidecar: dict, side_files: list[tuple[Path, Path]], stale: list[Path]) -> dict:
         """Publish the array, the staged side files (staged, final) and the sidecar as one step;

@@ -346,9 +346,10 @@ class ParquetWriter:
             if start + len(block) == rows_done:  # the rows first, then the claim that they are done
                 self._write_chunk(start, block)
                 self._pending = None
+        # The state on disk first: a signal landing in between must not leave rows_done ahead of it
+        write_state(self.paths, self.fingerprint, rows_done, stats or {}, publishing)
         self.rows_done = rows_done
         self.stats = stats or {}
-        write_state(self.paths, self.fingerprint, rows_done, self.stats, publishing)
 
     def _merge(self, sidecar: dict, staged: Path) -> None:
         """Stream the chunk files, in row order, into one Parquet file: a row group per chunk."""
