@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_embed import machine  # noqa: E402
-from corpus import real_texts  # noqa: E402
+from corpus import real_texts, sts_spearman  # noqa: E402
 
 
 def main() -> None:
@@ -48,19 +48,6 @@ def main() -> None:
 
     texts = real_texts(args.n)
     probe = list(precision.PROBE_TEXTS)
-    sts = Path(__file__).resolve().parents[1] / "tests" / "data" / "sts_pairs.tsv"
-    rows = [line.split("\t") for line in sts.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
-    gold = np.array([float(r[0]) for r in rows])
-    firsts, seconds = [r[1] for r in rows], [r[2] for r in rows]
-
-    def spearman(emb) -> float:
-        from scipy.stats import spearmanr
-
-        a, b = emb.encode(firsts).astype(np.float64), emb.encode(seconds).astype(np.float64)
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        return float(spearmanr(cos, gold).statistic)
-    print(f"machine: {machine()}; {len(texts):,} texts + the {len(probe)} probe texts; all-MiniLM-L6-v2")
-
     def torch_dynamic(per_channel: bool):
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -88,7 +75,7 @@ def main() -> None:
             best[name] = min(best.get(name, 1e9), time.perf_counter() - t0)
     ref = outs["hfenc float32"]
     ref_probe = embedders["hfenc float32"].encode(probe)
-    rho = {name: spearman(emb) for name, emb in embedders.items()}
+    rho = {name: sts_spearman(emb.encode) for name, emb in embedders.items()}
     print("| setting | texts/s | vs hfenc float32 | min cosine | p01 cosine | min cosine, probe texts | STS-like Spearman |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, emb in embedders.items():

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_embed import machine  # noqa: E402
-from corpus import real_texts  # noqa: E402
+from corpus import real_texts, sts_spearman  # noqa: E402
 
 
 def main() -> None:
@@ -45,16 +45,12 @@ def main() -> None:
     import onnxruntime as ort
     import transformers
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from scipy.stats import spearmanr
 
     import hfenc
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's pre-processing advice
     folder = str(hfenc.resolve_model(hfenc.DEFAULT_MODEL).path)
     texts = real_texts(args.n)
-    sts = Path(__file__).resolve().parents[1] / "tests" / "data" / "sts_pairs.tsv"
-    pairs = [line.split("\t") for line in sts.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
-    gold = np.array([float(p[0]) for p in pairs])
     print(f"machine: {machine()}; {len(texts):,} texts; all-MiniLM-L6-v2; onnxruntime {ort.__version__}")
 
     tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -109,16 +105,12 @@ def main() -> None:
             outs[name] = fn(texts)
             best[name] = min(best.get(name, 1e9), time.perf_counter() - t0)
 
-    def rho(fn) -> float:
-        a, b = fn([p[1] for p in pairs]).astype(np.float64), fn([p[2] for p in pairs]).astype(np.float64)
-        return float(spearmanr((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1), gold).statistic)
-
-    ref, ref_rho = outs["hfenc float32"].astype(np.float64), rho(runs["hfenc float32"])
+    ref, ref_rho = outs["hfenc float32"].astype(np.float64), sts_spearman(runs["hfenc float32"])
     print("| setting | texts/s | vs hfenc float32 | min cosine | p01 cosine | STS-like Spearman |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, fn in runs.items():
         cos = (outs[name] * ref).sum(1)
-        r = rho(fn)
+        r = sts_spearman(fn)
         print(f"| {name} | {len(texts) / best[name]:,.0f} | {best['hfenc float32'] / best[name]:.2f}x | "
               f"{cos.min():.5f} | {np.quantile(cos, 0.01):.5f} | {r:.4f} ({100 * (r - ref_rho):+.2f}) |")
 

@@ -89,6 +89,20 @@ def real_texts(n: int) -> list[str]:
     return out
 
 
+def sts_spearman(encode) -> float:
+    """Spearman of `encode`'s cosines against the 0-5 grades of the 150 STS-like pairs in
+    tests/data/sts_pairs.tsv (what the int8 benchmarks report, in points of 0.01)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    sts = Path(__file__).resolve().parents[1] / "tests" / "data" / "sts_pairs.tsv"
+    rows = [line.split("\t") for line in sts.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    a = np.asarray(encode([r[1] for r in rows]), dtype=np.float64)
+    b = np.asarray(encode([r[2] for r in rows]), dtype=np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(spearmanr(cos, [float(r[0]) for r in rows]).statistic)
+
+
 if __name__ == "__main__":
     texts = real_texts(int(sys.argv[1]) if len(sys.argv) > 1 else 5000)
     words = sorted(len(t.split()) for t in texts)
