@@ -24,6 +24,7 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,14 @@ def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:
     return state
 
 
+def remove_path(path: Path) -> None:
+    """Remove a partial output of ours, a file or a directory (a link itself, never its target)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def finish_publication(paths: OutputPaths, plan: dict) -> dict:
     """Complete the publication `plan` an interrupted run began; returns the published sidecar."""
     complete_publication(paths, plan)
@@ -407,9 +416,4 @@ def find_abandoned(directory: Path) -> list[Abandoned]:
 
 def remove_abandoned(item: Abandoned) -> None:
     for file in item.files:
-        if file.is_dir():
-            import shutil
-
-            shutil.rmtree(file)
-        else:
-            file.unlink(missing_ok=True)
+        remove_path(file)

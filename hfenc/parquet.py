@@ -39,7 +39,6 @@ import io
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -50,8 +49,9 @@ import numpy as np
 
 from . import faults
 from .errors import ConfigError, HfencError, InputError, OutputError, ResumeError
-from .inputs import InputSpec, Record, _changed, _one_line, _open_raw, Tally
-from .outputs import OutputPaths, _output_error, finish_publication, fsync_dir, publish, resume_state, write_state
+from .inputs import InputSpec, Record, Tally, _changed, _one_line, _open_raw
+from .outputs import (OutputPaths, _output_error, finish_publication, fsync_dir, publish, remove_path, resume_state,
+                      write_state)
 
 METADATA_KEY = "hfenc"
 TABLE_FORMATS = ("parquet", "arrow")
@@ -273,11 +273,7 @@ class ParquetWriter:
             raise OutputError(f"cannot write {self.paths.partial}: {exc.strerror or exc}") from None
 
     def _remove_partial(self) -> None:
-        partial = self.paths.partial
-        if partial.is_dir() and not partial.is_symlink():
-            shutil.rmtree(partial)
-        elif partial.exists() or partial.is_symlink():
-            partial.unlink()
+        remove_path(self.paths.partial)
 
     def _chunks(self) -> list[tuple[int, int, Path]]:
         found = []

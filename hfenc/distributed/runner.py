@@ -74,7 +74,7 @@ from ..errors import (ConfigError, HfencError, InputChanged, InputError, Interru
                       ResumeError)
 from ..inputs import InputSpec, Tally, combine_hashes, spool_stdin, spool_texts
 from ..outputs import (OutputPaths, check_writable, default_output, finish_publication, fsync_dir,
-                       owns, publish, read_sidecar, read_state, write_json_atomic, write_state)
+                       owns, publish, remove_path, read_sidecar, read_state, write_json_atomic, write_state)
 
 ENGINE = "ray"
 MANIFEST = "_hfenc_manifest.json"
@@ -666,7 +666,7 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
         state = resume_state(paths, fingerprint)  # refuses a changed input or option, naming it
         saved, resumed_publication = state.get("stats") or {}, state.get("publishing")
     else:
-        _remove(paths.partial)
+        remove_path(paths.partial)
         write_state(paths, fingerprint, 0, {"engine": ENGINE})  # the claim first
     if resumed_publication:
         return _finish_publication(JobResult, out, resumed_publication, rows, dim, blank, t0)
@@ -911,15 +911,8 @@ def _verify(out: _Output, rows: int) -> list[dict]:
     return sorted(metas.values(), key=lambda m: m["row_min"])
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _abandon(paths: OutputPaths) -> None:
-    _remove(paths.partial)
+    remove_path(paths.partial)
     for p in (paths.state, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy)):
         p.unlink(missing_ok=True)
 
@@ -967,7 +960,7 @@ def _complete_dataset(paths: OutputPaths, plan: dict) -> None:
             fsync_dir(output.parent)
         if old is not None and old.exists():
             shutil.rmtree(old)
-        _remove(paths.partial)
+        remove_path(paths.partial)
         for p in (paths.state, paths.hidden(paths.state, "tmp")):
             p.unlink(missing_ok=True)
     except OSError as exc:
@@ -1024,7 +1017,7 @@ def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, job: 
 
     def journal(plan: dict) -> None:
         write_state(paths, layout.fingerprint, rows, layout.stats, publishing=plan)
-        _remove(paths.partial)  # the staged files hold every row now
+        remove_path(paths.partial)  # the staged files hold every row now
 
     return publish(paths, staged, {**metadata, **extra}, side_files, stale, journal)
 
@@ -1032,7 +1025,7 @@ def _assemble(out: _Output, spec: InputSpec, scans: list[dict], rows: int, job: 
 def _finish_publication(JobResult, out: _Output, plan: dict, rows: int, dim: int, blank: int, t0: float) -> Any:
     """--resume after a crash during publication: carry out the rest of it."""
     if out.kind == "npy":
-        _remove(out.paths.partial)
+        remove_path(out.paths.partial)
         metadata = finish_publication(out.paths, plan)
         sidecar = out.paths.sidecar
     else:
