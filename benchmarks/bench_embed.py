@@ -4,9 +4,12 @@ hfenc is timed end to end as a user runs it: a text file on disk -> `embed_file`
 .npy with its sidecar (model loaded beforehand, like sentence-transformers'). sentence-transformers
 is timed on `encode(texts)` with the texts already in memory. For each setting it prints
 texts/s, tokens/s, the speed ratio to sentence-transformers, the minimum row cosine to
-sentence-transformers float32, and the process's peak RSS during the run.
+sentence-transformers float32, and the process's peak RSS during the run. A setting is a compute
+dtype, or BACKEND:DTYPE for another backend (openvino:int8); with --sts, also each setting's
+STS-like Spearman (tests/data/sts_pairs.tsv) and its distance from the first setting in points.
 
     python benchmarks/bench_embed.py --n 4000 --device cpu --dtypes float32,bfloat16
+    python benchmarks/bench_embed.py --n 2000 --dtypes float32,openvino:float32,openvino:bfloat16,openvino:int8 --sts
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from corpus import real_texts  # noqa: E402
+from corpus import real_texts, sts_spearman  # noqa: E402
 
 
 class PeakRSS:
@@ -103,6 +106,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is reported")
     ap.add_argument("--ceiling", action="store_true", help="also time the model alone (GPU ceiling)")
+    ap.add_argument("--sts", action="store_true", help="also the STS-like Spearman of each setting")
     args = ap.parse_args()
 
     from sentence_transformers import SentenceTransformer
@@ -124,8 +128,12 @@ def main() -> None:
     if args.st_dtype == "float16":
         st = st.half()
     reference = st_ref32.encode(texts, batch_size=args.st_batch, normalize_embeddings=True, convert_to_numpy=True)
-    embedders = {dt: hfenc.Embedder(model, device=args.device, dtype=dt, batch_tokens=args.batch_tokens)
-                 for dt in args.dtypes.split(",")}
+    embedders = {}
+    for setting in args.dtypes.split(","):
+        backend, _, dtype = setting.rpartition(":")
+        emb = hfenc.Embedder(model, device=args.device, dtype=dtype, batch_tokens=args.batch_tokens,
+                             backend=backend or "torch")
+        embedders[f"{backend} {emb.settings.dtype}".strip() + f" ({emb.settings.batch_tokens:,}-token batches)"] = emb
     ntokens = None
     best: dict[str, tuple[float, int]] = {}
     cosines: dict[str, float] = {}
@@ -151,13 +159,18 @@ def main() -> None:
         for name, emb in embedders.items():
             best[f"model-only ceiling {name}"] = (min(model_ceiling(emb, texts) for _ in range(args.rounds)), 0)
     base = best[f"sentence-transformers {args.st_dtype} batch {args.st_batch}"][0]
-    print(f"tokens (hfenc tokenizer, after truncation): {ntokens:,}")
-    print("| setting | texts/s | tokens/s | vs ST | min cosine vs ST fp32 | peak RSS during run |")
-    print("|---|---:|---:|---:|---:|---:|")
+    first = best[f"hfenc {next(iter(embedders))}"][0]
+    rho = {f"hfenc {k}": sts_spearman(e.encode) for k, e in embedders.items()} if args.sts else {}
+    rho0 = next(iter(rho.values()), 0.0)
+    print(f"tokens (hfenc tokenizer, after truncation): {ntokens:,}; load average {os.getloadavg()[0]:.1f}")
+    print(f"| setting | texts/s | tokens/s | vs ST | vs first hfenc | min cosine vs ST fp32 |{' STS-like Spearman |' * bool(rho)} peak RSS during run |")
+    print(f"|---|---:|---:|---:|---:|---:|{'---:|' * bool(rho)}---:|")
     for key, (dt, peak) in best.items():
         cos = cosines.get(key)
+        sts = (f" {rho[key]:.4f} ({100 * (rho[key] - rho0):+.2f}) |" if key in rho else " - |") if rho else ""
         print(f"| {key} | {len(texts) / dt:,.0f} | {ntokens / dt:,.0f} | {base / dt:.2f}x | "
-              f"{'-' if cos is None else f'{cos:.6f}'} | {'-' if not peak else f'{peak / 2**20:,.0f} MiB'} |")
+              f"{'-' if key not in cosines else f'{first / dt:.2f}x'} | "
+              f"{'-' if cos is None else f'{cos:.6f}'} |{sts} {'-' if not peak else f'{peak / 2**20:,.0f} MiB'} |")
     print("(peak RSS is the whole benchmark process, both libraries loaded; see bench_memory.py for hfenc alone)")
 
 

@@ -50,7 +50,7 @@ def _fail(message: str, hint: str | None = None, code: int = 1) -> None:
 
 # The library names its arguments (`dim=0`); on the command line they are options (`--dim 0`).
 _ARGUMENTS = ("dim", "truncate_dim", "max_length", "batch_tokens", "prompt_name", "prompt", "unlocked",
-              "pooler", "proj_weights", "proj", "seed", "chunk_size", "threads")
+              "pooler", "proj_weights", "proj", "seed", "chunk_size", "threads", "backend", "dtype", "device")
 
 
 def _as_options(message: str) -> str:
@@ -173,7 +173,8 @@ def embed(
     prompt_name: Optional[str] = typer.Option(None, help="A prompt the model defines (see `hfenc info`), e.g. query."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps (any case)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: all cores)."),
-    dtype: str = typer.Option("auto", help="Compute dtype: auto (GPU bf16/fp16; CPU bf16 where native, else float32), float32 (exact), float16, bfloat16."),
+    dtype: str = typer.Option("auto", help="Compute dtype: auto (GPU bf16/fp16; CPU bf16 where native, else float32), float32 (exact), float16, bfloat16, int8 (--backend openvino)."),
+    backend: str = typer.Option("torch", "--backend", help="Run the transformer on: torch, or openvino (CPU; needs hfenc[openvino])."),
     out_dtype: str = typer.Option("float32", help="Stored dtype: float32 or float16."),
     out_format: Optional[str] = typer.Option(None, "--out-format", help="Output format: npy or parquet (default: from the output's suffix)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Store codes: int8, uint8 (calibrated ranges), binary, ubinary (packed bits)."),
@@ -234,7 +235,7 @@ def embed(
     options = dict(
         pooler=pooler, proj=proj, dim=dim, proj_weights=proj_weights, seed=seed, normalize=normalize,
         truncate_dim=truncate_dim, max_length=max_length, prompt=prompt, prompt_name=prompt_name, device=device, dtype=dtype,
-        batch_tokens=batch_tokens, threads=threads,
+        batch_tokens=batch_tokens, threads=threads, backend=backend,
     )
     if encoding_errors not in ("strict", "replace"):
         from .errors import UnknownChoiceError

@@ -21,10 +21,13 @@ import transformers
 from . import __version__
 from .encoder import HFTextEncoder, build_projection
 from . import precision
-from .engine import Engine, Progress, TextTokenizer, cpu_has_native_bf16, resolve_device, resolve_dtype
+from . import openvino_backend
+from .engine import (Engine, pad_rows, Progress, TextTokenizer, cpu_has_native_bf16, default_batch_tokens, resolve_device,
+                     resolve_dtype)
 from .errors import ConfigError, InputError, ModelLoadError, UnknownChoiceError
 from .head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
 from .models import DEFAULT_MODEL, hash_files, weight_files
+from .openvino_backend import BACKENDS
 from .spec import ModelSpec, load_spec
 
 
@@ -51,6 +54,7 @@ class EmbedSettings:
     dtype: str
     device: str
     batch_tokens: int
+    backend: str = "torch"  # "openvino": the transformer run by OpenVINO (hfenc.openvino_backend)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,17 @@ class EmbedOptions:
     dtype: str = "auto"
     batch_tokens: int | None = None
     threads: int | None = None  # CPU threads for torch (default: torch's own, all cores)
+    backend: str = "torch"  # or "openvino" (the extra `openvino`): the transformer run by OpenVINO
+
+    def device_for_backend(self) -> torch.device:
+        """The device; OpenVINO's backend runs on the CPU (`auto` means the CPU there)."""
+        if self.backend != "openvino":
+            return resolve_device(self.device)
+        device = torch.device("cpu") if self.device.strip().lower() == "auto" else resolve_device(self.device)
+        if device.type != "cpu":
+            raise ConfigError(f"backend=openvino runs on the CPU, not on {self.device}",
+                              hint="use device=cpu, or backend=torch for a GPU")
+        return device
 
     def check(self) -> None:
         from .encoder import PROJ_TYPES
@@ -82,7 +97,16 @@ class EmbedOptions:
         kind = "none" if self.proj is None else self.proj
         if kind not in PROJ_TYPES:
             raise UnknownChoiceError("projection", self.proj, PROJ_TYPES)
-        resolve_dtype(self.dtype, resolve_device(self.device))
+        if self.backend not in BACKENDS:
+            raise UnknownChoiceError("backend", self.backend, BACKENDS)
+        dtype = resolve_dtype(self.dtype, self.device_for_backend())
+        if self.backend == "openvino":
+            openvino_backend.openvino()  # a missing extra fails before the model loads
+            if dtype == torch.int8:
+                openvino_backend._nncf()
+        elif dtype == torch.int8:
+            raise ConfigError("dtype=int8 runs on the OpenVINO backend only",
+                              hint="add backend=openvino (pip install 'hfenc[openvino]')")
         for name, value in (("dim", self.dim), ("truncate_dim", self.truncate_dim), ("max_length", self.max_length),
                             ("batch_tokens", self.batch_tokens), ("threads", self.threads)):
             if value is not None and value < 1:
@@ -122,12 +146,17 @@ class Embedder:
         """`options` are EmbedOptions' fields (pooler, proj, dim, ..., batch_tokens)."""
         o = self.options = EmbedOptions(**options)
         o.check()
-        self.device = resolve_device(o.device)
+        self.device = o.device_for_backend()
         compute_dtype = resolve_dtype(o.dtype, self.device)
         if o.threads is not None:
             torch.set_num_threads(o.threads)  # process-wide, as OMP_NUM_THREADS would be
         self.notes: list[str] = []  # things the user should hear about (the CLI prints them)
-        if self.device.type == "cpu" and compute_dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        if o.backend == "openvino" and compute_dtype in (torch.bfloat16, torch.float16):
+            if not openvino_backend.native(compute_dtype):
+                name = str(compute_dtype).removeprefix("torch.")
+                self.notes.append(f"OpenVINO computes no native {name} on this CPU; computing in float32")
+                compute_dtype = torch.float32
+        elif self.device.type == "cpu" and compute_dtype == torch.bfloat16 and not cpu_has_native_bf16():
             # Issue 5: bf16 where the CPU supports it; emulated bf16 is ~6x slower than float32.
             self.notes.append("this CPU has no native bfloat16 (AVX512-BF16/AMX); computing in float32")
             compute_dtype = torch.float32
@@ -199,8 +228,16 @@ class Embedder:
         skip = 0 if include_prompt or not prompt_text else self.tokenizer.prompt_length()
         self.pipeline = Pipeline(self.encoder, build_head(layout), build_token_stage(layout),
                                  o.truncate_dim, self.normalize, skip)
-        compute_dtype = self._precision(compute_dtype)
-        self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens)
+        self.probe_min_cosine: float | None = None
+        self.conversion_min_cosine: float | None = None  # OpenVINO float32 vs torch float32
+        if o.backend == "openvino":
+            compute_dtype = self._openvino(compute_dtype)
+            # the pipeline's torch parts (head, pooling) run float32; the budget is the precision's
+            budget = o.batch_tokens or default_batch_tokens(self.device, compute_dtype)
+            self.engine = Engine(self.pipeline, self.tokenizer, self.device, torch.float32, budget)
+        else:
+            compute_dtype = self._precision(compute_dtype)
+            self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens)
         self.settings = EmbedSettings(
             model=str(model if isinstance(model, str) else spec.name), pooler=self.encoder.pooler_type,
             proj=proj_kind or "none",
@@ -211,7 +248,7 @@ class Embedder:
             include_prompt=include_prompt, lowercase=layout.do_lower_case,
             padding_side="left" if self.tokenizer.left_pad else "right", init_seed=init_seed,
             dtype=str(compute_dtype).removeprefix("torch."),
-            device=str(self.device), batch_tokens=self.engine.batch_tokens,
+            device=str(self.device), batch_tokens=self.engine.batch_tokens, backend=o.backend,
         )
         self._weights_hash: str | None = None
 
@@ -223,15 +260,58 @@ class Embedder:
         if o.dtype == "auto" and dtype == torch.bfloat16 and self.device.type == "cpu":
             guard = precision.AUTO_BF16_MIN_COSINE
 
-        def probe(dt: torch.dtype) -> np.ndarray:
-            tok = self.tokenizer(list(precision.PROBE_TEXTS))
-            out = np.empty((len(tok.lengths), self.dim), np.float32)
-            Engine(self.pipeline, self.tokenizer, self.device, dt, o.batch_tokens).embed_tokenized(tok, out)
-            return out
-
-        used, cos = precision.prepare(self.encoder.transformer, dtype, self.device, probe, guard)
+        used, cos = precision.prepare(self.encoder.transformer, dtype, self.device, self._probe, guard)
         self.probe_min_cosine = cos
         return used
+
+    def _probe(self, dtype: torch.dtype = torch.float32, texts: Sequence[str] = precision.PROBE_TEXTS) -> np.ndarray:
+        """`texts` embedded by the pipeline as it stands, computing in `dtype`."""
+        tok = self.tokenizer(list(texts))
+        out = np.empty((len(tok.lengths), self.dim), np.float32)
+        Engine(self.pipeline, self.tokenizer, self.device, dtype, self.options.batch_tokens).embed_tokenized(tok, out)
+        return out
+
+    def _openvino(self, dtype: torch.dtype) -> torch.dtype:
+        """Swap the transformer for its OpenVINO conversion (hfenc.openvino_backend), checked on
+        PROBE_TEXTS against torch float32: the conversion must reproduce it, int8 must keep
+        INT8_MIN_COSINE (else refused, with the figure), `auto` bf16 AUTO_BF16_MIN_COSINE (else
+        float32). Returns the dtype computed in."""
+        ov = openvino_backend
+        if self.pipeline.token_stage is not None:
+            raise ConfigError("backend=openvino: this model pools over every layer's hidden states "
+                              "(WeightedLayerPooling), which the OpenVINO backend does not return",
+                              hint="use backend=torch")
+        # the probe texts and one row of max_length tokens (a traced branch on length shows there)
+        texts = (*precision.PROBE_TEXTS, " ".join(precision.PROBE_TEXTS * 20))
+        reference = self._probe(texts=texts)
+        torch_transformer = self.encoder.transformer
+        tok = self.tokenizer(list(precision.PROBE_TEXTS[:2]))
+        ids, mask = pad_rows(tok, np.arange(2), self.tokenizer.pad_id, self.tokenizer.left_pad)
+        with_pooler = self.encoder.uses_pooling_layer
+        model = ov.convert(torch_transformer, ids, mask, with_pooler)
+        threads = torch.get_num_threads()
+
+        def use(dt: torch.dtype) -> float:
+            compiled = ov.compile_model(model, dt, threads)
+            self.encoder.transformer = ov.OpenVINOTransformer(compiled, self.encoder.config, with_pooler)
+            return precision.min_cosine(self._probe(texts=texts), reference)
+
+        self.conversion_min_cosine = use(torch.float32)
+        if self.conversion_min_cosine < ov.CONVERSION_MIN_COSINE:
+            self.encoder.transformer = torch_transformer
+            raise ModelLoadError(f"OpenVINO's conversion of this {self.encoder.config.model_type} model does not "
+                                 f"reproduce torch: min cosine {self.conversion_min_cosine:.6f} on hfenc's probe "
+                                 f"texts (needs {ov.CONVERSION_MIN_COSINE})", hint="use backend=torch")
+        if dtype == torch.float32:
+            return dtype
+        cos = self.probe_min_cosine = use(dtype)
+        if dtype == torch.int8 and cos < precision.INT8_MIN_COSINE:
+            raise ConfigError(f"int8 keeps only min cosine {cos:.4f} to float32 on hfenc's probe texts with this "
+                              f"model (needs {precision.INT8_MIN_COSINE})", hint="use dtype=bfloat16 or dtype=float32")
+        if self.options.dtype == "auto" and cos < precision.AUTO_BF16_MIN_COSINE:
+            use(torch.float32)
+            return torch.float32
+        return dtype
 
     def _prompt(self, layout) -> tuple[str | None, str]:
         """(name, text) of the prompt put before every text, as sentence-transformers resolves it:
@@ -282,9 +362,13 @@ class Embedder:
             "weights_sha256": self.weights_hash,
             "config_sha256": self.config_hash,
             "threads": torch.get_num_threads(),
-            # `--dtype auto` on a CPU: the probe's min cosine of bf16 to float32 (None: not probed)
+            # the probe's min cosine to float32 of `--dtype auto`'s bf16 on a CPU, or of the OpenVINO
+            # backend's bf16/int8 (None: not probed); and of OpenVINO's float32 conversion
             "probe_min_cosine": None if self.probe_min_cosine is None else round(self.probe_min_cosine, 6),
-            "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+            **({"conversion_min_cosine": round(self.conversion_min_cosine, 6)}
+               if self.conversion_min_cosine is not None else {}),
+            "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                         **({"openvino": openvino_backend.version()} if self.options.backend == "openvino" else {})},
         }
 
     def encode(self, texts: str | Iterable[str], progress: Callable[[Progress], None] | None = None,

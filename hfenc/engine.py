@@ -28,7 +28,8 @@ from torch import nn
 from .errors import ConfigError, UnknownChoiceError
 from .precision import compute_context
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# int8 exists on the OpenVINO backend only (hfenc.openvino_backend; EmbedOptions.check refuses it elsewhere).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 DTYPE_CHOICES = ("auto", *DTYPES)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -95,11 +96,11 @@ def cpu_has_native_bf16() -> bool:
 
 def default_batch_tokens(device: torch.device, dtype: torch.dtype = torch.float32) -> int:
     # CPU: small batches stay in cache (measured on 2 cores, MiniLM: float32 2-4k tokens beat 8-16k
-    # by ~25%; mixed bf16 1,024 beat 3,072 by ~13%, benchmarks/README.md); GPU: large batches
-    # amortise kernel launches.
+    # by ~25%; mixed bf16 1,024 beat 3,072 by ~13%; OpenVINO int8 and bf16 peak at 1-2k,
+    # benchmarks/README.md); GPU: large batches amortise kernel launches.
     if device.type == "cuda":
         return 131072
-    return 1024 if dtype in (torch.bfloat16, torch.float16) else 3072
+    return 1024 if dtype in (torch.bfloat16, torch.float16, torch.int8) else 3072
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ the embedder is refused with the fields that differ.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,12 @@ def recorded_settings(sidecar: dict[str, Any]) -> Any:
     """The sidecar's EmbedSettings (refused when it lacks some: an older hfenc wrote it)."""
     from .embedder import EmbedSettings
 
-    names = [f.name for f in fields(EmbedSettings)]
-    missing = [n for n in names if n not in sidecar]
+    # A field with a default came later (backend): a sidecar without it was made with the default.
+    missing = [f.name for f in fields(EmbedSettings) if f.name not in sidecar and f.default is MISSING]
     if missing:
         raise ConfigError(f"the index's sidecar does not record {', '.join(missing)}",
                           hint="an older hfenc wrote it: embed the input again")
-    return EmbedSettings(**{n: sidecar[n] for n in names})
+    return EmbedSettings(**{f.name: sidecar[f.name] for f in fields(EmbedSettings) if f.name in sidecar})
 
 
 def embedder_options(settings: Any, *, prompt: str | None = None, prompt_name: str | None = None,

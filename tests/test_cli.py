@@ -354,7 +354,7 @@ def test_hub_name_offline_fails_fast_with_where_it_looked(data):
 
 @pytest.mark.parametrize("options, needles, hint", [
     (["--pooler", "avg"], ["unknown pooler 'avg'; choose one of: ", "cls", "mean", "max", "last_token"], None),
-    (["--dtype", "f8"], ["unknown dtype 'f8'; choose one of: auto, bfloat16, float16, float32"], None),
+    (["--dtype", "f8"], ["unknown dtype 'f8'; choose one of: auto, bfloat16, float16, float32, int8"], None),
     (["--out-dtype", "int8"], ["unknown output dtype 'int8'; choose one of: float16, float32"], None),
     (["--proj", "conv", "--dim", "8"], ["unknown projection 'conv'; choose one of:", "linear", "mlp"], None),
     (["--format", "xml"], ["unknown input format 'xml'; choose one of: ", "csv, json, jsonl"], None),

@@ -1,0 +1,148 @@
+"""`--backend openvino`: the transformer run by OpenVINO's CPU plugin (issue 14).
+
+Only the transformer moves: it is converted in memory (`openvino.convert_model`, nothing written
+to disk) and stands in for `encoder.transformer` with the same call and outputs, so tokenization,
+batching, pooling, the sentence-transformers head, truncation and normalisation are the torch
+backend's own code. The only module importing openvino and nncf (the extra `openvino`).
+
+Precisions, measured on all-MiniLM-L6-v2, 2,000 real texts, a 2-core AMD EPYC with AVX512-BF16
+and AVX512-VNNI (benchmarks/README.md, bench_openvino.py):
+- float32: the plugin's fused kernels, min cosine 1.000000 to torch;
+- bfloat16: the plugin's bf16 inference precision (matmuls in bf16; OpenVINO keeps its own
+  choice of ops in f32), ~2.7x sentence-transformers float32 at min cosine 0.99995;
+- int8: weights int8 per output channel with a zero point (`nncf.compress_weights`, INT8_ASYM:
+  no calibration data), activations quantized on the fly per token in groups of
+  INT8_GROUP_SIZE channels (the plugin's dynamic quantization), ~2.6x torch float32 at min
+  cosine 0.997. Static int8 (calibrated per-tensor activation scales, with or without
+  SmoothQuant) measured min cosine 0.976-0.99 on the same texts and 0.91-0.96 on the probe.
+
+Fail closed, measured at load: the converted model must reproduce torch float32 on
+PROBE_TEXTS (min cosine >= CONVERSION_MIN_COSINE) or it is refused; int8 must keep
+INT8_MIN_COSINE to float32 there or it is refused with the figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .errors import ConfigError, ModelLoadError
+
+BACKENDS = ("torch", "openvino")
+CONVERSION_MIN_COSINE = 0.99999  # OpenVINO float32 vs torch float32 on the probe texts
+INT8_GROUP_SIZE = 64  # channels per activation scale (32: min cosine +0.001, 10% slower)
+_PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.int8: "f32"}
+_CAPABILITY = {torch.bfloat16: "BF16", torch.float16: "FP16"}
+
+
+def openvino() -> Any:
+    """The openvino module, or one ConfigError naming the extra that installs it."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ConfigError("backend=openvino needs OpenVINO, which is not installed",
+                          hint="pip install 'hfenc[openvino]'") from None
+    return ov
+
+
+def _nncf() -> Any:
+    try:
+        import nncf
+    except ImportError:
+        raise ConfigError("dtype=int8 needs NNCF (OpenVINO's weight compression), which is not installed",
+                          hint="pip install 'hfenc[openvino]'") from None
+    return nncf
+
+
+@lru_cache(maxsize=1)
+def _core() -> Any:
+    return openvino().Core()
+
+
+def native(dtype: torch.dtype) -> bool:
+    """Whether the CPU plugin computes `dtype` natively here (bf16: AVX512-BF16/AMX)."""
+    need = _CAPABILITY.get(dtype)
+    return need is None or need in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class _Traced(nn.Module):
+    """What is converted: the transformer called as HFTextEncoder.pool calls it, tensors out."""
+
+    def __init__(self, transformer: nn.Module, pooler_output: bool) -> None:
+        super().__init__()
+        self.transformer, self.pooler_output = transformer, pooler_output
+        # A decoder's key/value cache is a list the tracer cannot convert; embedding never uses it.
+        self.extra = {"use_cache": False} if "use_cache" in inspect.signature(transformer.forward).parameters else {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **self.extra)
+        if self.pooler_output:
+            return out.last_hidden_state, out.pooler_output
+        return out.last_hidden_state
+
+
+def convert(transformer: nn.Module, ids: np.ndarray, mask: np.ndarray, pooler_output: bool) -> Any:
+    """The transformer as an OpenVINO model with dynamic batch and length (traced on one padded
+    example batch). A model OpenVINO cannot trace is refused by name."""
+    ov = openvino()
+    example = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about data-dependent Python branches
+            return ov.convert_model(_Traced(transformer.eval(), pooler_output), example_input=example)
+    except Exception as exc:  # the frontend raises its own types (OpConversionFailure, RuntimeError...)
+        kind = getattr(getattr(transformer, "config", None), "model_type", type(transformer).__name__)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        # OpenVINO's report ends with the ops it failed on; its first line only names its source file.
+        line = next((x.strip("- ") for x in lines if x.startswith("-- Conversion is failed for")), lines[0])[:200]
+        raise ModelLoadError(f"OpenVINO cannot convert this {kind} model: {line}",
+                             hint="use backend=torch") from exc
+
+
+def compile_model(model: Any, dtype: torch.dtype, threads: int) -> Any:
+    """Compile for the CPU: `dtype`'s inference precision (int8: int8-compressed weights, f32
+    elsewhere, activations quantized on the fly); LATENCY, since one request runs at a time."""
+    config = {"INFERENCE_PRECISION_HINT": _PRECISIONS[dtype], "INFERENCE_NUM_THREADS": str(threads),
+              "PERFORMANCE_HINT": "LATENCY"}
+    if dtype == torch.int8:
+        nncf = _nncf()
+        # The core never prints: NNCF logs a table and draws a progress bar on stdout.
+        nncf.set_log_level(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(INT8_GROUP_SIZE)
+    return _core().compile_model(model, "CPU", config)
+
+
+class OpenVINOTransformer(nn.Module):
+    """Stands in for `encoder.transformer`: called with input_ids and attention_mask, returns
+    last_hidden_state (and pooler_output) as float32 torch tensors."""
+
+    def __init__(self, compiled: Any, config: Any, pooler_output: bool) -> None:
+        super().__init__()
+        self.compiled, self.config, self.pooler_output = compiled, config, pooler_output
+        self.request = compiled.create_infer_request()  # one request, reused: one batch at a time
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                output_hidden_states: bool = False, **_: Any) -> BaseModelOutputWithPooling:
+        if output_hidden_states:  # Embedder refuses such models first; a direct caller gets this
+            raise ConfigError("the OpenVINO backend returns the last hidden state only")
+        result = self.request.infer({"input_ids": input_ids.cpu().numpy().astype(np.int64, copy=False),
+                                     "attention_mask": attention_mask.cpu().numpy().astype(np.int64, copy=False)})
+        hidden = torch.from_numpy(np.array(result[0], dtype=np.float32))  # a copy: the request reuses its buffer
+        pooled = torch.from_numpy(np.array(result[1], dtype=np.float32)) if self.pooler_output else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+
+def version() -> str:
+    return openvino().__version__.split("-")[0]
