@@ -22,8 +22,7 @@ from . import __version__
 from .encoder import HFTextEncoder, build_projection
 from . import precision
 from . import openvino_backend
-from .engine import (Engine, pad_rows, Progress, TextTokenizer, cpu_has_native_bf16, default_batch_tokens, resolve_device,
-                     resolve_dtype)
+from .engine import Engine, Progress, TextTokenizer, cpu_has_native_bf16, pad_rows, resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, ModelLoadError, UnknownChoiceError
 from .head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
 from .models import DEFAULT_MODEL, hash_files, weight_files
@@ -230,10 +229,11 @@ class Embedder:
                                  o.truncate_dim, self.normalize, skip)
         self.probe_min_cosine: float | None = None
         self.conversion_min_cosine: float | None = None  # OpenVINO float32 vs torch float32
+        self.int8_group: int | None = None  # OpenVINO int8: channels per activation scale
         if o.backend == "openvino":
             compute_dtype = self._openvino(compute_dtype)
             # the pipeline's torch parts (head, pooling) run float32; the budget is the precision's
-            budget = o.batch_tokens or default_batch_tokens(self.device, compute_dtype)
+            budget = o.batch_tokens or openvino_backend.BATCH_TOKENS[compute_dtype]
             self.engine = Engine(self.pipeline, self.tokenizer, self.device, torch.float32, budget)
         else:
             compute_dtype = self._precision(compute_dtype)
@@ -291,8 +291,8 @@ class Embedder:
         model = ov.convert(torch_transformer, ids, mask, with_pooler)
         threads = torch.get_num_threads()
 
-        def use(dt: torch.dtype) -> float:
-            compiled = ov.compile_model(model, dt, threads)
+        def use(dt: torch.dtype, compiled_from: Any = model, group: int | None = None) -> float:
+            compiled = ov.compile_model(compiled_from, dt, threads, group)
             self.encoder.transformer = ov.OpenVINOTransformer(compiled, self.encoder.config, with_pooler)
             return precision.min_cosine(self._probe(texts=texts), reference)
 
@@ -304,10 +304,16 @@ class Embedder:
                                  f"texts (needs {ov.CONVERSION_MIN_COSINE})", hint="use backend=torch")
         if dtype == torch.float32:
             return dtype
-        cos = self.probe_min_cosine = use(dtype)
-        if dtype == torch.int8 and cos < precision.INT8_MIN_COSINE:
+        if dtype == torch.int8:
+            compressed = ov.compress(model)
+            for group in ov.INT8_GROUPS:  # the largest (fastest) group of channels that holds
+                cos = self.probe_min_cosine = use(dtype, compressed, group)
+                if cos >= precision.INT8_MIN_COSINE:
+                    self.int8_group = group
+                    return dtype
             raise ConfigError(f"int8 keeps only min cosine {cos:.4f} to float32 on hfenc's probe texts with this "
                               f"model (needs {precision.INT8_MIN_COSINE})", hint="use dtype=bfloat16 or dtype=float32")
+        cos = self.probe_min_cosine = use(dtype)
         if self.options.dtype == "auto" and cos < precision.AUTO_BF16_MIN_COSINE:
             use(torch.float32)
             return torch.float32
@@ -367,6 +373,7 @@ class Embedder:
             "probe_min_cosine": None if self.probe_min_cosine is None else round(self.probe_min_cosine, 6),
             **({"conversion_min_cosine": round(self.conversion_min_cosine, 6)}
                if self.conversion_min_cosine is not None else {}),
+            **({"int8_group_size": self.int8_group} if self.int8_group is not None else {}),
             "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                          **({"openvino": openvino_backend.version()} if self.options.backend == "openvino" else {})},
         }

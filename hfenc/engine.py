@@ -96,11 +96,11 @@ def cpu_has_native_bf16() -> bool:
 
 def default_batch_tokens(device: torch.device, dtype: torch.dtype = torch.float32) -> int:
     # CPU: small batches stay in cache (measured on 2 cores, MiniLM: float32 2-4k tokens beat 8-16k
-    # by ~25%; mixed bf16 1,024 beat 3,072 by ~13%; OpenVINO int8 and bf16 peak at 1-2k,
-    # benchmarks/README.md); GPU: large batches amortise kernel launches.
+    # by ~25%; mixed bf16 1,024 beat 3,072 by ~13%, benchmarks/README.md; the OpenVINO backend has
+    # its own, openvino_backend.BATCH_TOKENS); GPU: large batches amortise kernel launches.
     if device.type == "cuda":
         return 131072
-    return 1024 if dtype in (torch.bfloat16, torch.float16, torch.int8) else 3072
+    return 1024 if dtype in (torch.bfloat16, torch.float16) else 3072
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ def test_minilm_int8_keeps_the_ranking_and_the_rows(minilm_dir, st_minilm, repor
            f"probe {emb.probe_min_cosine:.5f}")
     assert cos.min() >= precision.INT8_MIN_COSINE
     assert emb.settings.dtype == "int8" and emb.describe()["probe_min_cosine"] >= precision.INT8_MIN_COSINE
-    assert emb.settings.batch_tokens == 1024
+    assert emb.describe()["int8_group_size"] in openvino_backend.INT8_GROUPS
+    assert emb.settings.batch_tokens == openvino_backend.BATCH_TOKENS[torch.int8]
     assert not emb.notes
 
 
@@ -95,10 +96,31 @@ def test_minilm_bfloat16_where_the_cpu_has_it(minilm_dir, st_minilm):
         assert _cosines(emb.encode(texts), want).min() >= 0.99999
 
 
+def test_int8_takes_the_largest_group_that_keeps_the_guard(minilm_dir, monkeypatch):
+    """Groups of channels per activation scale are tried largest (fastest) first: when the first
+    misses the guard, a smaller one that holds it is used, and the sidecar says which."""
+    monkeypatch.setattr(openvino_backend, "INT8_GROUPS", (128,))
+    first = Embedder(str(minilm_dir), device="cpu", dtype="int8", backend="openvino")
+    assert first.describe()["int8_group_size"] == 128
+    monkeypatch.setattr(openvino_backend, "INT8_GROUPS", (128, 64, 32))
+    monkeypatch.setattr(precision, "INT8_MIN_COSINE", first.probe_min_cosine + 1e-6)  # 128 just misses
+    again = Embedder(str(minilm_dir), device="cpu", dtype="int8", backend="openvino")
+    assert again.int8_group in (64, 32) and again.probe_min_cosine >= precision.INT8_MIN_COSINE
+
+
 def test_the_int8_guard_refuses_with_the_measured_figure(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(precision, "INT8_MIN_COSINE", 1.01)  # nothing can keep it
     with pytest.raises(ConfigError, match=r"int8 keeps only min cosine \d\.\d{4} to float32 .* \(needs 1.01\)"):
         Embedder(str(tiny_model_dir("bert")), device="cpu", dtype="int8", backend="openvino")
+
+
+def test_search_embeds_queries_on_the_index_backend(tmp_path, bert):
+    from hfenc.recorded import recorded_embedder
+
+    index = Embedder(str(bert), device="cpu", dtype="float32", backend="openvino")
+    again = recorded_embedder({**index.describe(), "model": str(bert)}, tmp_path)
+    assert again.settings == index.settings
+    assert isinstance(again.encoder.transformer, openvino_backend.OpenVINOTransformer)
 
 
 def test_a_conversion_that_does_not_reproduce_torch_is_refused(tiny_model_dir, monkeypatch):
@@ -121,7 +143,8 @@ def test_a_model_openvino_cannot_trace_is_refused_by_name(tmp_path):
 
 def test_auto_on_openvino_is_float32_when_auto_bf16_is_off(tiny_model_dir):
     emb = Embedder(str(tiny_model_dir("bert")), device="auto", backend="openvino")  # HFENC_AUTO_BF16=0 here
-    assert emb.settings.dtype == "float32" and emb.device.type == "cpu" and emb.settings.batch_tokens == 3072
+    assert emb.settings.dtype == "float32" and emb.device.type == "cpu"
+    assert emb.settings.batch_tokens == openvino_backend.BATCH_TOKENS[torch.float32]
 
 
 def test_a_missing_extra_fails_naming_it(monkeypatch):
