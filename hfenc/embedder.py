@@ -102,7 +102,7 @@ class EmbedOptions:
         if self.backend == "openvino":
             openvino_backend.openvino()  # a missing extra fails before the model loads
             if dtype == torch.int8:
-                openvino_backend._nncf()
+                openvino_backend.nncf_module()
         elif dtype == torch.int8:
             raise ConfigError("dtype=int8 runs on the OpenVINO backend only",
                               hint="add backend=openvino (pip install 'hfenc[openvino]')")

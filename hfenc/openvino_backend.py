@@ -61,7 +61,7 @@ def openvino() -> Any:
     return ov
 
 
-def _nncf() -> Any:
+def nncf_module() -> Any:
     try:
         import nncf
     except ImportError:
@@ -117,7 +117,7 @@ def convert(transformer: nn.Module, ids: np.ndarray, mask: np.ndarray, pooler_ou
 
 def compress(model: Any) -> Any:
     """A copy of `model` with int8 weights per output channel and a zero point (no calibration)."""
-    nncf = _nncf()
+    nncf = nncf_module()
     # The core never prints: NNCF logs a table and draws a progress bar on stdout.
     nncf.set_log_level(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -303,6 +303,18 @@ def test_replicas_compute_in_the_dtype_the_sidecar_records(bert, tmp_path, monke
     _assert_same(np.load(tmp_path / "ray.npy"), np.load(tmp_path / "local.npy"))
 
 
+def test_replicas_run_the_openvino_backend_when_asked(bert, tmp_path):
+    """Each replica converts its own copy; float32 on OpenVINO gives the torch path's rows."""
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in _texts(120, seed=12)), encoding="utf-8")
+    local, _ = _local(bert, src, tmp_path / "local.npy")
+    job = JobOptions(InputSpec(str(src)), tmp_path / "ray.npy", chunk_size=CHUNK)
+    result = embed_ray(job, str(bert), {"device": "cpu", "backend": "openvino", "dtype": "float32"}, WORKERS)
+    _assert_same(np.load(tmp_path / "ray.npy"), local)
+    assert (result.metadata["backend"], result.metadata["dtype"]) == ("openvino", "float32")
+    assert "openvino" in result.metadata["versions"]
+
+
 def test_a_replica_that_cannot_compute_the_jobs_dtype_refuses(bert, monkeypatch):
     from hfenc.errors import ConfigError
 
