@@ -24,6 +24,7 @@ INT8_MIN_COSINE to float32 there with some group size or it is refused with the 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import io
 import logging
@@ -51,23 +52,20 @@ _PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16
 _CAPABILITY = {torch.bfloat16: "BF16", torch.float16: "FP16"}
 
 
-def openvino() -> Any:
-    """The openvino module, or one ConfigError naming the extra that installs it."""
+def _extra(module: str, need: str) -> Any:
+    """`module`, or one ConfigError naming the extra that installs it."""
     try:
-        import openvino as ov
+        return importlib.import_module(module)
     except ImportError:
-        raise ConfigError("backend=openvino needs OpenVINO, which is not installed",
-                          hint="pip install 'hfenc[openvino]'") from None
-    return ov
+        raise ConfigError(f"{need}, which is not installed", hint="pip install 'hfenc[openvino]'") from None
+
+
+def openvino() -> Any:
+    return _extra("openvino", "backend=openvino needs OpenVINO")
 
 
 def nncf_module() -> Any:
-    try:
-        import nncf
-    except ImportError:
-        raise ConfigError("dtype=int8 needs NNCF (OpenVINO's weight compression), which is not installed",
-                          hint="pip install 'hfenc[openvino]'") from None
-    return nncf
+    return _extra("nncf", "dtype=int8 needs NNCF (OpenVINO's weight compression)")
 
 
 @lru_cache(maxsize=1)
