@@ -213,6 +213,8 @@ def embed(
 
       hfenc embed big.txt.gz --device cuda --out-dtype float16 --resume
 
+      hfenc embed big.txt --backend openvino --dtype int8
+
       cat queries.txt | hfenc embed - -o queries.npy --prompt-name query
 
       hfenc embed --text "a first text" --text "a second one" -o two.npy
