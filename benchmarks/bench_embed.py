@@ -133,7 +133,8 @@ def main() -> None:
         backend, _, dtype = setting.rpartition(":")
         emb = hfenc.Embedder(model, device=args.device, dtype=dtype, batch_tokens=args.batch_tokens,
                              backend=backend or "torch")
-        embedders[f"{backend} {emb.settings.dtype}".strip() + f" ({emb.settings.batch_tokens:,}-token batches)"] = emb
+        name = f"{backend} {emb.settings.dtype}".strip() + f" ({emb.settings.batch_tokens:,}-token batches)"
+        embedders[name if name not in embedders else f"{name} [asked: {setting}]"] = emb
     ntokens = None
     best: dict[str, tuple[float, int]] = {}
     cosines: dict[str, float] = {}

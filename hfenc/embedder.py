@@ -54,6 +54,7 @@ class EmbedSettings:
     device: str
     batch_tokens: int
     backend: str = "torch"  # "openvino": the transformer run by OpenVINO (hfenc.openvino_backend)
+    int8_group_size: int | None = None  # OpenVINO int8: channels per activation scale
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class EmbedOptions:
     batch_tokens: int | None = None
     threads: int | None = None  # CPU threads for torch (default: torch's own, all cores)
     backend: str = "torch"  # or "openvino" (the extra `openvino`): the transformer run by OpenVINO
+    # OpenVINO int8: channels per activation scale (default: the largest of INT8_GROUPS that keeps
+    # the guard); a resumed job, a Ray replica or a search passes the recorded one
+    int8_group_size: int | None = None
 
     def device_for_backend(self) -> torch.device:
         """The device; OpenVINO's backend runs on the CPU (`auto` means the CPU there)."""
@@ -106,6 +110,12 @@ class EmbedOptions:
         elif dtype == torch.int8:
             raise ConfigError("dtype=int8 runs on the OpenVINO backend only",
                               hint="add backend=openvino (pip install 'hfenc[openvino]')")
+        if self.int8_group_size is not None:
+            if dtype != torch.int8 or self.backend != "openvino":
+                raise ConfigError("int8_group_size is for dtype=int8 on backend=openvino")
+            if self.int8_group_size not in openvino_backend.INT8_GROUPS:
+                raise UnknownChoiceError("int8 group size", str(self.int8_group_size),
+                                         [str(g) for g in openvino_backend.INT8_GROUPS])
         for name, value in (("dim", self.dim), ("truncate_dim", self.truncate_dim), ("max_length", self.max_length),
                             ("batch_tokens", self.batch_tokens), ("threads", self.threads)):
             if value is not None and value < 1:
@@ -229,7 +239,7 @@ class Embedder:
                                  o.truncate_dim, self.normalize, skip)
         self.probe_min_cosine: float | None = None
         self.conversion_min_cosine: float | None = None  # OpenVINO float32 vs torch float32
-        self.int8_group: int | None = None  # OpenVINO int8: channels per activation scale
+        self._int8_group: int | None = None
         if o.backend == "openvino":
             compute_dtype = self._openvino(compute_dtype)
             # the pipeline's torch parts (head, pooling) run float32; the budget is the precision's
@@ -249,6 +259,7 @@ class Embedder:
             padding_side="left" if self.tokenizer.left_pad else "right", init_seed=init_seed,
             dtype=str(compute_dtype).removeprefix("torch."),
             device=str(self.device), batch_tokens=self.engine.batch_tokens, backend=o.backend,
+            int8_group_size=self._int8_group,
         )
         self._weights_hash: str | None = None
 
@@ -306,10 +317,11 @@ class Embedder:
             return dtype
         if dtype == torch.int8:
             compressed = ov.compress(model)
-            for group in ov.INT8_GROUPS:  # the largest (fastest) group of channels that holds
+            groups = (self.options.int8_group_size,) if self.options.int8_group_size else ov.INT8_GROUPS
+            for group in groups:  # the largest (fastest) group of channels that holds
                 cos = self.probe_min_cosine = use(dtype, compressed, group)
                 if cos >= precision.INT8_MIN_COSINE:
-                    self.int8_group = group
+                    self._int8_group = group
                     return dtype
             raise ConfigError(f"int8 keeps only min cosine {cos:.4f} to float32 on hfenc's probe texts with this "
                               f"model (needs {precision.INT8_MIN_COSINE})", hint="use dtype=bfloat16 or dtype=float32")
@@ -373,7 +385,6 @@ class Embedder:
             "probe_min_cosine": None if self.probe_min_cosine is None else round(self.probe_min_cosine, 6),
             **({"conversion_min_cosine": round(self.conversion_min_cosine, 6)}
                if self.conversion_min_cosine is not None else {}),
-            **({"int8_group_size": self.int8_group} if self.int8_group is not None else {}),
             "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                          **({"openvino": openvino_backend.version()} if self.options.backend == "openvino" else {})},
         }

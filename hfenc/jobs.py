@@ -291,7 +291,9 @@ def job_fingerprint(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, row
         "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
         "weights_sha256": weights_sha256, "config_sha256": config_sha256,
         "out_dtype": job.out_dtype, "on_overflow": job.on_overflow,
-        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")},
+        # batch_tokens changes no row, but for OpenVINO int8 (its kernels follow the batch shape)
+        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")
+           or (k == "batch_tokens" and settings.get("backend") == "openvino" and settings.get("dtype") == "int8")},
         **extra,
     }
 

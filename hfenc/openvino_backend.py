@@ -6,14 +6,14 @@ batching, pooling, the sentence-transformers head, truncation and normalisation 
 backend's own code. The only module importing openvino and nncf (the extra `openvino`).
 
 Precisions, measured on all-MiniLM-L6-v2, 2,000 real texts, a 2-core AMD EPYC with AVX512-BF16
-and AVX512-VNNI (benchmarks/README.md, bench_openvino.py):
+and AVX512-VNNI (benchmarks/README.md: bench_embed.py, bench_openvino_int8.py):
 - float32: the plugin's fused kernels, min cosine 1.000000 to torch;
 - bfloat16: the plugin's bf16 inference precision (matmuls in bf16; OpenVINO keeps its own
   choice of ops in f32), ~2.7x sentence-transformers float32 at min cosine 0.99995;
 - int8: weights int8 per output channel with a zero point (`nncf.compress_weights`, INT8_ASYM:
   no calibration data), activations quantized on the fly per token in groups of channels (the
-  plugin's dynamic quantization; the largest of INT8_GROUPS that keeps the guard), ~2.2x
-  OpenVINO float32 and ~2.7x torch float32 at min cosine 0.995. Static int8 (calibrated per-tensor activation scales, with or without
+  plugin's dynamic quantization; the largest of INT8_GROUPS that keeps the guard), ~2.1x
+  OpenVINO float32 and ~2.5x torch float32 at min cosine 0.9955 (groups of 128). Static int8 (calibrated per-tensor activation scales, with or without
   SmoothQuant) measured min cosine 0.976-0.99 on the same texts and 0.91-0.96 on the probe.
 
 Fail closed, measured at load: the converted model must reproduce torch float32 on
@@ -106,11 +106,7 @@ def convert(transformer: nn.Module, ids: np.ndarray, mask: np.ndarray, pooler_ou
             return ov.convert_model(_Traced(transformer.eval(), pooler_output), example_input=example)
     except Exception as exc:  # the frontend raises its own types (OpConversionFailure, RuntimeError...)
         kind = getattr(getattr(transformer, "config", None), "model_type", type(transformer).__name__)
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        # OpenVINO's report ends with the ops it failed on; its first line only names its source file.
-        line = next((x.strip("- ") for x in lines if x.startswith("-- Conversion is failed for")), lines[0])[:200]
-        raise ModelLoadError(f"OpenVINO cannot convert this {kind} model: {line}",
-                             hint="use backend=torch") from exc
+        raise _refused(f"OpenVINO cannot convert this {kind} model", exc) from exc
 
 
 def compress(model: Any) -> Any:
@@ -118,8 +114,11 @@ def compress(model: Any) -> Any:
     nncf = nncf_module()
     # The core never prints: NNCF logs a table and draws a progress bar on stdout.
     nncf.set_log_level(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    except Exception as exc:  # NNCF's own error types
+        raise _refused("NNCF cannot compress this model's weights to int8", exc) from exc
 
 
 def compile_model(model: Any, dtype: torch.dtype, threads: int, group: int | None = None) -> Any:
@@ -130,7 +129,18 @@ def compile_model(model: Any, dtype: torch.dtype, threads: int, group: int | Non
               "PERFORMANCE_HINT": "LATENCY"}
     if dtype == torch.int8:
         config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(group)
-    return _core().compile_model(model, "CPU", config)
+    try:
+        return _core().compile_model(model, "CPU", config)
+    except RuntimeError as exc:  # the plugin refuses a model or a setting
+        raise _refused(f"OpenVINO's CPU plugin cannot compile this model for {_PRECISIONS[dtype]}", exc) from exc
+
+
+def _refused(what: str, exc: Exception) -> ModelLoadError:
+    """One line: what failed and the line of OpenVINO's report that names why."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    # OpenVINO's report ends with the ops it failed on; its first line only names its source file.
+    line = next((x.strip("- ") for x in lines if x.startswith("-- Conversion is failed for")), lines[0])[:200]
+    return ModelLoadError(f"{what}: {line}", hint="use backend=torch")
 
 
 class OpenVINOTransformer(nn.Module):
@@ -145,7 +155,8 @@ class OpenVINOTransformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 output_hidden_states: bool = False, **_: Any) -> BaseModelOutputWithPooling:
         if output_hidden_states:  # Embedder refuses such models first; a direct caller gets this
-            raise ConfigError("the OpenVINO backend returns the last hidden state only")
+            raise ConfigError("the OpenVINO backend returns the last hidden state only",
+                              hint="use backend=torch for every layer's hidden states")
         result = self.request.infer({"input_ids": input_ids.cpu().numpy().astype(np.int64, copy=False),
                                      "attention_mask": attention_mask.cpu().numpy().astype(np.int64, copy=False)})
         hidden = torch.from_numpy(np.array(result[0], dtype=np.float32))  # a copy: the request reuses its buffer

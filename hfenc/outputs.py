@@ -208,7 +208,7 @@ def complete_publication(paths: OutputPaths, plan: dict) -> None:
 
 # Keys a fingerprint gained after release, with the value every earlier run had: a run
 # interrupted before they were recorded still resumes.
-FINGERPRINT_DEFAULTS = {"id_field": None, "encoding_errors": "strict", "backend": "torch"}
+FINGERPRINT_DEFAULTS = {"id_field": None, "encoding_errors": "strict", "backend": "torch", "int8_group_size": None}
 
 
 def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:

@@ -19,7 +19,7 @@ per-channel) on 2,000 MiniLM texts. Per-token scales reach 0.988 there, 0.969 on
 (short texts are the fragile ones; no single layer is to blame), at ~1.4x float32 on 2 cores:
 below the issue's bar (2x at min cosine 0.99), so the torch backend does not offer it; it stays
 here for benchmarks/bench_int8.py. `--dtype int8` is OpenVINO's (hfenc.openvino_backend: fused
-per-token-group kernels, 2.6x at min cosine 0.997), guarded by INT8_MIN_COSINE on the probe.
+per-token-group kernels, ~2.5x torch float32 at min cosine 0.9955), guarded by INT8_MIN_COSINE.
 
 Trade-off: the guard. `auto` on a CPU with native bf16 is only used when it keeps the embeddings
 close on PROBE_TEXTS (min cosine vs float32 >= AUTO_BF16_MIN_COSINE), measured at load time on the

@@ -70,7 +70,7 @@ def test_minilm_float32_on_openvino_matches_sentence_transformers(minilm_dir, st
     assert cos.min() >= 0.99999
 
 
-def test_minilm_int8_keeps_the_ranking_and_the_rows(minilm_dir, st_minilm, report):
+def test_minilm_int8_keeps_every_row_close(minilm_dir, st_minilm, report):
     """int8 weights + per-token dynamic activations: min cosine >= 0.99 to sentence-transformers'
     float32 on real texts, and the guard's own figure is recorded."""
     texts, want = st_minilm
@@ -105,7 +105,31 @@ def test_int8_takes_the_largest_group_that_keeps_the_guard(minilm_dir, monkeypat
     monkeypatch.setattr(openvino_backend, "INT8_GROUPS", (128, 64, 32))
     monkeypatch.setattr(precision, "INT8_MIN_COSINE", first.probe_min_cosine + 1e-6)  # 128 just misses
     again = Embedder(str(minilm_dir), device="cpu", dtype="int8", backend="openvino")
-    assert again.int8_group in (64, 32) and again.probe_min_cosine >= precision.INT8_MIN_COSINE
+    assert again.settings.int8_group_size in (64, 32) and again.probe_min_cosine >= precision.INT8_MIN_COSINE
+
+
+def test_an_int8_group_size_is_checked_and_kept(tiny_model_dir):
+    """What a resumed job, a Ray replica or a search passes: the recorded group, not a new choice."""
+    folder = str(tiny_model_dir("bert"))
+    assert Embedder(folder, device="cpu", dtype="int8", backend="openvino", int8_group_size=32).settings.int8_group_size == 32
+    with pytest.raises(UnknownChoiceError, match="unknown int8 group size '100'; choose one of: 128, 32, 64"):
+        EmbedOptions(dtype="int8", backend="openvino", int8_group_size=100).check()
+    with pytest.raises(ConfigError, match="int8_group_size is for dtype=int8 on backend=openvino"):
+        EmbedOptions(dtype="float32", backend="openvino", int8_group_size=64).check()
+
+
+def test_auto_on_openvino_falls_back_to_float32_when_the_probe_misses(tiny_model_dir, monkeypatch):
+    from hfenc import engine
+
+    monkeypatch.setenv(engine.AUTO_BF16_ENV, "1")
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_COSINE", 1.01)  # no bf16 keeps it
+    emb = Embedder(str(tiny_model_dir("bert")), device="cpu", backend="openvino")
+    assert emb.settings.dtype == "float32"
+    assert emb.settings.batch_tokens == openvino_backend.BATCH_TOKENS[torch.float32]
+    if engine.cpu_has_native_bf16() and openvino_backend.native(torch.bfloat16):  # bf16 was tried and measured
+        assert emb.probe_min_cosine is not None and emb.probe_min_cosine < 1.01
+    want = Embedder(str(tiny_model_dir("bert")), device="cpu", dtype="float32").encode(TEXTS)
+    np.testing.assert_allclose(emb.encode(TEXTS), want, atol=1e-5, rtol=0)
 
 
 def test_the_int8_guard_refuses_with_the_measured_figure(tiny_model_dir, monkeypatch):
@@ -240,7 +264,7 @@ def test_an_interrupted_int8_job_resumes_to_the_rows_of_a_fresh_one(tmp_path, mi
     """int8 rows depend a little on the batch a text is in, but chunks and batches are the same
     on resume: the resumed output equals a fresh run bit for bit."""
     from interrupts import stop_after
-    from hfenc.errors import Interrupted
+    from hfenc.errors import Interrupted, ResumeError
     from hfenc.inputs import InputSpec
     from hfenc.jobs import JobOptions, embed_file
 
@@ -249,6 +273,11 @@ def test_an_interrupted_int8_job_resumes_to_the_rows_of_a_fresh_one(tmp_path, mi
     job = JobOptions(InputSpec(str(tmp_path / "in.txt")), tmp_path / "out.npy", chunk_size=20)
     with pytest.raises(Interrupted):
         embed_file(job, emb, progress=stop_after(20))
+    # int8 rows follow the batch shape, so another token budget may not continue the job
+    other = Embedder(str(minilm_dir), device="cpu", dtype="int8", backend="openvino", batch_tokens=512)
+    with pytest.raises(ResumeError, match="batch_tokens"):
+        embed_file(JobOptions(InputSpec(str(tmp_path / "in.txt")), tmp_path / "out.npy", chunk_size=20,
+                              resume=True), other)
     result = embed_file(JobOptions(InputSpec(str(tmp_path / "in.txt")), tmp_path / "out.npy", chunk_size=20,
                                    resume=True), emb)
     assert result.resumed_from == 20

@@ -591,7 +591,10 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     r = ray_modules()
     ray, tasks = r.ray, r.tasks
     paths = out.paths
-    plan = _plan(cluster, str(options.get("device") or "auto"))
+    device = str(options.get("device") or "auto")
+    if options.get("backend") == "openvino" and device.strip().lower() == "auto":
+        device = "cpu"  # OpenVINO's backend runs on CPUs: no GPU replicas (as `auto` is locally)
+    plan = _plan(cluster, device)
     load_name, shown_name = _model_name(model)
     worker_options = {**options, "device": plan.device}
     if worker_options.get("threads") is None and plan.threads is not None:
@@ -622,6 +625,8 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     # Every replica computes in the dtype the probe settled on (`auto` decided once, here, not
     # per node: nodes with and without native bf16 would otherwise mix dtypes in one output).
     worker_options["dtype"] = probed["describe"]["dtype"]
+    if probed["describe"].get("int8_group_size") is not None:  # OpenVINO int8: the same groups everywhere
+        worker_options["int8_group_size"] = probed["describe"]["int8_group_size"]
     rows = sum(s["rows"] for s in scans)
     if rows == 0:
         raise InputError(f"input {' '.join(f.name for f in files)} is empty: no records to embed")
