@@ -9,12 +9,13 @@ Precisions, measured on all-MiniLM-L6-v2, 2,000 real texts, a 2-core AMD EPYC wi
 and AVX512-VNNI (benchmarks/README.md: bench_embed.py, bench_openvino_int8.py):
 - float32: the plugin's fused kernels, min cosine 1.000000 to torch;
 - bfloat16: the plugin's bf16 inference precision (matmuls in bf16; OpenVINO keeps its own
-  choice of ops in f32), ~2.7x sentence-transformers float32 at min cosine 0.99995;
+  choice of ops in f32), 2.5-2.7x sentence-transformers float32 at min cosine 0.99995;
 - int8: weights int8 per output channel with a zero point (`nncf.compress_weights`, INT8_ASYM:
   no calibration data), activations quantized on the fly per token in groups of channels (the
   plugin's dynamic quantization; the largest of INT8_GROUPS that keeps the guard), ~2.1x
-  OpenVINO float32 and ~2.5x torch float32 at min cosine 0.9955 (groups of 128). Static int8 (calibrated per-tensor activation scales, with or without
-  SmoothQuant) measured min cosine 0.976-0.99 on the same texts and 0.91-0.96 on the probe.
+  OpenVINO float32 and ~2.5x torch float32 at min cosine 0.9955 (groups of 128). Static int8
+  (calibrated per-tensor activation scales, with or without SmoothQuant) measured min cosine
+  0.95-0.99 on the same texts and 0.89-0.97 on the probe.
 
 Fail closed, measured at load: the converted model must reproduce torch float32 on
 PROBE_TEXTS (min cosine >= CONVERSION_MIN_COSINE) or it is refused; int8 must keep
