@@ -80,12 +80,16 @@ class EmbedOptions:
     # the guard); a resumed job, a Ray replica or a search passes the recorded one
     int8_group_size: int | None = None
 
+    def requested_device(self) -> str:
+        """The device asked for; OpenVINO's backend runs on the CPU, so `auto` means the CPU there
+        (a Ray job plans its replicas by this too)."""
+        auto = self.device.strip().lower() == "auto"
+        return "cpu" if auto and self.backend == "openvino" else self.device
+
     def device_for_backend(self) -> torch.device:
-        """The device; OpenVINO's backend runs on the CPU (`auto` means the CPU there)."""
-        if self.backend != "openvino":
-            return resolve_device(self.device)
-        device = torch.device("cpu") if self.device.strip().lower() == "auto" else resolve_device(self.device)
-        if device.type != "cpu":
+        """The device, resolved here; refused when the backend cannot run on it."""
+        device = resolve_device(self.requested_device())
+        if self.backend == "openvino" and device.type != "cpu":
             raise ConfigError(f"backend=openvino runs on the CPU, not on {self.device}",
                               hint="use device=cpu, or backend=torch for a GPU")
         return device
@@ -308,6 +312,7 @@ class Embedder:
             return precision.min_cosine(self._probe(texts=texts), reference)
 
         self.conversion_min_cosine = use(torch.float32)
+        float32_transformer = self.encoder.transformer
         if self.conversion_min_cosine < ov.CONVERSION_MIN_COSINE:
             self.encoder.transformer = torch_transformer
             raise ModelLoadError(f"OpenVINO's conversion of this {self.encoder.config.model_type} model does not "
@@ -327,7 +332,7 @@ class Embedder:
                               f"model (needs {precision.INT8_MIN_COSINE})", hint="use dtype=bfloat16 or dtype=float32")
         cos = self.probe_min_cosine = use(dtype)
         if self.options.dtype == "auto" and cos < precision.AUTO_BF16_MIN_COSINE:
-            use(torch.float32)
+            self.encoder.transformer = float32_transformer
             return torch.float32
         return dtype
 

@@ -291,11 +291,17 @@ def job_fingerprint(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, row
         "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
         "weights_sha256": weights_sha256, "config_sha256": config_sha256,
         "out_dtype": job.out_dtype, "on_overflow": job.on_overflow,
-        # batch_tokens changes no row, but for OpenVINO int8 (its kernels follow the batch shape)
-        **{k: v for k, v in settings.items() if k not in ("model", "device", "batch_tokens")
-           or (k == "batch_tokens" and settings.get("backend") == "openvino" and settings.get("dtype") == "int8")},
+        **{k: v for k, v in settings.items() if k not in _row_free(settings)},
         **extra,
     }
+
+
+def _row_free(settings: dict[str, Any]) -> tuple[str, ...]:
+    """Settings that change no row. The token budget does not, except for OpenVINO int8, whose
+    kernels follow the batch shape."""
+    if settings.get("backend") == "openvino" and settings.get("dtype") == "int8":
+        return ("model", "device")
+    return ("model", "device", "batch_tokens")
 
 
 def input_metadata(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, nbytes: int,

@@ -591,10 +591,10 @@ def _run(job, JobResult, spec, fmt, files, out: _Output, model, options, cluster
     r = ray_modules()
     ray, tasks = r.ray, r.tasks
     paths = out.paths
-    device = str(options.get("device") or "auto")
-    if options.get("backend") == "openvino" and device.strip().lower() == "auto":
-        device = "cpu"  # OpenVINO's backend runs on CPUs: no GPU replicas (as `auto` is locally)
-    plan = _plan(cluster, device)
+    from ..embedder import EmbedOptions
+
+    asked = EmbedOptions(**{**options, "device": options.get("device") or "auto"})
+    plan = _plan(cluster, asked.requested_device())  # OpenVINO's backend: CPU replicas
     load_name, shown_name = _model_name(model)
     worker_options = {**options, "device": plan.device}
     if worker_options.get("threads") is None and plan.threads is not None:
