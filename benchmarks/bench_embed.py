@@ -75,7 +75,7 @@ def machine() -> str:
 
 def model_ceiling(embedder, texts: list[str]) -> float:
     """Seconds for the model alone: pre-tokenized, length-sorted batches already on the device."""
-    from hfenc.engine import pad_rows, plan_batches
+    from hfenc.compute.engine import pad_rows, plan_batches
 
     engine = embedder.engine
     tok = engine.tokenizer(texts)
@@ -112,8 +112,8 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     import hfenc
-    from hfenc.inputs import InputSpec
-    from hfenc.jobs import JobOptions, embed_file
+    from hfenc.io.inputs import InputSpec
+    from hfenc.jobs.local import JobOptions, embed_file
 
     model = args.model or str(hfenc.resolve_model(hfenc.DEFAULT_MODEL).path)
     texts = real_texts(args.n)

@@ -70,7 +70,7 @@ def ceiling(model_dir: Path, texts: list[str], device: str, budget: int, embedde
     """Seconds for the whole-bf16 model alone over pre-tokenized, sorted batches on the device."""
     import transformers
 
-    from hfenc.engine import pad_rows, plan_batches
+    from hfenc.compute.engine import pad_rows, plan_batches
 
     dtype = torch.bfloat16 if device != "cpu" or embedder.device.type == "cpu" else torch.float32
     path = embedder.layout.transformer_path

@@ -7,7 +7,7 @@ float32 excluded), timed end to end with `Embedder.encode` (texts in memory), al
 - torch dynamic per-tensor: `torch.ao.quantization.quantize_dynamic` (int8 weights, one activation
   scale per tensor), the setting the issue reported at min cosine 0.80;
 - torch dynamic per-channel: the same with per-channel weight scales;
-- hfenc per-token: `hfenc.precision.to_int8` (per-channel weights, one activation scale per row,
+- hfenc per-token: `hfenc.compute.precision.to_int8` (per-channel weights, one activation scale per row,
   `torch._int_mm`).
 
 The last column is the STS-like Spearman of each variant (cosine of 150 graded sentence pairs,
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import hfenc
-    from hfenc import precision
+    from hfenc.compute import precision
 
     texts = real_texts(args.n)
     probe = list(precision.PROBE_TEXTS)

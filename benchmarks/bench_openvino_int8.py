@@ -50,8 +50,9 @@ def main() -> None:
     import openvino as ov
 
     import hfenc
-    from hfenc import openvino_backend, precision
-    from hfenc.engine import pad_rows, plan_batches
+    from hfenc.compute import openvino as openvino_backend
+    from hfenc.compute import precision
+    from hfenc.compute.engine import pad_rows, plan_batches
 
     nncf.set_log_level(logging.ERROR)
     texts = real_texts(args.n + args.calib)

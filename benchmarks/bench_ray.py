@@ -64,9 +64,9 @@ def main() -> None:
     import torch
 
     import hfenc
-    from hfenc.distributed import RayOptions, embed_ray
-    from hfenc.inputs import InputSpec
-    from hfenc.jobs import JobOptions, embed_file
+    from hfenc.jobs.ray_runner import RayOptions, embed_ray
+    from hfenc.io.inputs import InputSpec
+    from hfenc.jobs.local import JobOptions, embed_file
 
     model = args.model or str(hfenc.resolve_model(hfenc.DEFAULT_MODEL).path)
     cpus = os.cpu_count() or 1

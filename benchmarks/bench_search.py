@@ -42,7 +42,7 @@ def _sidecar(rows: int, dim: int, quantization: dict | None) -> dict:
 def build_indexes(folder: Path, rows: int, dim: int, parquet: bool, block: int = 65536) -> dict[str, Path]:
     from numpy.lib.format import open_memmap
 
-    from hfenc.quantize import quantize, stored_width
+    from hfenc.io.quantize import quantize, stored_width
 
     rng = np.random.default_rng(0)
     paths = {"float32": folder / "float32.npy", "ubinary": folder / "ubinary.npy"}
@@ -50,7 +50,7 @@ def build_indexes(folder: Path, rows: int, dim: int, parquet: bool, block: int =
     b = open_memmap(paths["ubinary"], mode="w+", dtype=np.uint8, shape=(rows, stored_width("ubinary", dim)))
     writer = None
     if parquet:
-        from hfenc.parquet import arrow, embedding_array, schema
+        from hfenc.io.parquet import arrow, embedding_array, schema
 
         a = arrow()
         paths["float32 parquet"] = folder / "float32.parquet"
@@ -112,8 +112,8 @@ def search_child(path: Path, nq: int, k: int, only_open: bool = False) -> tuple[
 
 
 def bench_writers(folder: Path, rows: int, dim: int, chunk: int = 16384) -> list[tuple[str, float, int]]:
-    from hfenc.outputs import OutputPaths, RowWriter
-    from hfenc.parquet import ParquetWriter
+    from hfenc.io.outputs import OutputPaths, RowWriter
+    from hfenc.io.parquet import ParquetWriter
 
     rng = np.random.default_rng(2)
     block = rng.standard_normal((chunk, dim), dtype=np.float32)

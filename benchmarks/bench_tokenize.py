@@ -32,7 +32,7 @@ def main() -> None:
     import transformers
 
     import hfenc
-    from hfenc.engine import TextTokenizer
+    from hfenc.compute.engine import TextTokenizer
 
     path = hfenc.resolve_model(hfenc.DEFAULT_MODEL).path
     tok = TextTokenizer(transformers.AutoTokenizer.from_pretrained(str(path)), 256)

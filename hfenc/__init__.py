@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ARCHS": "archs", "Arch": "archs", "discover_arch": "archs", "register_arch": "archs",
-    "Embedder": "embedder", "encode": "embedder",
-    "HFTextEncoder": "encoder",
+    "ARCHS": "model.archs", "Arch": "model.archs", "discover_arch": "model.archs", "register_arch": "model.archs",
+    "Embedder": "compute.embedder", "encode": "compute.embedder",
+    "HFTextEncoder": "model.encoder",
     "HfencError": "errors",
-    "JobOptions": "jobs", "embed_file": "jobs",
-    "InputSpec": "inputs",
-    "LockPlan": "lock", "apply_lock": "lock", "plan_lock": "lock",
-    "MemoryEstimate": "memory", "estimate_memory": "memory",
-    "DEFAULT_MODEL": "models", "resolve_model": "models",
-    "get_pooler": "poolers", "pooler_names": "poolers", "register_pooler": "poolers",
+    "JobOptions": "jobs.local", "embed_file": "jobs.local",
+    "InputSpec": "io.inputs",
+    "LockPlan": "plans.lock", "apply_lock": "plans.lock", "plan_lock": "plans.lock",
+    "MemoryEstimate": "plans.memory", "estimate_memory": "plans.memory",
+    "DEFAULT_MODEL": "model.resolve", "resolve_model": "model.resolve",
+    "get_pooler": "model.poolers", "pooler_names": "model.poolers", "register_pooler": "model.poolers",
     "SearchResult": "searching", "search": "searching",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -41,14 +41,14 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .archs import ARCHS, Arch, discover_arch, register_arch
-    from .embedder import Embedder, encode
-    from .encoder import HFTextEncoder
-    from .errors import HfencError
-    from .inputs import InputSpec
-    from .jobs import JobOptions, embed_file
-    from .lock import LockPlan, apply_lock, plan_lock
-    from .memory import MemoryEstimate, estimate_memory
-    from .models import DEFAULT_MODEL, resolve_model
-    from .poolers import get_pooler, pooler_names, register_pooler
-    from .searching import SearchResult, search
+    from hfenc.model.archs import ARCHS, Arch, discover_arch, register_arch
+    from hfenc.compute.embedder import Embedder, encode
+    from hfenc.model.encoder import HFTextEncoder
+    from hfenc.errors import HfencError
+    from hfenc.io.inputs import InputSpec
+    from hfenc.jobs.local import JobOptions, embed_file
+    from hfenc.plans.lock import LockPlan, apply_lock, plan_lock
+    from hfenc.plans.memory import MemoryEstimate, estimate_memory
+    from hfenc.model.resolve import DEFAULT_MODEL, resolve_model
+    from hfenc.model.poolers import get_pooler, pooler_names, register_pooler
+    from hfenc.searching import SearchResult, search

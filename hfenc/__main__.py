@@ -1,5 +1,5 @@
 """`python -m hfenc`: the same as the `hfenc` command."""
 
-from .cli import main
+from hfenc.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """Exact top-k search over an embeddings index (.npy or .parquet), in numpy, in flat memory.
 
 `search(index, queries, k)` embeds the queries with exactly the settings the index's sidecar
-records (hfenc.recorded: model, pooler, prompt, normalize, truncate-dim, max length, ...) and
+records (hfenc.io.sidecar: model, pooler, prompt, normalize, truncate-dim, max length, ...) and
 returns a SearchResult; `search_vectors(index, vectors, k)` is the part after embedding.
 
 Scores (higher is better; the table's `score`):
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError
-from .outputs import OutputPaths, read_sidecar
-from .quantize import SCALAR, Quantization, as_ubinary, dequantize, unpack_bits
+from hfenc.errors import ConfigError, InputError
+from hfenc.io.outputs import OutputPaths, read_sidecar
+from hfenc.io.quantize import SCALAR, Quantization, as_ubinary, dequantize, unpack_bits
 
 BLOCK_BYTES = 32 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -122,7 +122,7 @@ class Index:
         self._table: Any = None
         sidecar = read_sidecar(OutputPaths(self.path).sidecar)
         if self.parquet:
-            from .parquet import ParquetIndex, read_metadata
+            from hfenc.io.parquet import ParquetIndex, read_metadata
 
             self._table = ParquetIndex(self.path)
             sidecar = read_metadata(self.path) or sidecar  # the file's own copy first: it travels with it
@@ -190,7 +190,7 @@ class Index:
         index's recorded format options; it must have one record per row)."""
         if texts_file is None:
             return self._table.lookup(rows, "text") if self._table is not None else {}
-        from .inputs import InputSpec, records
+        from hfenc.io.inputs import InputSpec, records
 
         recorded = self.sidecar.get("input") or {}
         spec = InputSpec(str(texts_file), skip_blank=bool(recorded.get("skip_blank")))
@@ -298,7 +298,7 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
     """Embed `queries` as the index was embedded (with the model's "query" prompt where it
     defines one), and return the exact top-k rows of the index for each. `texts`: the input the
     index was made from, to show the hits' texts (a Parquet index with a text column has them).
-    `embedder`: one made by hfenc.recorded.recorded_embedder for this index, to reuse it."""
+    `embedder`: one made by hfenc.io.sidecar.recorded_embedder for this index, to reuse it."""
     if isinstance(queries, str):
         queries = [queries]
     queries = list(queries)
@@ -308,7 +308,7 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
         raise ConfigError("queries must be strings")
     idx = Index(index)
     if embedder is None:
-        from .recorded import recorded_embedder
+        from hfenc.io.sidecar import recorded_embedder
 
         embedder = recorded_embedder(idx.sidecar, idx.path.parent, prompt=prompt, prompt_name=prompt_name,
                                      device=device)

@@ -10,7 +10,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# `--dtype auto` stays float32 on every CPU here (hfenc.engine.AUTO_BF16_ENV): the parity tests
+# `--dtype auto` stays float32 on every CPU here (hfenc.compute.engine.AUTO_BF16_ENV): the parity tests
 # compare the default dtype at 1e-5, whatever the machine; child processes and Ray workers
 # inherit it. tests/test_precision.py tests the bf16 rule itself.
 os.environ["HFENC_AUTO_BF16"] = "0"

@@ -30,8 +30,8 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import numpy as np  # noqa: E402
 
 import hfenc.cli  # noqa: E402
-import hfenc.embedder  # noqa: E402,F401  (torch and transformers imported before forking)
-import hfenc.jobs  # noqa: E402,F401
+import hfenc.compute.embedder  # noqa: E402,F401  (torch and transformers imported before forking)
+import hfenc.jobs.local  # noqa: E402,F401
 import transformers  # noqa: E402
 
 # transformers imports its modules lazily: resolve the ones a run needs once, here, not per child.

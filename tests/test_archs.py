@@ -11,9 +11,9 @@ from torch import nn
 
 import tiny_models
 from hfenc import HFTextEncoder
-from hfenc.archs import ARCHS, Arch, discover_arch
+from hfenc.model.archs import ARCHS, Arch, discover_arch
 from hfenc.errors import HfencError, ModelLoadError
-from hfenc.poolers import pooler_names
+from hfenc.model.poolers import pooler_names
 
 FAMILIES = sorted(ARCHS)
 

@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 import hfenc
 import tiny_models
-from hfenc.archs import arch_names
+from hfenc.model.archs import arch_names
 from hfenc.cli import app
 from hfenc.errors import HfencError, InputError
-from hfenc.poolers import pooler_names
+from hfenc.model.poolers import pooler_names
 
 WIDTH = tiny_models.HIDDEN
 runner = CliRunner()

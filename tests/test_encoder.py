@@ -20,7 +20,7 @@ from torch import nn
 import tiny_models
 from hfenc import Embedder, HFTextEncoder
 from hfenc.errors import ConfigError, HfencError, UnknownChoiceError
-from hfenc.poolers import pooler_names
+from hfenc.model.poolers import pooler_names
 
 TYPES = tiny_models.MODEL_TYPES
 POOLERS = pooler_names()
@@ -227,7 +227,7 @@ _UNKNOWN_CONFIGS = {
 
 @pytest.mark.parametrize("model_type", sorted(_UNKNOWN_CONFIGS))
 def test_unknown_model_type_is_discovered(model_type):
-    from hfenc.archs import ARCHS
+    from hfenc.model.archs import ARCHS
 
     assert model_type not in ARCHS
     config = _UNKNOWN_CONFIGS[model_type]()

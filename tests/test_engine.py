@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tiny_models
-from hfenc import engine
-from hfenc.embedder import Embedder
-from hfenc.engine import Tokenized, pad_rows, plan_batches
+from hfenc.compute import engine
+from hfenc.compute.embedder import Embedder
+from hfenc.compute.engine import Tokenized, pad_rows, plan_batches
 
 
 @settings(max_examples=200, deadline=None)
@@ -55,7 +55,7 @@ def _texts(n: int) -> list[str]:
 
 def test_bfloat16_on_a_cpu_without_native_support_computes_in_float32(bert, monkeypatch):
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("hfenc.compute.embedder.cpu_has_native_bf16", lambda: False)
     emb = Embedder(str(bert), device="cpu", dtype="bfloat16")
     assert emb.settings.dtype == "float32"
     assert any("no native bfloat16" in note for note in emb.notes)
@@ -64,7 +64,7 @@ def test_bfloat16_on_a_cpu_without_native_support_computes_in_float32(bert, monk
 
 
 def test_bfloat16_where_supported_runs_in_bf16_and_returns_float32(bert, monkeypatch):
-    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("hfenc.compute.embedder.cpu_has_native_bf16", lambda: True)
     emb = Embedder(str(bert), device="cpu", dtype="bfloat16")
     assert emb.settings.dtype == "bfloat16" and not emb.notes
     # mixed bf16 (issue 14): Linear weights in bf16, embeddings and norms kept in float32

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import hfenc
-from hfenc import cli
+from hfenc.cli import base as cli
 from hfenc.cli import app
 
 
@@ -89,7 +89,7 @@ def test_a_json_array_is_one_record_per_item(tmp_path, bert):
 
 
 def _ctrl_c_after_one_chunk(monkeypatch) -> None:
-    from hfenc import jobs
+    from hfenc.jobs import local as jobs
 
     real = jobs.chunks
 
@@ -187,7 +187,7 @@ def test_tables_wrap_at_80_columns_instead_of_cutting(monkeypatch):
     table.add_column("state")
     name = "transformer.encoder.layer.11.attention.output.LayerNorm.weight.and.more.words"
     table.add_row(name, "trainable")
-    cli._print_table(table)
+    cli.print_table(table)
     text = buffer.getvalue()
     assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
     assert "".join(line.strip("│ ").split("│")[0].strip() for line in text.splitlines()[3:-1]) == name
@@ -213,7 +213,7 @@ def test_messages_name_the_byte_within_the_line_and_the_right_option(tmp_path, b
 
 
 def test_lock_plan_lists_its_bundled_models():
-    from hfenc.models import bundled_config_names
+    from hfenc.model.resolve import bundled_config_names
 
     result = _run("lock-plan", "--list")
     assert result.exit_code == 0 and result.stdout.split() == bundled_config_names()

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from hfenc.cli import app
 from hfenc.errors import InputError
-from hfenc.inputs import InputSpec, chunks, records, scan
+from hfenc.io.inputs import InputSpec, chunks, records, scan
 
 N_CASES = 2000
 SEED = 20261010

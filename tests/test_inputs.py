@@ -1,4 +1,4 @@
-"""hfenc.inputs: the readers (txt, jsonl, csv/tsv, gzip), the validating scan, chunking, and one
+"""hfenc.io.inputs: the readers (txt, jsonl, csv/tsv, gzip), the validating scan, chunking, and one
 clear InputError for each kind of bad input (issue 6, "Inputs" and "Bad input").
 
 Expected values are written out by hand from the bytes each test builds (line numbers, byte
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hfenc.inputs
+import hfenc.io.inputs
 from hfenc.errors import HfencError, InputError, UnknownChoiceError
-from hfenc.inputs import InputSpec, chunks, records, scan
+from hfenc.io.inputs import InputSpec, chunks, records, scan
 
 
 def _write(directory: Path, name: str, data: bytes | str) -> str:
@@ -386,7 +386,7 @@ def test_id_field_with_plain_text_is_refused(tmp_path):
 
 
 def test_csv_line_numbers_count_blank_lines_between_records(tmp_path):
-    from hfenc.inputs import InputSpec, records
+    from hfenc.io.inputs import InputSpec, records
 
     path = tmp_path / "in.csv"
     path.write_text("text,id\na,1\n\nb,2\n", encoding="utf-8")
@@ -538,7 +538,7 @@ def test_io_error_while_reading_is_one_input_error(tmp_path, monkeypatch, name, 
             return _FailingRaw(path, good=len(data) // 2)
         return real_open(file, mode, buffering, *args, **kwargs)
 
-    monkeypatch.setattr(hfenc.inputs, "open", failing_open, raising=False)  # the module's `open`
+    monkeypatch.setattr(hfenc.io.inputs, "open", failing_open, raising=False)  # the module's `open`
     with pytest.raises(InputError) as info:
         _scan(InputSpec(path))
     message = _one_line_error(info, f"cannot read {path} after line ", "Input/output error")
@@ -614,7 +614,7 @@ def test_scan_hashes_the_bytes_it_parsed_in_one_pass(tmp_path, monkeypatch):
         opened.append(str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(hfenc.inputs, "open", counting_open, raising=False)
+    monkeypatch.setattr(hfenc.io.inputs, "open", counting_open, raising=False)
     info = scan(spec)
     assert opened == [spec.path]
     assert info.sha256 == "sha256:" + hashlib.sha256(b"a\nb\n").hexdigest()

@@ -1,4 +1,4 @@
-"""hfenc.jobs.embed_file on the tiny bert model: rows in input order, the sidecar, output that is
+"""hfenc.jobs.local.embed_file on the tiny bert model: rows in input order, the sidecar, output that is
 either whole or absent, resume after Ctrl-C / SIGTERM / SIGKILL (bit for bit), and the output
 errors of issue 6 (exists, unwritable, disk full).
 
@@ -31,8 +31,8 @@ import tiny_models
 from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.errors import ConfigError, InputError, Interrupted, OutputError, ResumeError
-from hfenc.inputs import InputSpec
-from hfenc.jobs import JobOptions, embed_file
+from hfenc.io.inputs import InputSpec
+from hfenc.jobs.local import JobOptions, embed_file
 
 WIDTH = tiny_models.HIDDEN
 

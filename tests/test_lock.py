@@ -25,15 +25,15 @@ from torch import nn
 from transformers.models.m2m_100.modeling_m2m_100 import M2M100Encoder
 from typer.testing import CliRunner
 
-import hfenc.encoder
-import hfenc.models
+import hfenc.model.encoder
+import hfenc.model.resolve
 import tiny_models
-from hfenc.archs import ARCHS
+from hfenc.model.archs import ARCHS
 from hfenc.cli import app
-from hfenc.encoder import HFTextEncoder
+from hfenc.model.encoder import HFTextEncoder
 from hfenc.errors import ConfigError, HfencError
-from hfenc.lock import LockPlan, apply_lock, plan_lock
-from hfenc.models import bundled_config, bundled_st_pooler, bundled_config_names
+from hfenc.plans.lock import LockPlan, apply_lock, plan_lock
+from hfenc.model.resolve import bundled_config, bundled_st_pooler, bundled_config_names
 
 FAMILIES = sorted(ARCHS)
 L = tiny_models.LAYERS  # blocks in every tiny model
@@ -464,17 +464,17 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(safetensors.torch, "load_file", refuse)
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", refuse)
-    monkeypatch.setattr(hfenc.models, "resolve_model", refuse)
+    monkeypatch.setattr(hfenc.model.resolve, "resolve_model", refuse)
     built: list[nn.Module] = []
     for name in ("build_transformer_from_config", "build_projection"):
-        original = getattr(hfenc.encoder, name)
+        original = getattr(hfenc.model.encoder, name)
 
         def record(*args, _original=original, **kwargs):
             module = _original(*args, **kwargs)
             built.append(module)
             return module
 
-        monkeypatch.setattr(hfenc.encoder, name, record)
+        monkeypatch.setattr(hfenc.model.encoder, name, record)
     return built
 
 

@@ -27,12 +27,12 @@ import transformers
 from typer.testing import CliRunner
 
 import tiny_models
-from hfenc.archs import ARCHS
+from hfenc.model.archs import ARCHS
 from hfenc.cli import app
-from hfenc.encoder import HFTextEncoder
+from hfenc.model.encoder import HFTextEncoder
 from hfenc.errors import ConfigError, HfencError, UnknownChoiceError
-from hfenc.lock import apply_lock, plan_lock
-from hfenc.memory import estimate_memory, optimizer_state_bytes
+from hfenc.plans.lock import apply_lock, plan_lock
+from hfenc.plans.memory import estimate_memory, optimizer_state_bytes
 
 L = tiny_models.LAYERS
 DIM = 16  # a linear projection head, so that N = 0 still trains something
@@ -89,7 +89,7 @@ def test_exact_parts_equal_what_a_real_optimizer_step_leaves(tiny_model_dir, mod
             states = [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
             assert len(grads) == sum(p.requires_grad for p in params) > 0
 
-            est = plan.memory(precision=precision, **options)
+            est = estimate_memory(plan, precision=precision, **options)
             case = f"{model_type} N={n} {name} {precision}"
             assert est.weights == tensor_bytes(params), case
             assert est.gradients == tensor_bytes(grads), case
@@ -188,7 +188,7 @@ def test_activations_within_25_percent_of_what_autograd_keeps(
         encoder.set_grad_checkpointing(checkpointing)
         for batch, length in POINTS:
             measured = kept_for_backward(encoder, *batch_of(encoder, batch, length), checkpointing)
-            est = plan.memory(batch=batch, seq_len=length, attention=attention,
+            est = estimate_memory(plan, batch=batch, seq_len=length, attention=attention,
                               grad_checkpointing=checkpointing, device="cpu")
             ratio = est.activations / measured
             ratios.append(ratio)
@@ -200,10 +200,10 @@ def test_activations_within_25_percent_of_what_autograd_keeps(
 
 def test_frozen_blocks_keep_nothing_and_the_lowest_unlocked_block_decides(tiny_model_dir):
     encoder = HFTextEncoder(str(tiny_model_dir("bert")), pooler_type="mean")
-    nothing = plan_lock(encoder, 0).memory(batch=4, seq_len=32)
+    nothing = estimate_memory(plan_lock(encoder, 0), batch=4, seq_len=32)
     assert nothing.activations == nothing.gradients == nothing.optimizer_states == 0
     assert nothing.lowest_block is None
-    one, two = (plan_lock(encoder, n).memory(batch=4, seq_len=32) for n in (1, 2))
+    one, two = (estimate_memory(plan_lock(encoder, n), batch=4, seq_len=32) for n in (1, 2))
     assert (one.lowest_block, two.lowest_block) == (L - 1, 0)
     assert 0 < one.activations < two.activations
 
@@ -214,11 +214,11 @@ def test_frozen_blocks_keep_nothing_and_the_lowest_unlocked_block_decides(tiny_m
 def test_every_architecture_is_estimated_offline_from_its_config(model_type):
     config = tiny_models.tiny_config(model_type)
     plan = plan_lock(config, L)
-    base = plan.memory(batch=2, seq_len=16)
+    base = estimate_memory(plan, batch=2, seq_len=16)
     assert base.activations > 0 and base.peak == max(base.phases.values()) and base.peak_phase in base.phases
-    assert plan.memory(batch=4, seq_len=16).activations > base.activations
-    assert plan.memory(batch=2, seq_len=32).activations > base.activations
-    eager = plan.memory(batch=2, seq_len=16, attention="eager")
+    assert estimate_memory(plan, batch=4, seq_len=16).activations > base.activations
+    assert estimate_memory(plan, batch=2, seq_len=32).activations > base.activations
+    eager = estimate_memory(plan, batch=2, seq_len=16, attention="eager")
     assert "attention scores (S x S)" in dict(eager.activation_terms)  # eager keeps the S x S softmax
     if base.attention == "sdpa":  # the fused kernels (CUDA) keep none, whatever the dropout
         assert "attention scores (S x S)" not in dict(base.activation_terms)
@@ -227,26 +227,29 @@ def test_every_architecture_is_estimated_offline_from_its_config(model_type):
         encoder.set_grad_checkpointing(True)
     except ConfigError:  # the estimate refuses exactly where transformers cannot checkpoint
         with pytest.raises(ConfigError, match="does not support gradient checkpointing"):
-            plan.memory(batch=2, seq_len=16, grad_checkpointing=True)
+            estimate_memory(plan, batch=2, seq_len=16, grad_checkpointing=True)
     else:
-        ckpt = plan.memory(batch=2, seq_len=16, grad_checkpointing=True)
+        ckpt = estimate_memory(plan, batch=2, seq_len=16, grad_checkpointing=True)
         assert ckpt.recompute > 0 and ckpt.activations > 0
 
 
 def test_bundled_bert_base_weights_and_gradients():
-    est = plan_lock("bert-base-uncased", 3).memory(batch=32, seq_len=128)
+    est = estimate_memory(plan_lock("bert-base-uncased", 3), batch=32, seq_len=128)
     assert est.weights == 4 * 109_482_240  # BERT-base's well-known parameter count, in float32
     assert est.gradients == 4 * est.trainable_params < est.weights
     assert est.phases["backward"] == est.weights + est.optimizer_states + est.activations + est.gradients
-    mixed = plan_lock("bert-base-uncased", 3).memory(batch=32, seq_len=128, precision="bf16-mixed")
+    mixed = estimate_memory(plan_lock("bert-base-uncased", 3), batch=32, seq_len=128, precision="bf16-mixed")
     assert mixed.exact == est.exact and mixed.weight_copies > 0 and mixed.activations < est.activations
-    assert plan_lock("bert-base-uncased", 3).memory(precision="bf16").weights == est.weights // 2
+    assert estimate_memory(plan_lock("bert-base-uncased", 3), precision="bf16").weights == est.weights // 2
 
 
-def test_plan_memory_is_estimate_memory():
+def test_estimate_memory_defaults_to_the_context_length_and_is_exported():
+    import hfenc
+
     plan = plan_lock("bert-base-uncased", 2)
-    assert plan.memory(batch=8, seq_len=64) == estimate_memory(plan, batch=8, seq_len=64)
-    assert plan.memory().seq_len == 512  # the context length by default
+    assert hfenc.estimate_memory is estimate_memory
+    assert estimate_memory(plan).seq_len == 512  # the context length by default
+    assert estimate_memory(plan).seq_len == plan.config.max_position_embeddings
 
 
 @pytest.mark.parametrize("options,error", [
@@ -255,7 +258,7 @@ def test_plan_memory_is_estimate_memory():
 ])
 def test_bad_options_are_one_line_errors_with_the_choices(options, error):
     with pytest.raises(error) as info:
-        plan_lock("bert-base-uncased", 1).memory(**options)
+        estimate_memory(plan_lock("bert-base-uncased", 1), **options)
     assert isinstance(info.value, HfencError) and "\n" not in str(info.value)
 
 

@@ -29,7 +29,7 @@ import tiny_models
 from hfenc import HFTextEncoder
 from hfenc.cli import app
 from hfenc.errors import ConfigError
-from hfenc.lock import plan_lock
+from hfenc.plans.lock import plan_lock
 
 L = tiny_models.LAYERS
 DIM = 16

@@ -13,11 +13,13 @@ import torch
 from typer.testing import CliRunner
 
 import tiny_models
-from hfenc import Embedder, openvino_backend, precision
+from hfenc import Embedder
+from hfenc.compute import openvino as openvino_backend
+from hfenc.compute import precision
 from hfenc.cli import app
-from hfenc.embedder import EmbedOptions
+from hfenc.compute.embedder import EmbedOptions
 from hfenc.errors import ConfigError, ModelLoadError, UnknownChoiceError
-from hfenc.poolers import get_pooler, pooler_names
+from hfenc.model.poolers import get_pooler, pooler_names
 
 runner = CliRunner()
 # varied lengths, so every batch pads, and one row past the tiny models' 64 positions (truncated)
@@ -119,7 +121,7 @@ def test_an_int8_group_size_is_checked_and_kept(tiny_model_dir):
 
 
 def test_auto_on_openvino_falls_back_to_float32_when_the_probe_misses(tiny_model_dir, monkeypatch):
-    from hfenc import engine
+    from hfenc.compute import engine
 
     monkeypatch.setenv(engine.AUTO_BF16_ENV, "1")
     monkeypatch.setattr(precision, "AUTO_BF16_MIN_COSINE", 1.01)  # no bf16 keeps it
@@ -139,7 +141,7 @@ def test_the_int8_guard_refuses_with_the_measured_figure(tiny_model_dir, monkeyp
 
 
 def test_search_embeds_queries_on_the_index_backend(tmp_path, bert):
-    from hfenc.recorded import recorded_embedder
+    from hfenc.io.sidecar import recorded_embedder
 
     index = Embedder(str(bert), device="cpu", dtype="float32", backend="openvino")
     again = recorded_embedder({**index.describe(), "model": str(bert)}, tmp_path)
@@ -197,7 +199,7 @@ def test_an_unknown_backend_lists_the_choices():
 
 
 def test_openvino_refuses_a_gpu_device(monkeypatch):
-    from hfenc import embedder
+    from hfenc.compute import embedder
 
     monkeypatch.setattr(embedder, "resolve_device", lambda name: torch.device("cuda"))
     with pytest.raises(ConfigError, match="backend=openvino runs on the CPU, not on cuda"):
@@ -248,8 +250,8 @@ def test_cli_refusals_are_one_line(tmp_path, bert, options, needle, hint):
 def test_resume_with_another_backend_is_refused(tmp_path, bert):
     from interrupts import stop_after
     from hfenc.errors import Interrupted, ResumeError
-    from hfenc.inputs import InputSpec
-    from hfenc.jobs import JobOptions, embed_file
+    from hfenc.io.inputs import InputSpec
+    from hfenc.jobs.local import JobOptions, embed_file
 
     (tmp_path / "in.txt").write_text("\n".join(TEXTS * 5) + "\n")
     job = JobOptions(InputSpec(str(tmp_path / "in.txt")), tmp_path / "out.npy", chunk_size=7)
@@ -265,8 +267,8 @@ def test_an_interrupted_int8_job_resumes_to_the_rows_of_a_fresh_one(tmp_path, mi
     on resume: the resumed output equals a fresh run bit for bit."""
     from interrupts import stop_after
     from hfenc.errors import Interrupted, ResumeError
-    from hfenc.inputs import InputSpec
-    from hfenc.jobs import JobOptions, embed_file
+    from hfenc.io.inputs import InputSpec
+    from hfenc.jobs.local import JobOptions, embed_file
 
     (tmp_path / "in.txt").write_text("\n".join(real_sentences[:60]) + "\n")
     emb = Embedder(str(minilm_dir), device="cpu", dtype="int8", backend="openvino")
@@ -288,7 +290,7 @@ def test_an_interrupted_int8_job_resumes_to_the_rows_of_a_fresh_one(tmp_path, mi
 def test_a_sidecar_from_before_backends_reads_as_torch(bert):
     from dataclasses import asdict
 
-    from hfenc.recorded import recorded_settings
+    from hfenc.io.sidecar import recorded_settings
 
     settings = asdict(Embedder(str(bert), device="cpu").settings)
     del settings["backend"]

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 import hfenc
 from hfenc.cli import app
 from hfenc.errors import HfencError, OutputError
-from hfenc.inputs import InputSpec
-from hfenc.jobs import JobOptions, embed_file
+from hfenc.io.inputs import InputSpec
+from hfenc.jobs.local import JobOptions, embed_file
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ def test_a_stray_hidden_partial_file_is_not_removed_without_force(tmp_path, embe
 
 def test_force_over_an_old_output_never_pairs_new_rows_with_old_metadata(tmp_path, embedder, monkeypatch):
     """The publication order: the old sidecar goes before the new array arrives."""
-    from hfenc import faults, outputs
+    from hfenc import faults
+    from hfenc.io import outputs
 
     src = tmp_path / "in.txt"
     src.write_text("the cat\n")
@@ -132,7 +133,7 @@ def test_force_over_an_old_output_never_pairs_new_rows_with_old_metadata(tmp_pat
 
 
 def test_a_crash_after_publication_before_the_state_is_removed_resumes(tmp_path, embedder, monkeypatch):
-    from hfenc import outputs
+    from hfenc.io import outputs
 
     src = tmp_path / "in.txt"
     src.write_text("the cat\na dog\n")
@@ -179,7 +180,7 @@ def test_pickled_code_in_bin_weights_never_runs(tiny_model_dir, tmp_path, monkey
 
 
 def test_module_paths_that_leave_the_folder_are_refused(tiny_model_dir, tmp_path):
-    from hfenc.st import read_st_layout
+    from hfenc.model.st import read_st_layout
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -225,7 +226,7 @@ def test_nothing_is_written_outside_the_outputs_directory(tmp_path, tiny_model_d
 def test_disk_full_while_saving_progress_is_one_line_and_resumable(tmp_path, embedder, monkeypatch):
     import errno
 
-    from hfenc import outputs
+    from hfenc.io import outputs
 
     src = tmp_path / "in.txt"
     src.write_text("".join(f"the cat {i}\n" for i in range(30)))

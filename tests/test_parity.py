@@ -9,8 +9,8 @@ import transformers
 
 import hfenc
 from hfenc import Embedder
-from hfenc.engine import TextTokenizer
-from hfenc.models import DEFAULT_MODEL
+from hfenc.compute.engine import TextTokenizer
+from hfenc.model.resolve import DEFAULT_MODEL
 
 MIN_COSINE = 0.99999
 MAX_LENGTH = 256  # max_seq_length in the model's sentence_bert_config.json

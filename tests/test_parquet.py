@@ -1,4 +1,4 @@
-"""Parquet and Arrow IPC through hfenc.parquet (issue 12), on the tiny bert model.
+"""Parquet and Arrow IPC through hfenc.io.parquet (issue 12), on the tiny bert model.
 
 Input: a .parquet / .arrow / .feather column embeds to the same rows as the same texts in a .txt,
 streamed by row group; every bad table (missing column, non-string column, nulls, corrupt bytes)
@@ -29,8 +29,8 @@ from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.errors import ConfigError, InputError
-from hfenc.inputs import InputSpec
-from hfenc.jobs import JobOptions, embed_file
+from hfenc.io.inputs import InputSpec
+from hfenc.jobs.local import JobOptions, embed_file
 
 WIDTH = tiny_models.HIDDEN
 runner = CliRunner()
@@ -294,16 +294,16 @@ def test_bad_table_inputs_are_one_line_exit_1_and_write_nothing(tmp_path, bert, 
 def test_a_table_changed_between_the_passes_is_refused(tmp_path, embedder, texts, monkeypatch):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": texts}), src)
-    import hfenc.jobs
+    import hfenc.jobs.local
 
-    real_scan = hfenc.jobs.scan
+    real_scan = hfenc.jobs.local.scan
 
     def scan_then_change(spec, *args):
         info = real_scan(spec, *args)
         pq.write_table(pa.table({"text": list(reversed(texts))}), src)
         return info
 
-    monkeypatch.setattr(hfenc.jobs, "scan", scan_then_change)
+    monkeypatch.setattr(hfenc.jobs.local, "scan", scan_then_change)
     with pytest.raises(InputError, match="input changed while it was being embedded"):
         embed_file(_job(src, tmp_path / "out.parquet"), embedder)
     assert _names(tmp_path) == ["in.parquet"]
@@ -312,16 +312,16 @@ def test_a_table_changed_between_the_passes_is_refused(tmp_path, embedder, texts
 # ---- the optional extra -------------------------------------------------------------------------
 
 def test_without_pyarrow_one_line_names_the_extra(tmp_path, bert, monkeypatch, texts):
-    import hfenc.parquet
+    import hfenc.io.parquet
 
     (tmp_path / "in.txt").write_text("the cat\n")
     pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
-    hfenc.parquet._arrow_modules.cache_clear()
+    hfenc.io.parquet._arrow_modules.cache_clear()
     for name in ("pyarrow", "pyarrow.parquet", "pyarrow.ipc", "pyarrow.compute"):
         monkeypatch.setitem(sys.modules, name, None)  # `import pyarrow` raises ImportError
     try:
         with pytest.raises(ConfigError, match="need pyarrow") as info:
-            hfenc.parquet.arrow()
+            hfenc.io.parquet.arrow()
         assert info.value.hint == "pip install 'hfenc[parquet]'"
         monkeypatch.chdir(tmp_path)
         for args in (["in.txt", "-o", "out.parquet"], ["in.parquet", "-o", "out.npy"]):
@@ -330,4 +330,4 @@ def test_without_pyarrow_one_line_names_the_extra(tmp_path, bert, monkeypatch, t
             assert "Hint: pip install 'hfenc[parquet]'" in result.stderr
         assert _names(tmp_path) == ["in.parquet", "in.txt"]
     finally:
-        hfenc.parquet._arrow_modules.cache_clear()
+        hfenc.io.parquet._arrow_modules.cache_clear()

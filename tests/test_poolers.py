@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 
-from hfenc import poolers
+from hfenc.model import poolers
 from hfenc.errors import UnknownChoiceError
-from hfenc.poolers import get_pooler, pooler_names, register_pooler
+from hfenc.model.poolers import get_pooler, pooler_names, register_pooler
 
 POOLERS = pooler_names()
 DIM = 6
@@ -349,6 +349,6 @@ def test_non_finite_values_at_padded_positions_never_reach_the_result(name):
 
 def test_the_pooler_catalog_is_the_registry():
     """`hfenc poolers` reads hfenc/poolers.json (no torch import); it must equal the registry."""
-    from hfenc.catalog import live_catalog, pooler_catalog
+    from hfenc.model.catalog import live_catalog, pooler_catalog
 
-    assert pooler_catalog() == live_catalog(), "regenerate it: python -m hfenc.catalog"
+    assert pooler_catalog() == live_catalog(), "regenerate it: python -m hfenc.model.catalog"

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import tiny_models
-from hfenc import engine, precision
-from hfenc.archs import ARCHS
-from hfenc.embedder import Embedder
-from hfenc.engine import HostStaging, TextTokenizer
+from hfenc.compute import engine
+from hfenc.compute import precision
+from hfenc.model.archs import ARCHS
+from hfenc.compute.embedder import Embedder
+from hfenc.compute.engine import HostStaging, TextTokenizer
 
 
 def _texts(n: int) -> list[str]:
@@ -31,7 +32,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def native_bf16(monkeypatch):
     """Let bf16 run whatever the CPU (emulated bf16 gives the same numbers, slower)."""
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("hfenc.compute.embedder.cpu_has_native_bf16", lambda: True)
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHS))
@@ -79,7 +80,7 @@ def test_auto_on_cpu_follows_native_bf16(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
     assert Embedder(folder, device="cpu").settings.dtype == "float32"
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("hfenc.compute.embedder.cpu_has_native_bf16", lambda: True)
     emb = Embedder(folder, device="cpu")
     assert emb.probe_min_cosine is not None
     assert emb.settings.dtype == ("bfloat16" if emb.probe_min_cosine >= precision.AUTO_BF16_MIN_COSINE else "float32")

@@ -1,4 +1,4 @@
-"""Quantized embeddings (issue 12): hfenc.quantize against sentence-transformers'
+"""Quantized embeddings (issue 12): hfenc.io.quantize against sentence-transformers'
 `quantize_embeddings` (the reference), `embed --quantize` against quantize_embeddings of the same
 job's float output with the recorded ranges, calibration from a sample of the corpus (never one
 batch), --ranges FILE, Matryoshka truncation before quantization, --resume with the saved ranges,
@@ -24,9 +24,9 @@ from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.errors import ConfigError, ResumeError
-from hfenc.inputs import InputSpec
-from hfenc.jobs import JobOptions, embed_file
-from hfenc.quantize import (PRECISIONS, dequantize, load_ranges, quantize, ranges_from, sample_rows, stored_width,
+from hfenc.io.inputs import InputSpec
+from hfenc.jobs.local import JobOptions, embed_file
+from hfenc.io.quantize import (PRECISIONS, dequantize, load_ranges, quantize, ranges_from, sample_rows, stored_width,
                             unpack_bits)
 
 WIDTH = tiny_models.HIDDEN
@@ -158,10 +158,10 @@ def test_quantized_outputs_equal_quantize_embeddings_of_the_float_output(data, e
 
 
 def test_calibration_uses_the_sample_not_a_batch(data, embedder, monkeypatch):
-    import hfenc.writers
+    import hfenc.io.writers
 
-    real = hfenc.writers.sample_rows
-    monkeypatch.setattr(hfenc.writers, "sample_rows", lambda n: real(n, size=20))
+    real = hfenc.io.writers.sample_rows
+    monkeypatch.setattr(hfenc.io.writers, "sample_rows", lambda n: real(n, size=20))
     embed_file(_job(data / "in.txt", data / "float.npy", chunk_size=8), embedder)
     result = embed_file(_job(data / "in.txt", data / "q.npy", chunk_size=8, quantize="uint8"), embedder)
     calibration = result.metadata["quantization"]["calibration"]
@@ -202,7 +202,7 @@ def test_given_ranges_are_used_exactly_and_a_changed_file_refuses_resume(data, e
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
 def test_resume_quantizes_with_the_saved_ranges_bit_for_bit(data, embedder, monkeypatch, suffix):
-    import hfenc.writers
+    import hfenc.io.writers
 
     embed_file(_job(data / "in.txt", data / f"full{suffix}", chunk_size=7, quantize="int8"), embedder)
     out = data / f"out{suffix}"
@@ -212,7 +212,7 @@ def test_resume_quantizes_with_the_saved_ranges_bit_for_bit(data, embedder, monk
     def no_second_calibration(*args):
         raise AssertionError("a resumed run must reuse the saved ranges")
 
-    monkeypatch.setattr(hfenc.writers, "calibrate", no_second_calibration)
+    monkeypatch.setattr(hfenc.io.writers, "calibrate", no_second_calibration)
     result = embed_file(_job(data / "in.txt", out, chunk_size=7, quantize="int8", resume=True), embedder)
     assert result.resumed_from == 14
     assert np.array_equal(_rows(out), _rows(data / f"full{suffix}"))

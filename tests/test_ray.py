@@ -1,6 +1,6 @@
-"""hfenc embed --ray (hfenc.distributed) on a local Ray runtime: 2 CPU workers, the tiny bert.
+"""hfenc embed --ray (hfenc.jobs.ray_runner) on a local Ray runtime: 2 CPU workers, the tiny bert.
 
-Every expected array is the single-process job's output on the same input (hfenc.jobs.embed_file,
+Every expected array is the single-process job's output on the same input (hfenc.jobs.local.embed_file,
 the documented contract); a --ray run must equal it within 1e-6 (the engine's numbers move by an
 ulp or so with batch composition), in the same row order, with the same ids. Faults are real:
 a worker process SIGKILLs itself with a batch in hand; the driver is interrupted by SIGINT.
@@ -29,12 +29,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 import tiny_models  # noqa: E402
 from hfenc.cli import app  # noqa: E402
-from hfenc.distributed import MANIFEST, RayOptions, embed_ray  # noqa: E402
-from hfenc.distributed import runner as ray_runner  # noqa: E402
-from hfenc.embedder import Embedder  # noqa: E402
+from hfenc.jobs.ray_runner import MANIFEST, RayOptions, embed_ray  # noqa: E402
+from hfenc.jobs import ray_runner  # noqa: E402
+from hfenc.compute.embedder import Embedder  # noqa: E402
 from hfenc.errors import Interrupted  # noqa: E402
-from hfenc.inputs import InputSpec  # noqa: E402
-from hfenc.jobs import JobOptions, embed_file  # noqa: E402
+from hfenc.io.inputs import InputSpec  # noqa: E402
+from hfenc.jobs.local import JobOptions, embed_file  # noqa: E402
 
 TOL = 1e-6
 WORKERS = RayOptions(workers=2)
@@ -318,7 +318,7 @@ def test_replicas_run_the_openvino_backend_when_asked(bert, tmp_path):
 def test_a_replica_that_cannot_compute_the_jobs_dtype_refuses(bert, monkeypatch):
     from hfenc.errors import ConfigError
 
-    monkeypatch.setattr("hfenc.embedder.cpu_has_native_bf16", lambda: False)  # a node without bf16
+    monkeypatch.setattr("hfenc.compute.embedder.cpu_has_native_bf16", lambda: False)  # a node without bf16
     tasks = ray_runner.ray_modules().tasks
     with pytest.raises(ConfigError, match="computes in float32, not the job's bfloat16"):
         tasks.EmbedWorker(str(bert), {"device": "cpu", "dtype": "bfloat16"}, "float32", False, False, "truncate")

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 import tiny_models
-from hfenc.embedder import Embedder
-from hfenc.inputs import InputSpec
-from hfenc.jobs import JobOptions, embed_file
+from hfenc.compute.embedder import Embedder
+from hfenc.io.inputs import InputSpec
+from hfenc.jobs.local import JobOptions, embed_file
 
 TOL = 1e-6
 

@@ -28,8 +28,8 @@ import tiny_models
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.errors import ConfigError, InputError
-from hfenc.inputs import InputSpec
-from hfenc.jobs import JobOptions, embed_file
+from hfenc.io.inputs import InputSpec
+from hfenc.jobs.local import JobOptions, embed_file
 from hfenc.searching import Index, search_vectors
 
 runner = CliRunner()

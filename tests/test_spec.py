@@ -1,4 +1,4 @@
-"""A model resolved once (hfenc.spec): embed, info and lock-plan agree on its pipeline; the
+"""A model resolved once (hfenc.model.spec): embed, info and lock-plan agree on its pipeline; the
 library's input contract (one string, non-strings); prompts resolved as sentence-transformers
 does; --dim checked against the real output width (issue 9)."""
 
@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import hfenc
 from hfenc.cli import app
-from hfenc.describe import describe_model
+from hfenc.model.describe import describe_model
 from hfenc.errors import ConfigError, InputError, UnknownChoiceError
-from hfenc.poolers import get_pooler, pooler_names
+from hfenc.model.poolers import get_pooler, pooler_names
 
 MINILM_PARAMS = 22_565_376  # BertModel without its pooling layer: all-MiniLM-L6-v2 pools by mean
 

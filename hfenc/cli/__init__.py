@@ -1,0 +1,20 @@
+"""The `hfenc` command line: a thin adapter over the library (the only package using typer/rich).
+
+Each command parses options, calls one core function and renders the result. Data (tables,
+--json) goes to stdout; progress, warnings, summaries and errors go to stderr. A user error is
+`Error: ...` (+ `Hint: ...`), exit 1; usage errors are Typer's, exit 2; an interrupted job exits
+130 after saying how to resume; HFENC_DEBUG=1 shows tracebacks.
+"""
+
+
+from __future__ import annotations
+
+from hfenc.cli import files as _files, models as _models  # noqa: F401 (each registers its commands on `app`)
+from hfenc.cli.base import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

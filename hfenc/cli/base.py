@@ -1,0 +1,133 @@
+"""What every `hfenc` command shares: the two consoles (data on stdout, people on stderr), the Typer
+app, the one path from a library error to `Error: ...` (+ `Hint: ...`) and an exit code, and the
+table and JSON printers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+START = time.perf_counter()  # start-up (imports, input check, model load) counts in the summary
+out = Console(soft_wrap=True)  # data
+err = Console(stderr=True, soft_wrap=True)  # people
+
+app = typer.Typer(
+    name="hfenc",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _debug() -> bool:
+    return os.environ.get("HFENC_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, hint: str | None = None, code: int = 1) -> None:
+    err.print(Text(f"Error: {message}", style="bold red"))
+    if hint:
+        err.print(Text(f"Hint: {hint}", style="yellow"))
+    raise typer.Exit(code)
+
+
+# The library names its arguments (`dim=0`); on the command line they are options (`--dim 0`).
+_ARGUMENTS = ("dim", "truncate_dim", "max_length", "batch_tokens", "prompt_name", "prompt", "unlocked",
+              "pooler", "proj_weights", "proj", "seed", "chunk_size", "threads", "backend", "dtype", "device")
+
+
+def _as_options(message: str) -> str:
+    import re
+
+    names = "|".join(_ARGUMENTS)
+    return re.sub(rf"(?<![\w-])({names})=", lambda m: "--" + m.group(1).replace("_", "-") + " ", message)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's user-facing errors into one line on stderr and exit 1."""
+    from hfenc.errors import HfencError, Interrupted
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:  # not an error: the user stopped it, and it can go on
+            if _debug():
+                raise
+            argv = [a for a in sys.argv[1:] if a not in ("--resume", "--force")]
+            err.print(Text(f"Interrupted: {exc}", style="bold yellow"))
+            err.print(Text(f"Hint: resume with: hfenc {shlex.join(argv)} --resume", style="yellow"))
+            err.print(Text("Or drop the saved rows: hfenc clean --remove", style="yellow"))
+            raise typer.Exit(128 + exc.signum)
+        except HfencError as exc:
+            if _debug():
+                raise
+            fail(_as_options(str(exc)), exc.hint and _as_options(exc.hint))
+        except KeyboardInterrupt as exc:
+            if _debug():
+                raise
+            err.print(Text("Interrupted", style="bold yellow"))
+            raise typer.Exit(128 + getattr(exc, "signum", 2))
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from hfenc import __version__
+
+        out.print(f"hfenc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Embed text files with Hugging Face transformer encoders: fast, exact, resumable.
+
+    [b]Examples[/b]
+
+      hfenc embed examples/sentences.txt
+
+      hfenc lock-plan bert-base-uncased --unlocked 3
+
+      hfenc info sentence-transformers/all-MiniLM-L6-v2
+    """
+
+
+def print_table(table: Table) -> None:
+    """Tables are data: on a pipe (80 columns) a table that would cut words is printed wide."""
+    from rich.measure import Measurement
+
+    for column in table.columns:  # wrap a long cell at any width, never cut it with an ellipsis
+        column.overflow, column.no_wrap = "fold", False
+    size = Measurement.get(out, out.options.update(max_width=10_000), table)
+    if out.is_terminal or size.minimum <= out.width:
+        out.print(table)
+    else:  # Console.print clamps `width` to the console's own, so print through a wider one
+        Console(file=out.file, width=size.maximum, color_system=None).print(table)
+
+
+def print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def model_spec(model: str) -> Any:
+    """The model resolved once, before torch is imported: one that is nowhere, or whose folder
+    hfenc refuses, fails fast (bundled configs count)."""
+    from hfenc.model.spec import load_spec
+
+    return load_spec(model, config_only=True, bundled_ok=True)

@@ -1,0 +1,419 @@
+"""Output that is either whole or absent: a memory-mapped .npy, its sidecar, and resume state.
+
+Rows go into a hidden `.NAME.partial` file beside the output (numpy's open_memmap, space reserved
+up front so a full disk fails at the start instead of as a SIGBUS mid-run). After each chunk the
+map is flushed and a small state file records how many rows are final, so SIGKILL loses at most
+the chunk in flight.
+
+Publication is one step, journaled (issue 10): every new file (side files, the array, the
+sidecar) is staged under a hidden name first; the state file then records the list of renames;
+the old sidecar goes first (so no crash pairs new rows with old metadata), then the side files,
+the array and the new sidecar last; the state file is removed at the very end. A crash anywhere
+in between leaves a state that `--resume` completes (each rename is done once: a staged file
+that is gone was already published).
+
+Ownership: hfenc removes or overwrites only what it can prove it wrote. The sidecar lists the
+files of its output with their size and sha256; a side file at an output path that the sidecar
+there does not list with the same hash is someone else's and is refused without --force.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import mmap
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from hfenc import faults
+from hfenc.errors import OutputError, ResumeError
+
+SIDECAR_FORMAT = "hfenc-embeddings/1"
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    npy: Path
+
+    @property
+    def sidecar(self) -> Path:
+        return self.npy.with_name(self.npy.name + ".json")
+
+    @property
+    def ids(self) -> Path:
+        return self.npy.with_name(self.npy.stem + ".ids.txt")
+
+    @property
+    def lines(self) -> Path:
+        return self.npy.with_name(self.npy.stem + ".lines.npy")
+
+    def hidden(self, final: Path, tag: str) -> Path:
+        return final.with_name(f".{final.name}.{tag}")
+
+    @property
+    def partial(self) -> Path:
+        return self.hidden(self.npy, "partial")
+
+    @property
+    def state(self) -> Path:
+        return self.hidden(self.npy, "resume.json")
+
+    def staged(self, final: Path) -> Path:
+        """Where the next version of a final file waits to be published."""
+        return self.hidden(final, "staged")
+
+    def finals(self) -> list[Path]:
+        return [self.npy, self.sidecar, self.ids, self.lines]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """An hfenc sidecar at `path`, or None when there is none or the file is someone else's."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and str(data.get("format", "")).startswith("hfenc-embeddings/")
+    return data if ok else None
+
+
+def owns(paths: OutputPaths, final: Path) -> bool:
+    """True when the hfenc sidecar beside the output lists `final` as its own, unchanged."""
+    if final == paths.sidecar:
+        return read_sidecar(final) is not None
+    sidecar = read_sidecar(paths.sidecar)
+    entry = ((sidecar or {}).get("files") or {}).get(final.name)
+    if not isinstance(entry, dict) or not final.is_file():
+        return False
+    if final.stat().st_size != entry.get("bytes"):
+        return False
+    return "sha256" not in entry or file_sha256(final) == entry["sha256"]
+
+
+def default_output(input_path: str) -> Path:
+    """INPUT's stem + .npy next to it (data.jsonl.gz -> data.npy)."""
+    p = Path(input_path)
+    name = p.name[:-3] if p.name.endswith(".gz") else p.name
+    return p.with_name(Path(name).stem + ".npy")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    faults.point("json-written")
+    os.replace(tmp, path)
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[Path, ...] = ()) -> None:
+    """Fail before any work when the output cannot be written, or a file this run would replace
+    exists and --force is absent (`writes`: the side files this run makes)."""
+    directory = paths.npy.parent
+    if not directory.is_dir():
+        raise OutputError(f"output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {directory} is not writable")
+    for final in paths.finals():
+        if final.is_dir():
+            raise OutputError(f"output {final} is a directory")
+    resuming = resume and paths.state.exists()
+    if paths.npy.exists() and not force and not resuming:
+        raise OutputError(f"output {paths.npy} already exists", hint="pass --force to overwrite it")
+    if not force and not resuming:
+        for final in (paths.sidecar, *writes):
+            if final.exists() and not owns(paths, final):
+                raise OutputError(
+                    f"{final} exists and hfenc did not write it (no hfenc sidecar lists it)",
+                    hint="move it away, choose another output with -o, or pass --force to overwrite it",
+                )
+        if paths.partial.exists() and not paths.state.exists():
+            raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
+                              hint="move it away, or pass --force to overwrite it")
+    if paths.state.exists() and not resume and not force:
+        raise OutputError(
+            f"an interrupted run of {paths.npy} can be resumed",
+            hint="pass --resume to continue it, or --force to start over",
+        )
+    if resume and not paths.state.exists():
+        raise ResumeError(f"nothing to resume: no interrupted run of {paths.npy} was found")
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {path}")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def read_state(paths: OutputPaths) -> dict:
+    try:
+        state = json.loads(paths.state.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or "fingerprint" not in state or "rows_done" not in state:
+            raise ValueError("not a resume state")
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"cannot resume: {paths.state} is unreadable ({exc})",
+                          hint="use --force to start over") from None
+    return state
+
+
+def complete_publication(paths: OutputPaths, plan: dict) -> None:
+    """Carry out a journaled publication; safe to repeat after a crash at any point in it."""
+    renames = [(Path(a), Path(b)) for a, b in plan["renames"]]
+    try:
+        staged_sidecar = renames[-1][0]
+        if staged_sidecar.exists() and paths.sidecar.exists():
+            paths.sidecar.unlink()  # the old output's metadata goes before any new file arrives
+            faults.point("old-sidecar-removed")
+        for stale in plan.get("remove", []):
+            Path(stale).unlink(missing_ok=True)
+        for staged, final in renames:
+            if staged.exists():  # gone: published before a crash
+                os.replace(staged, final)
+                role = "array" if final == paths.npy else "sidecar" if final == paths.sidecar else "side-file"
+                faults.point(f"published-{role}")
+        fsync_dir(paths.npy.parent)
+        faults.point("published")
+        for path in (paths.state, paths.hidden(paths.state, "tmp")):
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _output_error(paths.npy, exc) from None
+
+
+# Keys a fingerprint gained after release, with the value every earlier run had: a run
+# interrupted before they were recorded still resumes.
+FINGERPRINT_DEFAULTS = {"id_field": None, "encoding_errors": "strict", "backend": "torch", "int8_group_size": None}
+
+
+def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:
+    """The interrupted run's state, refused unless it was made with the same `fingerprint`."""
+    state = read_state(paths)
+    old, new = {**FINGERPRINT_DEFAULTS, **state["fingerprint"]}, {**FINGERPRINT_DEFAULTS, **fingerprint}
+    changed = [k for k in sorted(set(new) | set(old)) if new.get(k) != old.get(k)]
+    if changed:
+        detail = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
+        hint = "rerun with the same input and options, or use --force to start over"
+        if "dtype" in changed:  # e.g. `--dtype auto` decided otherwise on this machine
+            hint = f"rerun with --dtype {state['fingerprint'].get('dtype')}, as the interrupted run computed, or --force"
+        raise ResumeError(f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})", hint=hint)
+    return state
+
+
+def remove_path(path: Path) -> None:
+    """Remove a partial output of ours, a file or a directory (a link itself, never its target)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def finish_publication(paths: OutputPaths, plan: dict) -> dict:
+    """Complete the publication `plan` an interrupted run began; returns the published sidecar."""
+    complete_publication(paths, plan)
+    sidecar = read_sidecar(paths.sidecar)
+    if sidecar is None:
+        raise ResumeError(f"cannot resume: the sidecar {paths.sidecar} is missing after publication")
+    return sidecar
+
+
+def write_state(paths: OutputPaths, fingerprint: dict, rows_done: int, stats: dict,
+                publishing: dict | None = None) -> None:
+    """Record that `rows_done` rows are final (the caller made them durable first)."""
+    state = {"fingerprint": fingerprint, "rows_done": rows_done, "stats": stats}
+    if publishing is not None:
+        state["publishing"] = publishing
+    try:
+        write_json_atomic(paths.state, state)
+    except OSError as exc:
+        raise _output_error(paths.state, exc) from None
+
+
+def publish(paths: OutputPaths, staged_output: Path, sidecar: dict, side_files: list[tuple[Path, Path]],
+            stale: list[Path], journal: Any) -> dict:
+    """Stage the sidecar (with the "files" map of what it owns), journal the renames with
+    `journal(plan)` (a resume state that records them), then carry them out. `staged_output` is
+    the finished, fsynced output under its hidden name. Returns the sidecar."""
+    try:
+        files = {paths.npy.name: {"bytes": staged_output.stat().st_size}}
+        for staged, final in side_files:
+            files[final.name] = {"bytes": staged.stat().st_size, "sha256": file_sha256(staged)}
+        sidecar = {**sidecar, "files": files}
+        write_json_atomic(paths.staged(paths.sidecar), sidecar)
+    except OSError as exc:
+        raise _output_error(staged_output, exc) from None
+    renames = [*side_files, (staged_output, paths.npy), (paths.staged(paths.sidecar), paths.sidecar)]
+    plan = {"renames": [[str(a), str(b)] for a, b in renames], "remove": [str(p) for p in stale]}
+    journal(plan)
+    faults.point("publishing")
+    complete_publication(paths, plan)
+    return sidecar
+
+
+class RowWriter:
+    """The partial .npy plus its resume state."""
+
+    def __init__(self, paths: OutputPaths, rows: int, dim: int, dtype: np.dtype, fingerprint: dict, resume: bool):
+        self.paths, self.fingerprint = paths, fingerprint
+        self.rows_done = 0
+        self.stats: dict = {}
+        self.publishing: dict | None = None  # a publication an earlier run began: only to finish
+        if resume:
+            state = resume_state(paths, fingerprint)
+            self.publishing = state.get("publishing")
+            if self.publishing is not None:
+                self.rows_done = int(state["rows_done"])
+                return
+            self.stats = dict(state.get("stats") or {})
+            if int(state["rows_done"]) == 0:  # killed before its first chunk: nothing to keep
+                self._create(rows, dim, dtype)
+                return
+            if not paths.partial.is_file():
+                raise ResumeError(f"cannot resume: the partial output {paths.partial} is missing")
+            self.array = open_memmap(paths.partial, mode="r+")
+            self.rows_done = int(state["rows_done"])
+        else:
+            self._remove(paths.partial)
+            self.save_state(0)  # the claim first: from here on a crash leaves a resumable state
+            self._create(rows, dim, dtype)
+
+    def _create(self, rows: int, dim: int, dtype: np.dtype) -> None:
+        paths = self.paths
+        try:
+            self.array = open_memmap(paths.partial, mode="w+", dtype=dtype, shape=(rows, dim))
+            self._reserve()
+        except OSError as exc:
+            self.abandon()
+            if exc.errno == errno.ENOSPC:
+                need = rows * dim * np.dtype(dtype).itemsize
+                raise OutputError(f"disk full: {need / 1e9:.2f} GB are needed in {paths.npy.parent}") from None
+            raise OutputError(f"cannot write {paths.partial}: {exc.strerror or exc}") from None
+
+    def _reserve(self) -> None:
+        """Allocate every block now: a sparse file would fail with SIGBUS when the disk fills."""
+        fd = os.open(self.paths.partial, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def rows(self, start: int, n: int) -> np.ndarray:
+        return self.array[start : start + n]
+
+    def _release(self) -> None:
+        """Drop the flushed pages from this process: they are safe in the file, and keeping them
+        mapped would make RSS grow with the output (a 100M-row job maps ~150 GB)."""
+        mapping = getattr(self.array, "_mmap", None)
+        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+    def save_state(self, rows_done: int, stats: dict | None = None, publishing: dict | None = None) -> None:
+        if hasattr(self, "array"):
+            self.array.flush()  # the rows first, then the claim that they are done
+            self._release()
+        # The state on disk first: a signal landing in between must not leave rows_done ahead of it
+        write_state(self.paths, self.fingerprint, rows_done, stats or {}, publishing)
+        self.rows_done = rows_done
+        self.stats = stats or {}
+
+    def finish(self, sidecar: dict, side_files: list[tuple[Path, Path]], stale: list[Path]) -> dict:
+        """Publish the array, the staged side files (staged, final) and the sidecar as one step;
+        `stale`: earlier side files of ours that this output no longer has. Returns the sidecar."""
+        paths = self.paths
+        try:
+            self.array.flush()
+            del self.array
+            with open(paths.partial, "rb+") as fh:
+                os.fsync(fh.fileno())
+            faults.point("finish-flushed")
+        except OSError as exc:
+            raise _output_error(paths.partial, exc) from None
+        return publish(paths, paths.partial, sidecar, side_files, stale,
+                       lambda plan: self.save_state(self.rows_done, self.stats, publishing=plan))
+
+    def finish_publication(self) -> dict:
+        """Complete the publication an interrupted run began; returns the published sidecar."""
+        assert self.publishing is not None
+        return finish_publication(self.paths, self.publishing)
+
+    def abandon(self) -> None:
+        """Drop everything (a refused run: nothing half-written stays behind)."""
+        if hasattr(self, "array"):
+            del self.array
+        for path in (self.paths.partial, self.paths.state, self.paths.hidden(self.paths.state, "tmp")):
+            self._remove(path)
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """An interrupted run's saved work: its resume state and the hidden files it claims."""
+
+    output: Path
+    rows_done: int
+    rows: int | None
+    files: tuple[Path, ...]
+
+    @property
+    def bytes(self) -> int:  # a Parquet partial is a directory of chunk files
+        return sum(p.stat().st_size for f in self.files for p in ([f] if f.is_file() else f.rglob("*"))
+                   if p.is_file())
+
+
+def find_abandoned(directory: Path) -> list[Abandoned]:
+    """Interrupted runs in `directory` (`hfenc clean`): only files an hfenc resume state claims."""
+    found = []
+    for state_file in sorted(directory.glob(".*.resume.json")):
+        output = state_file.with_name(state_file.name[1:].removesuffix(".resume.json"))
+        paths = OutputPaths(output)
+        try:
+            state = read_state(paths)
+        except ResumeError:
+            continue  # not a state hfenc can read: not ours to remove
+        claimed = [state_file, paths.partial, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy),
+                   paths.staged(paths.sidecar), paths.staged(paths.ids), paths.staged(paths.lines)]
+        found.append(Abandoned(output, int(state["rows_done"]), state["fingerprint"].get("rows"),
+                               tuple(f for f in claimed if f.exists())))
+    return found
+
+
+def remove_abandoned(item: Abandoned) -> None:
+    for file in item.files:
+        remove_path(file)

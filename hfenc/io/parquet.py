@@ -1,0 +1,479 @@
+"""Parquet and Arrow IPC (Feather v2): tables in, a Parquet table out. The only module that
+imports pyarrow (the optional extra `parquet`: pip install 'hfenc[parquet]').
+
+Input: one string column of a .parquet / .arrow / .feather file is the text (`--column`, default
+"text", else the only column), another may be the id (`--id-column`). Parquet is read row group by
+row group and Arrow IPC record batch by record batch, so memory stays flat however big the file.
+A missing column, a column that is not a string, a null, invalid UTF-8 or a file pyarrow cannot
+read is one InputError. A table has no lines: messages, and OUT.lines.npy with --skip-blank, name
+records, counted from 1. Like the text readers, a pass hashes the raw bytes (here: the whole file,
+read once through the same open handle that pyarrow then reads from, and checked unchanged by
+size and mtime at the end), so --resume and the scan/embed passes see the same file.
+
+Output schema (fixed: the Ray runner writes the same; readers rely on it):
+
+  row        int64                      global row index (row i is record i of the input)
+  id         string                     only with --id-column / --id-field
+  text       string                     only with --keep-text
+  embedding  fixed_size_list<T>[w]      T = float32 | float16 (--out-dtype), w = d;
+                                        --quantize int8|uint8:     T = int8 | uint8,  w = d;
+                                        --quantize binary|ubinary: T = int8 | uint8,  w = ceil(d/8)
+
+and the file's key-value metadata key `hfenc` holds the sidecar JSON (all of it but its "files"
+map, which describes this very file), so the file stands alone. One row group per chunk
+(`--chunk-size`). pyarrow, numpy and `datasets.Dataset.from_parquet` read it without glue code:
+`pq.read_table(p).column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, w)`.
+
+Writing keeps the guarantees of the .npy writer (hfenc.io.outputs): a Parquet file cannot be
+appended to after a crash, so each finished chunk is one Arrow IPC file in the hidden directory
+`.OUT.partial/` (fsynced, then claimed by the resume state); at the end the chunks are streamed,
+one row group at a time, into the staged `.OUT.staged`, which the journaled publication of
+hfenc.io.outputs renames into place with the sidecar. Trade-off: every row is written twice (the
+chunk files cost little: IPC is the in-memory layout), in exchange for --resume after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from hfenc import faults
+from hfenc.errors import ConfigError, HfencError, InputError, OutputError, ResumeError
+from hfenc.io.records import InputSpec, Record, Tally, changed, one_line, open_raw
+from hfenc.io.outputs import (OutputPaths, _output_error, finish_publication, fsync_dir, publish, remove_path, resume_state,
+                      write_state)
+
+METADATA_KEY = "hfenc"
+TABLE_FORMATS = ("parquet", "arrow")
+_BATCH_ROWS = 8192  # records decoded at a time when reading an input table
+
+
+@lru_cache(maxsize=1)
+def _arrow_modules() -> SimpleNamespace:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    return SimpleNamespace(pa=pa, pc=pc, ipc=ipc, pq=pq)
+
+
+def arrow() -> SimpleNamespace:
+    """pyarrow's modules, or one ConfigError naming the extra that installs them."""
+    try:
+        return _arrow_modules()
+    except ImportError:
+        raise ConfigError("Parquet and Arrow files need pyarrow, which is not installed",
+                          hint="pip install 'hfenc[parquet]'") from None
+
+
+# ---- input ----------------------------------------------------------------------------------
+
+def _is_text(t: Any) -> bool:
+    pa = arrow().pa
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t)
+
+
+def _batches(path: str, fmt: str, handle: Any, columns: list[str]) -> tuple[list[str], Any, Iterator[Any]]:
+    """(column names, schema, record batches of `columns`) of an open table file."""
+    a = arrow()
+    if fmt == "parquet":
+        pf = a.pq.ParquetFile(handle)
+        schema = pf.schema_arrow
+        names = schema.names
+
+        def parquet_batches() -> Iterator[Any]:
+            for group in range(pf.metadata.num_row_groups):  # one row group in memory at a time
+                yield from pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=columns)
+
+        return names, schema, parquet_batches()
+    try:
+        reader = a.ipc.open_file(handle)
+        batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    except a.pa.ArrowInvalid:  # not the IPC file format: perhaps the stream format
+        handle.seek(0)
+        reader = a.ipc.open_stream(handle)
+        batches = iter(reader)
+    schema = reader.schema
+    wanted = [schema.get_field_index(c) for c in columns]
+    return schema.names, schema, (batch.select(wanted) if hasattr(batch, "select") else batch for batch in batches)
+
+
+def _strings(array: Any, first: int, what: str, errors: str) -> list[str]:
+    """A string array as Python strings; invalid UTF-8 is refused (naming the record) or replaced."""
+    try:
+        return array.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    a = arrow()
+    if a.pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    values = []
+    for i, raw in enumerate(array.cast(a.pa.large_binary()).to_pylist()):
+        try:
+            values.append(raw.decode("utf-8", errors))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"record {first + i}: {what} holds invalid UTF-8 at byte {exc.start} of the value",
+                             hint="fix the file's encoding, or pass --encoding-errors replace") from None
+    return values
+
+
+def _nulls(array: Any, first: int, what: str) -> None:
+    if array.null_count:
+        at = arrow().pc.index(array.is_null(), True).as_py()
+        raise InputError(f"record {first + at}: {what} is null",
+                         hint="fill or drop the nulls, or choose another column with --column")
+
+
+def table_records(spec: InputSpec, tally: Tally | None = None, again: bool = False) -> Iterator[Record]:
+    """Every record of a Parquet / Arrow IPC file (`spec.resolved_format()` in TABLE_FORMATS)."""
+    fmt, path = spec.resolved_format(), spec.path
+    if path.endswith(".gz"):
+        raise InputError(f"{path}: a gzipped {fmt} file cannot be read", hint=f"decompress it: {fmt} compresses its own data")
+    a = arrow()
+    raw = open_raw(path, again)
+    with io.BufferedReader(raw, 1 << 20) as fh:
+        before = os.fstat(fh.fileno())
+        digest, size = _hash(fh)
+        fh.seek(0)
+        kind = "a Parquet" if fmt == "parquet" else "an Arrow IPC (Feather)"
+        try:
+            names, schema, _ = _batches(path, fmt, fh, [])
+            column = spec.column or ("text" if "text" in names or len(names) != 1 else names[0])
+            for key in (column, spec.id_field):
+                if key is not None and key not in names:
+                    shown = ", ".join(n if n.isprintable() else repr(n) for n in names)
+                    raise InputError(f"no column {key!r}; the file has: {shown}", hint="choose the column with --column")
+                if key is not None and names.count(key) > 1:
+                    raise InputError(f"column {key!r} appears {names.count(key)} times in {path}")
+            kind_of = schema.field(column).type
+            if not _is_text(kind_of):
+                raise InputError(f"column {column!r} holds {kind_of}, not strings",
+                                 hint="choose the text column with --column")
+            columns = [column] + ([spec.id_field] if spec.id_field is not None and spec.id_field != column else [])
+            fh.seek(0)
+            _, _, batches = _batches(path, fmt, fh, columns)
+            n = 0
+            for batch in batches:
+                first = n + 1
+                texts = batch.column(0)
+                _nulls(texts, first, f"column {column!r}")
+                values = _strings(texts, first, f"column {column!r}", spec.encoding_errors)
+                ids: list[Any] = [None] * len(values)
+                if spec.id_field is not None:
+                    id_array = batch.column(columns.index(spec.id_field))
+                    _nulls(id_array, first, f"id column {spec.id_field!r}")
+                    ids = id_array.to_pylist() if not _is_text(id_array.type) else \
+                        _strings(id_array, first, f"id column {spec.id_field!r}", spec.encoding_errors)
+                for i, text in enumerate(values):
+                    record_id = None if ids[i] is None else str(ids[i])
+                    if record_id is not None and ("\n" in record_id or "\r" in record_id):  # OUT.ids.txt is by line
+                        raise InputError(f"record {first + i}: the id contains a line break")
+                    yield Record(first + i, text, record_id)
+                n += len(values)
+        except HfencError:  # ours (InputError is a ValueError too): as it is
+            raise
+        except (a.pa.ArrowException, OSError, ValueError, TypeError) as exc:
+            raise InputError(f"cannot read {path} as {kind} file: {one_line(exc)}") from None
+        after = os.fstat(fh.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise changed(path, "was written to while it was read")
+    if tally is not None:
+        tally.sha256, tally.bytes = digest, size
+
+
+def _hash(fh: Any) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while block := fh.read(1 << 22):
+        digest.update(block)
+        size += len(block)
+    return "sha256:" + digest.hexdigest(), size
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+def schema(width: int, dtype: np.dtype, with_id: bool, with_text: bool, metadata: dict | None = None) -> Any:
+    """The output schema (see the module docstring)."""
+    pa = arrow().pa
+    fields = [pa.field("row", pa.int64(), nullable=False)]
+    if with_id:
+        fields.append(pa.field("id", pa.string()))
+    if with_text:
+        fields.append(pa.field("text", pa.string()))
+    fields.append(pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), width), nullable=False))
+    meta = None if metadata is None else {METADATA_KEY: json.dumps(metadata, indent=None)}
+    return pa.schema(fields, metadata=meta)
+
+
+def embedding_array(rows: np.ndarray) -> Any:
+    """An (n, w) array as fixed_size_list<T>[w] (zero-copy for a C-contiguous array)."""
+    pa = arrow().pa
+    rows = np.ascontiguousarray(rows)
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
+
+
+_CHUNK = re.compile(r"^(\d{12})\+(\d+)\.arrow$")
+
+
+class ParquetWriter:
+    """A Parquet output with RowWriter's interface: rows(start, n), save_state, finish, abandon,
+    publishing / finish_publication. `ids`: the scan's ids file (one per row), read at the end;
+    `keep_text`: texts arrive through tap()."""
+
+    def __init__(self, paths: OutputPaths, rows: int, width: int, dtype: np.dtype, fingerprint: dict,
+                 resume: bool, ids: Path | None = None, keep_text: bool = False) -> None:
+        arrow()  # a missing pyarrow fails before anything is written
+        self.paths, self.fingerprint = paths, fingerprint
+        self.rows_total, self.width, self.dtype = rows, width, np.dtype(dtype)
+        self.ids, self.keep_text = ids, keep_text
+        self.rows_done = 0
+        self.stats: dict = {}
+        self.publishing: dict | None = None
+        self._pending: tuple[int, np.ndarray] | None = None
+        self._texts: dict[int, list[str]] = {}
+        self._chunk_schema = schema(width, self.dtype, False, keep_text)
+        if resume:
+            state = resume_state(paths, fingerprint)
+            self.publishing = state.get("publishing")
+            self.rows_done = int(state["rows_done"])
+            if self.publishing is not None:
+                return
+            self.stats = dict(state.get("stats") or {})
+            if self.rows_done == 0:
+                self._create()
+                return
+            if not paths.partial.is_dir():
+                raise ResumeError(f"cannot resume: the partial output {paths.partial} is missing")
+            self._keep_chunks_up_to(self.rows_done)
+        else:
+            self._remove_partial()
+            self.save_state(0)  # the claim first: from here on a crash leaves a resumable state
+            self._create()
+
+    # -- the hidden partial directory
+
+    def _create(self) -> None:
+        try:
+            self._remove_partial()
+            self.paths.partial.mkdir()
+        except OSError as exc:
+            self.abandon()
+            raise OutputError(f"cannot write {self.paths.partial}: {exc.strerror or exc}") from None
+
+    def _remove_partial(self) -> None:
+        remove_path(self.paths.partial)
+
+    def _chunks(self) -> list[tuple[int, int, Path]]:
+        found = []
+        for entry in self.paths.partial.iterdir():
+            match = _CHUNK.match(entry.name)
+            if match:
+                found.append((int(match[1]), int(match[2]), entry))
+            elif entry.name.endswith(".tmp"):
+                entry.unlink()  # a chunk a crash cut short
+        return sorted(found)
+
+    def _keep_chunks_up_to(self, rows_done: int) -> None:
+        """Resume: the chunks the state claims must all be there; later ones (written after the
+        last claim) go."""
+        expect = 0
+        for start, n, path in self._chunks():
+            if start >= rows_done:
+                path.unlink()
+                continue
+            if start != expect:
+                raise ResumeError(f"cannot resume: the partial output {self.paths.partial} lacks rows "
+                                  f"{expect:,} to {start - 1:,}", hint="use --force to start over")
+            expect = start + n
+        if expect != rows_done:
+            raise ResumeError(f"cannot resume: the partial output {self.paths.partial} holds {expect:,} rows, "
+                              f"its resume state says {rows_done:,}", hint="use --force to start over")
+
+    # -- RowWriter's interface
+
+    def tap(self, chunks: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
+        """Pass (start, texts) chunks through, keeping the texts for --keep-text."""
+        for start, texts in chunks:
+            if self.keep_text:
+                self._texts[start] = texts
+            yield start, texts
+
+    def rows(self, start: int, n: int) -> np.ndarray:
+        block = np.zeros((n, self.width), dtype=self.dtype)
+        self._pending = (start, block)
+        return block
+
+    def _write_chunk(self, start: int, block: np.ndarray) -> None:
+        a = arrow()
+        n = len(block)
+        columns = [a.pa.array(np.arange(start, start + n, dtype=np.int64))]
+        if self.keep_text:
+            columns.append(a.pa.array(self._texts.pop(start), type=a.pa.string()))
+        columns.append(embedding_array(block))
+        table = a.pa.Table.from_arrays(columns, schema=self._chunk_schema)
+        final = self.paths.partial / f"{start:012d}+{n}.arrow"
+        tmp = final.with_name(final.name + ".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                with a.ipc.new_file(fh, self._chunk_schema) as writer:
+                    writer.write_table(table)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            fsync_dir(self.paths.partial)
+        except OSError as exc:
+            raise _output_error(final, exc) from None
+
+    def save_state(self, rows_done: int, stats: dict | None = None, publishing: dict | None = None) -> None:
+        if self._pending is not None:
+            start, block = self._pending
+            if start + len(block) == rows_done:  # the rows first, then the claim that they are done
+                self._write_chunk(start, block)
+                self._pending = None
+        # The state on disk first: a signal landing in between must not leave rows_done ahead of it
+        write_state(self.paths, self.fingerprint, rows_done, stats or {}, publishing)
+        self.rows_done = rows_done
+        self.stats = stats or {}
+
+    def _merge(self, sidecar: dict, staged: Path) -> None:
+        """Stream the chunk files, in row order, into one Parquet file: a row group per chunk."""
+        a = arrow()
+        meta = {k: v for k, v in sidecar.items() if k != "files"}
+        out_schema = schema(self.width, self.dtype, self.ids is not None, self.keep_text, meta)
+        ids = open(self.ids, encoding="utf-8") if self.ids is not None else None
+        try:
+            with open(staged, "wb") as fh:
+                writer = a.pq.ParquetWriter(
+                    fh, out_schema, compression={"row": "snappy", "id": "snappy", "text": "zstd", "embedding": "none"},
+                    use_dictionary=False, write_statistics=["row"])
+                try:
+                    expect = 0
+                    for start, n, path in self._chunks():
+                        if start != expect:
+                            raise OutputError(f"the partial output {self.paths.partial} lacks rows from {expect:,}",
+                                              hint="use --force to start over")
+                        expect = start + n
+                        with a.pa.memory_map(str(path)) as source:
+                            table = a.ipc.open_file(source).read_all()
+                        columns = [table.column("row")]
+                        if ids is not None:
+                            columns.append(a.pa.array([ids.readline().rstrip("\n") for _ in range(n)], type=a.pa.string()))
+                        if self.keep_text:
+                            columns.append(table.column("text"))
+                        columns.append(table.column("embedding"))
+                        writer.write_table(a.pa.Table.from_arrays(columns, schema=out_schema), row_group_size=max(n, 1))
+                finally:
+                    writer.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            if ids is not None:
+                ids.close()
+
+    def finish(self, sidecar: dict, side_files: list[tuple[Path, Path]], stale: list[Path]) -> dict:
+        """Merge the chunks into the staged file, then publish it, the side files and the sidecar
+        in one journaled step (hfenc.io.outputs.publish). Returns the sidecar."""
+        staged = self.paths.staged(self.paths.npy)
+        try:
+            self._merge(sidecar, staged)
+            faults.point("finish-flushed")
+        except OSError as exc:
+            raise _output_error(staged, exc) from None
+
+        def journal(plan: dict) -> None:
+            self.save_state(self.rows_done, self.stats, publishing=plan)
+            self._remove_partial()  # the staged file holds every row now
+
+        return publish(self.paths, staged, sidecar, side_files, stale, journal)
+
+    def finish_publication(self) -> dict:
+        assert self.publishing is not None
+        try:
+            self._remove_partial()
+        except OSError as exc:
+            raise _output_error(self.paths.partial, exc) from None
+        return finish_publication(self.paths, self.publishing)
+
+    def abandon(self) -> None:
+        self._pending = None
+        for path in (self.paths.state, self.paths.hidden(self.paths.state, "tmp"), self.paths.staged(self.paths.npy)):
+            path.unlink(missing_ok=True)
+        try:
+            self._remove_partial()
+        except OSError:
+            pass
+
+
+# ---- reading an index -----------------------------------------------------------------------
+
+def read_metadata(path: str | Path) -> dict | None:
+    """The sidecar stored in a Parquet file's key-value metadata, or None."""
+    a = arrow()
+    try:
+        meta = a.pq.read_schema(str(path)).metadata or {}
+    except (a.pa.ArrowException, OSError) as exc:
+        raise InputError(f"cannot read {path} as a Parquet file: {one_line(exc)}") from None
+    raw = meta.get(METADATA_KEY.encode())
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class ParquetIndex:
+    """An embeddings table read row group by row group (flat memory whatever its size)."""
+
+    def __init__(self, path: str | Path) -> None:
+        a = arrow()
+        self.path = Path(path)
+        try:
+            self._file = a.pq.ParquetFile(str(path))
+        except (a.pa.ArrowException, OSError) as exc:
+            raise InputError(f"cannot read {path} as a Parquet file: {one_line(exc)}") from None
+        s = self._file.schema_arrow
+        if "embedding" not in s.names or "row" not in s.names:
+            raise InputError(f"{path} has no 'row' and 'embedding' columns: not an hfenc embeddings table")
+        t = s.field("embedding").type
+        if not a.pa.types.is_fixed_size_list(t):
+            raise InputError(f"{path}: column 'embedding' is {t}, not a fixed-size list")
+        self.width = t.list_size
+        self.dtype = np.dtype(t.value_type.to_pandas_dtype())
+        self.rows = self._file.metadata.num_rows
+        self.columns = s.names
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row indices, (n, width) embeddings) per row group."""
+        for group in range(self._file.metadata.num_row_groups):
+            table = self._file.read_row_group(group, columns=["row", "embedding"])
+            emb = table.column("embedding").combine_chunks()
+            values = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width)
+            yield table.column("row").to_numpy(), values
+
+    def lookup(self, rows: set[int], column: str) -> dict[int, str]:
+        """Values of `column` at the given row indices (one pass over that column and `row`)."""
+        found: dict[int, str] = {}
+        if column not in self.columns or not rows:
+            return found
+        for group in range(self._file.metadata.num_row_groups):
+            table = self._file.read_row_group(group, columns=["row", column])
+            index = table.column("row").to_numpy()
+            hit = np.flatnonzero(np.isin(index, np.fromiter(rows, np.int64)))
+            if len(hit):
+                values = table.column(column).take(hit).to_pylist()
+                found.update(zip(index[hit].tolist(), values))
+        return found

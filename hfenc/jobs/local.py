@@ -1,0 +1,342 @@
+"""An embedding job: input file -> validated records -> Embedder -> .npy + sidecar, resumable.
+
+Order matters for failing early: output checks and the input scan (cheap, and they catch most
+mistakes) run before the model is loaded; the output is reserved only after the model loaded.
+A run that fails after rows were saved keeps its partial output and state for --resume; a run
+refused on purpose (--on-overflow error) removes everything it wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hfenc.compute.embedder import Embedder
+from hfenc.compute.engine import Progress, RunStats
+from hfenc import faults
+from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
+                     UnknownChoiceError)
+from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
+from hfenc.io.outputs import SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns
+from hfenc.io.writers import check_options, default_path, open_output, out_format
+
+OUT_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    input: InputSpec
+    output: Path | None = None
+    force: bool = False
+    resume: bool = False
+    out_dtype: str = "float32"
+    chunk_size: int = 16384
+    on_overflow: Literal["truncate", "error"] = "truncate"
+    texts: tuple[str, ...] = ()  # --text: texts given on the command line (instead of a file)
+    out_format: str | None = None  # npy | parquet; None: from the output's suffix (hfenc.io.writers)
+    quantize: str | None = None  # int8 | uint8 | binary | ubinary (hfenc.io.quantize)
+    ranges: str | Path | None = None  # int8/uint8 calibration ranges file (default: a sample of the input)
+    keep_text: bool = False  # Parquet output: a `text` column
+
+
+@dataclass
+class JobResult:
+    output: Path
+    sidecar: Path
+    rows: int
+    dim: int
+    seconds: float
+    truncated: int
+    blank: int
+    tokens: int
+    resumed_from: int
+    metadata: dict[str, Any]
+    embed_seconds: float = 0.0  # the model's part: reading, tokenizing, computing, writing rows
+    warnings: list[str] = field(default_factory=list)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C (so temporary files go) but remembered as SIGTERM."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the job like Ctrl-C does: finished chunks are kept for --resume."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_job(job: JobOptions) -> None:
+    """The options every engine checks before it reads anything."""
+    if job.out_dtype not in OUT_DTYPES:
+        raise UnknownChoiceError("output dtype", job.out_dtype, OUT_DTYPES)
+    if job.on_overflow not in ("truncate", "error"):
+        raise UnknownChoiceError("overflow policy", job.on_overflow, ("truncate", "error"))
+    if job.chunk_size < 1:
+        raise ConfigError(f"chunk size must be positive, got {job.chunk_size}")
+    if "-" in job.input.more or (job.input.path == "-" and job.input.more):
+        raise ConfigError("standard input (-) cannot be combined with other inputs")
+
+
+def _validate(job: JobOptions) -> OutputPaths:
+    check_job(job)
+    if job.output is not None and str(job.output) == "-":
+        raise ConfigError("-o - (standard output) is not supported: an output is an array plus its sidecar",
+                          hint="give a file name, e.g. -o out.npy")
+    if (job.input.path == "-" or job.input.more or job.texts) and job.output is None:
+        what = "standard input" if job.input.path == "-" else "--text" if job.texts else "several inputs"
+        raise ConfigError(f"{what} needs an output path", hint="pass -o OUT.npy")
+    job.input.check()  # an unknown format, or an option that does not apply to it, fails here
+    fmt = check_options(job.output, job.out_format, job.quantize, job.ranges, job.keep_text, job.out_dtype)
+    out = Path(job.output) if job.output is not None else default_path(default_output(job.input.path), fmt)
+    return OutputPaths(out)
+
+
+def _line_of(spec: InputSpec, row: int) -> str:
+    """Where record `row` starts: `line N` (`FILE line N` with several inputs); found again only
+    when a refusal needs it."""
+    i = 0
+    for path in spec.paths:
+        for record in records(replace(spec, path=path, more=())):
+            if i == row:
+                return f"{path} line {record.line}" if spec.more else f"line {record.line}"
+            i += 1
+    return f"record {row + 1}"
+
+
+def _saved_rows(paths: OutputPaths, fallback: int) -> int:
+    """The rows the resume state on disk says are saved (what --resume will start from): the
+    signal may have landed while it was being written."""
+    from hfenc.io.outputs import read_state
+
+    try:
+        return int(read_state(paths)["rows_done"])
+    except (HfencError, TypeError, ValueError):  # no readable state: what the writer counted
+        return fallback
+
+
+def embed_file(
+    job: JobOptions,
+    embedder: Embedder | Callable[[], Embedder],
+    progress: Callable[[Progress], None] | None = None,
+) -> JobResult:
+    """Run one job. `embedder` may be a factory, so that it is only loaded once the input is valid."""
+    t0 = time.perf_counter()
+    paths = _validate(job)
+    ids_side = job.input.id_field and out_format(paths.npy, job.out_format) != "parquet"  # Parquet: an id column
+    writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+    check_writable(paths, job.force, job.resume, writes)
+    with sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
+        return _embed_file(job, paths, embedder, progress, t0)
+
+
+def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
+    spooled = None
+    if job.texts:
+        spooled = spool_texts(paths.npy.parent, job.texts)
+    elif job.input.path == "-":
+        spooled = spool_stdin(paths.npy.parent)
+    spec = replace(job.input, path=str(spooled), format="jsonl" if job.texts else job.input.resolved_format()) \
+        if spooled else job.input
+    # The scan's side files; they are staged for publication only once the rows are done.
+    ids_tmp = paths.hidden(paths.ids, "scan")
+    lines_tmp = paths.hidden(paths.lines, "scan")
+    try:
+        with open(ids_tmp, "w", encoding="utf-8") if spec.id_field else nullcontext() as ids_out, \
+             open(lines_tmp, "wb") if spec.skip_blank else nullcontext() as lines_out:
+            info = scan(spec, ids_out, lines_out)
+        faults.point("scanned")
+        model = embedder() if callable(embedder) and not isinstance(embedder, Embedder) else embedder
+        faults.point("loaded")
+        return _run(job, spec, paths, info, model, ids_tmp, lines_tmp, progress, t0)
+    finally:
+        for tmp in (ids_tmp, lines_tmp, spooled):
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
+
+
+def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, ids_tmp: Path,
+         lines_tmp: Path, progress: Callable[[Progress], None] | None, t0: float) -> JobResult:
+    fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, info.rows, asdict(model.settings),
+                                  model.weights_hash, model.config_hash, chunk_size=job.chunk_size)
+    fmt = out_format(paths.npy, job.out_format)
+    output = open_output(paths, fmt, info.rows, model.dim, job.out_dtype, fingerprint, job.resume,
+                         quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
+                         ids=ids_tmp if spec.id_field and fmt == "parquet" else None, model=model, spec=spec)
+    writer = output.writer
+    if writer.publishing is not None:  # the earlier run had finished its rows: publish them
+        metadata = writer.finish_publication()
+        return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, time.perf_counter() - t0,
+                         metadata.get("truncated_rows", 0), info.blank, metadata.get("tokens", 0),
+                         writer.rows_done, metadata, warnings=["the interrupted run had finished; its output is now published"])
+    resumed_from = writer.rows_done
+    saved = writer.stats
+    stats = RunStats(rows=0, tokens=saved.get("tokens", 0), truncated=saved.get("truncated", 0),
+                     first_truncated=saved.get("first_truncated"))
+
+    def on_chunk(start: int, n: int, s: RunStats) -> None:
+        if job.on_overflow == "error" and s.first_truncated is not None:
+            raise OverflowRefused(
+                f"{_line_of(spec, s.first_truncated)} is longer than the maximum of {model.max_length} tokens",
+                hint="raise --max-length, or drop --on-overflow error to truncate",
+            )
+        writer.save_state(start + n, {"tokens": s.tokens, "truncated": s.truncated,
+                                      "first_truncated": s.first_truncated})
+        faults.point("chunk-saved")
+
+    def report(p: Progress) -> None:
+        if progress is not None:
+            progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed, resumed_from))
+
+    t_embed = time.perf_counter()
+    try:
+        model.engine.run(
+            output.tap(chunks(spec, job.chunk_size, resumed_from, expected=info)), writer.rows, on_chunk=on_chunk,
+            progress=report, rows_total=info.rows, stats=stats,
+        )
+    except KeyboardInterrupt as exc:
+        saved = _saved_rows(paths, writer.rows_done)
+        raise Interrupted(
+            f"{saved:,} of {info.rows:,} rows are saved in {paths.partial.name}",
+            rows_done=saved, signum=getattr(exc, "signum", signal.SIGINT),
+        ) from None
+    except (OverflowRefused, InputChanged):  # a refusal, or rows of other bytes: nothing half-written stays
+        writer.abandon()
+        raise
+    except HfencError:
+        raise
+    except OSError as exc:  # disk full, permissions changed, a device error: saved rows stay
+        raise OutputError(
+            f"cannot go on writing {paths.npy}: {exc.strerror or exc}; {writer.rows_done:,} rows are saved",
+            hint="fix the cause, then rerun with --resume",
+        ) from None
+
+    embed_seconds = time.perf_counter() - t_embed
+    warnings = [*model.notes, *output.warnings]
+    if info.blank and not spec.skip_blank:
+        warnings.append(f"{info.blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
+    if stats.truncated:
+        warnings.append(f"{stats.truncated:,} text(s) were longer than {model.max_length} tokens and truncated")
+    elapsed = time.perf_counter() - t0
+    extra, side_files, stale = _side_files(spec, paths, output.ids_in_file, ids_tmp, lines_tmp, warnings)
+    fmt_in = spec.resolved_format()
+    input_meta = input_metadata(job, spec, fmt_in, info.sha256, info.bytes, info.files if spec.more else None)
+    metadata = job_sidecar(paths.npy, info.rows, model.dim, output.out_dtype, input_meta, model.describe(),
+                           job.chunk_size, {**output.metadata(), **extra},
+                           RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from, elapsed, embed_seconds))
+    metadata = writer.finish(metadata, side_files, stale)
+    return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, elapsed, stats.truncated, info.blank,
+                     stats.tokens, resumed_from, metadata, embed_seconds=embed_seconds, warnings=warnings)
+
+
+def _side_files(spec: InputSpec, paths: OutputPaths, ids_in_file: bool, ids_tmp: Path, lines_tmp: Path,
+                warnings: list[str]) -> tuple[dict[str, str], list[tuple[Path, Path]], list[Path]]:
+    """The ids and kept-line files beside the output: staged for publication (with the sidecar keys
+    naming them), and an earlier run's that this run replaces with nothing (stale), if hfenc wrote them."""
+    extra: dict[str, str] = {}
+    side_files: list[tuple[Path, Path]] = []
+    stale: list[Path] = []
+    if spec.id_field and not ids_in_file:
+        os.replace(ids_tmp, paths.staged(paths.ids))
+        side_files.append((paths.staged(paths.ids), paths.ids))
+        extra["ids_file"] = paths.ids.name
+    if spec.skip_blank:
+        with open(paths.staged(paths.lines), "wb") as fh:
+            np.save(fh, np.fromfile(lines_tmp, dtype="<i8"))
+        side_files.append((paths.staged(paths.lines), paths.lines))
+        extra["lines_file"] = paths.lines.name
+    for made, final in ((spec.id_field and not ids_in_file, paths.ids), (spec.skip_blank, paths.lines)):
+        if not made and final.exists():  # an earlier run's, beside the output this run replaces
+            if owns(paths, final):
+                stale.append(final)
+            else:
+                warnings.append(f"left {final.name} alone: hfenc did not write it")
+    return extra, side_files, stale
+
+
+# ---- what a job records: both engines (this module and hfenc.jobs.ray_runner) build these ---------
+
+def job_fingerprint(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, rows: int, settings: dict[str, Any],
+                    weights_sha256: str | None, config_sha256: str | None, **extra: Any) -> dict[str, Any]:
+    """What a resumed run must match (hfenc.io.outputs.resume_state names what differs): the input's
+    bytes and how they are read, the model's files, every setting that changes a row."""
+    return {
+        "input_sha256": sha256, "rows": rows, "format": fmt,
+        "field": spec.field, "column": spec.column, "id_field": spec.id_field, "skip_blank": spec.skip_blank,
+        "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
+        "weights_sha256": weights_sha256, "config_sha256": config_sha256,
+        "out_dtype": job.out_dtype, "on_overflow": job.on_overflow,
+        **{k: v for k, v in settings.items() if k not in _row_free(settings)},
+        **extra,
+    }
+
+
+def _row_free(settings: dict[str, Any]) -> tuple[str, ...]:
+    """Settings that change no row. The token budget does not, except for OpenVINO int8, whose
+    kernels follow the batch shape."""
+    if settings.get("backend") == "openvino" and settings.get("dtype") == "int8":
+        return ("model", "device")
+    return ("model", "device", "batch_tokens")
+
+
+def input_metadata(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, nbytes: int,
+                   files: Any = None) -> dict[str, Any]:
+    """The sidecar's "input": `files`, (path, records) per file, when there are several."""
+    return {"path": "(--text)" if job.texts else job.input.path, "format": fmt, "sha256": sha256, "bytes": nbytes,
+            "field": spec.field if fmt in ("jsonl", "json") else None, "column": spec.column,
+            "skip_blank": spec.skip_blank, "tsv_quoting": spec.tsv_quoting if fmt == "tsv" else None,
+            **({"files": [{"path": p, "rows": n} for p, n in files]} if files else {})}
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """What only the finished job knows."""
+
+    truncated: int
+    blank: int
+    tokens: int
+    resumed_from: int
+    elapsed: float
+    embed_seconds: float
+
+
+def job_sidecar(output: Path, rows: int, dim: int, out_dtype: str, input_meta: dict[str, Any],
+                describe: dict[str, Any], chunk_size: int, extra: dict[str, Any],
+                totals: RunTotals | None = None) -> dict[str, Any]:
+    """The sidecar of a job, one shape for both engines; without `totals`, what a Ray shard
+    carries while the job runs (no totals, not `complete`)."""
+    meta: dict[str, Any] = {"format": SIDECAR_FORMAT}
+    if totals is not None:
+        meta["complete"] = True
+    meta.update({"output": output.name, "rows": rows, "dim": dim, "out_dtype": out_dtype})
+    if totals is not None:
+        meta.update({"truncated_rows": totals.truncated, "blank_rows": totals.blank, "tokens": totals.tokens})
+    meta.update({"input": input_meta, **describe, "chunk_size": chunk_size})
+    if totals is not None:
+        meta.update({"resumed_from_row": totals.resumed_from or None,  # with --ray: a count of rows, not a prefix
+                     "elapsed_seconds": round(totals.elapsed, 3), "embed_seconds": round(totals.embed_seconds, 3),
+                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    meta.update(extra)
+    return meta

@@ -1,0 +1,321 @@
+"""What runs inside Ray: the scan and probe tasks, the read tasks, the embedding actor and the
+shard writer. Imported only after `hfenc.jobs.ray_runner.ray_modules()` found Ray installed.
+
+Every input file is read by hfenc's own record parser (hfenc.io.inputs; hfenc.io.parquet for tables),
+inside a Ray read task, so a record means exactly what it means to the single-process path. A
+file on another filesystem (s3://, gs://, hdfs://: anything `pyarrow.fs` opens) is copied to a
+local temporary file first, then parsed the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+from ray.data.datasource import BlockBasedFileDatasink
+
+from hfenc.errors import ConfigError, HfencError, InputChanged, OverflowRefused
+from hfenc.io.inputs import InputSpec, Tally, records  # the parser the single-process scan uses
+from hfenc.io.parquet import METADATA_KEY, embedding_array
+
+META_DIR = "_meta"  # beside the shards: one JSON per shard (rows, tokens, bytes, sha256)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: `name` as the user gave it (messages, sidecar, the input hash), `path`
+    on `filesystem` (a pyarrow FileSystem, pickled to the workers; absolute when local)."""
+
+    name: str
+    path: str
+    filesystem: Any
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+
+@contextmanager
+def local_copy(f: InputFile) -> Iterator[str]:
+    """A local path holding `f`'s bytes: the file itself, or a temporary copy of a remote one
+    (named like it, so a .gz is still seen as one)."""
+    if f.local:
+        yield f.path
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".hfenc-ray-", suffix="-" + posixpath.basename(f.path))
+    try:
+        with os.fdopen(fd, "wb") as out, f.filesystem.open_input_stream(f.path, compression=None) as src:
+            shutil.copyfileobj(src, out, 1 << 22)
+        yield tmp
+    finally:
+        os.unlink(tmp)
+
+
+@contextmanager
+def naming(f: InputFile, local: str, several: bool) -> Iterator[None]:
+    """An error about `f` names it as the user did (not a temporary copy), and with several
+    input files says which one it is about."""
+    try:
+        yield
+    except HfencError as exc:
+        message = str(exc).replace(local, f.name) if local != f.name else str(exc)
+        if several and f.name not in message:
+            message = f"{f.name}: {message}"
+        exc.args = (message,)
+        raise
+
+
+def _one(spec: InputSpec, path: str) -> InputSpec:
+    return replace(spec, path=path, more=())
+
+
+# ---- tasks --------------------------------------------------------------------------------------
+
+def scan_file(spec: InputSpec, f: InputFile, several: bool, want_lines: bool) -> dict[str, Any]:
+    """Validate and count one file's records (the scan of hfenc.io.inputs, file by file); the hash
+    is of the very bytes that were parsed. `lines`: kept line numbers, for --skip-blank."""
+    with local_copy(f) as path, naming(f, path, several):
+        tally, rows, blank, chars, lines = Tally(), 0, 0, 0, []
+        for record in records(_one(spec, path), tally):
+            rows += 1
+            blank += not record.text.strip()
+            chars += len(record.text)
+            if want_lines:
+                lines.append(record.line)
+    return {"rows": rows, "blank": blank, "sha256": tally.sha256, "bytes": tally.bytes, "text_bytes": chars,
+            "lines": np.asarray(lines, dtype=np.int64) if want_lines else None}
+
+
+def probe(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Load the model as a worker does (its device, its dtype, its threads): the settings, width
+    and hashes that the sidecar records, and any bad option that needs the model, before the
+    job starts."""
+    from hfenc.compute.embedder import Embedder
+
+    return described(Embedder(model, **options))
+
+
+def described(embedder: Any) -> dict[str, Any]:
+    return {"describe": embedder.describe(), "dim": embedder.dim, "notes": list(embedder.notes),
+            "max_length": embedder.max_length}
+
+
+def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int) -> tuple[np.ndarray, dict]:
+    """int8/uint8 ranges from the local path's sample of the input (hfenc.io.writers.calibrate),
+    over every file in order (remote ones copied here first)."""
+    from hfenc.io.writers import calibrate as calibrate_on
+
+    with ExitStack() as stack:
+        paths = [stack.enter_context(local_copy(f)) for f in files]
+        return calibrate_on(embedder, replace(spec, path=paths[0], more=tuple(paths[1:])), rows)
+
+
+def calibrate_with(model: str, options: dict[str, Any], spec: InputSpec, files: list[InputFile],
+                   rows: int) -> tuple[np.ndarray, dict]:
+    """calibrate, in a task of its own on a worker node (the model loaded as a replica loads it)."""
+    from hfenc.compute.embedder import Embedder
+
+    return calibrate(Embedder(model, **options), spec, files, rows)
+
+
+def run_driver(job: Any, model: str, options: dict[str, Any], cluster: Any) -> Any:
+    """The whole job, run as a task on the cluster (a ray:// address: see runner._through_client)."""
+    from hfenc.jobs.ray_runner import embed_ray
+
+    return embed_ray(job, model, options, cluster)
+
+
+def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any], block_rows: int,
+              with_id: bool, several: bool) -> Iterator[pa.Table]:
+    """Blocks of {row, text[, id]}: record k of this file is global row `start + k`. The pass
+    hashes the bytes again as it streams; a file that changed since the scan fails before its
+    last block is handed out (as hfenc.io.inputs.chunks does)."""
+    with local_copy(f) as path, naming(f, path, several):
+        tally = Tally()
+        texts: list[str] = []
+        ids: list[str | None] = []
+        n = 0
+
+        def block() -> pa.Table:
+            first = start + n - len(texts)
+            columns = {"row": pa.array(np.arange(first, first + len(texts), dtype=np.int64)),
+                       "text": pa.array(texts, pa.string())}
+            if with_id:
+                columns["id"] = pa.array(ids, pa.string())
+            return pa.table(columns)
+
+        for record in records(_one(spec, path), tally, again=True):
+            if n >= expect["rows"]:
+                raise _changed(f.name, f"has more than the {expect['rows']} records it had")
+            if len(texts) == block_rows:
+                yield block()
+                texts, ids = [], []
+            texts.append(record.text)
+            ids.append(record.id)
+            n += 1
+        if n != expect["rows"]:
+            raise _changed(f.name, f"has {n} records, not the {expect['rows']} it had")
+        if (tally.sha256, tally.bytes) != (expect["sha256"], expect["bytes"]):
+            raise _changed(f.name, f"no longer has the bytes it was checked with ({tally.bytes} bytes, "
+                                   f"it had {expect['bytes']})")
+        if texts:
+            yield block()
+
+
+def _changed(name: str, detail: str) -> InputChanged:
+    return InputChanged(f"input changed while it was being embedded: {name} {detail}",
+                        hint="embed a copy of the file that nothing writes to while hfenc runs")
+
+
+class InputSource(Datasource):
+    """One read task per input file (a file is parsed from its start: CSV records span lines,
+    gzip is one stream); each task streams blocks of `block_rows` rows."""
+
+    def __init__(self, spec: InputSpec, files: list[InputFile], starts: list[int], scans: list[dict[str, Any]],
+                 block_rows: int, with_id: bool) -> None:
+        self.spec, self.files, self.starts, self.scans = spec, files, starts, scans
+        self.block_rows, self.with_id = block_rows, with_id
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return sum(s["bytes"] for s in self.scans)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        several = len(self.files) > 1
+        tasks = []
+        for f, start, s in zip(self.files, self.starts, self.scans):
+            if s["rows"] == 0:
+                continue
+            expect = {k: s[k] for k in ("rows", "sha256", "bytes")}
+            read = functools.partial(read_file, self.spec, f, start, expect, self.block_rows, self.with_id, several)
+            meta = BlockMetadata(num_rows=s["rows"], size_bytes=s["bytes"], exec_stats=None, input_files=(f.name,))
+            tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+# ---- the embedding actor ------------------------------------------------------------------------
+
+class EmbedWorker:
+    """One model replica: loads the Embedder once, then embeds batch after batch through its
+    engine (length sort + token budget inside the batch, as for a chunk of the local path).
+
+    Two batches may be in the actor at once (`max_concurrent_calls_per_actor`): one is tokenized
+    while the other holds the model (the lock), so tokenization overlaps inference on a GPU."""
+
+    def __init__(self, model: str, options: dict[str, Any], out_dtype: str, with_id: bool, keep_text: bool,
+                 on_overflow: str, quantization: dict[str, Any] | None = None,
+                 faults: dict[str, Any] | None = None) -> None:
+        from hfenc.compute.embedder import Embedder
+        from hfenc.io.quantize import Quantization
+
+        self.embedder = Embedder(model, **options)
+        if self.embedder.settings.dtype != options.get("dtype", self.embedder.settings.dtype):
+            # e.g. bf16 asked for on a node without native bf16: its rows would differ from the rest
+            raise ConfigError(f"a replica on this node computes in {self.embedder.settings.dtype}, not the job's "
+                              f"{options['dtype']}: {'; '.join(self.embedder.notes) or 'its CPU differs'}",
+                              hint="give --dtype float32, or run on nodes of one kind")
+        self.out_dtype = np.dtype(out_dtype)
+        self.quantization = None if quantization is None else Quantization.from_record(quantization)
+        self.with_id, self.keep_text, self.on_overflow = with_id, keep_text, on_overflow
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.faults = faults or {}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        engine = self.embedder.engine
+        texts = batch.column("text").to_pylist()
+        tok = engine.tokenizer(texts, getattr(engine, "tokenize_threads", 1))
+        if self.on_overflow == "error" and tok.truncated.any():
+            row = batch.column("row")[int(np.argmax(tok.truncated))].as_py()
+            exc = OverflowRefused(f"row {row} is longer than the maximum of {self.embedder.max_length} tokens",
+                                  hint="raise --max-length, or drop --on-overflow error to truncate")
+            exc.row = row  # type: ignore[attr-defined]  (the driver names the line)
+            raise exc
+        dest = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
+        with self.lock:
+            engine.embed_tokenized(tok, dest)
+        self.calls += 1
+        self._fault()
+        columns: dict[str, Any] = {"row": batch.column("row")}
+        if self.with_id:
+            columns["id"] = batch.column("id")
+        if self.keep_text:
+            columns["text"] = batch.column("text")
+        stored = self.quantization(dest) if self.quantization is not None else dest.astype(self.out_dtype, copy=False)
+        columns["embedding"] = embedding_array(stored)
+        columns["_tokens"] = pa.array(tok.lengths.astype(np.int64))
+        columns["_truncated"] = pa.array(tok.truncated)
+        return pa.table(columns)
+
+    def _fault(self) -> None:
+        """Fault injection for the tests (hfenc.jobs.ray_runner.faults_from_env): `delay`
+        seconds per batch; `kill` (K, MARKER): after its K-th batch, the first actor to create
+        MARKER SIGKILLs its own process, its batch still in hand."""
+        if self.faults.get("delay"):
+            time.sleep(float(self.faults["delay"]))
+        kill = self.faults.get("kill")
+        if kill is None or self.calls != kill[0]:
+            return
+        try:
+            os.close(os.open(kill[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- the shard writer ---------------------------------------------------------------------------
+
+class ShardSink(BlockBasedFileDatasink):
+    """Writes each block as one Parquet shard with hfenc's schema (hfenc.io.parquet.schema) and
+    the job's sidecar under the `hfenc` key, then a small JSON beside it in _meta/ (rows, row
+    range, tokens, truncated, bytes, sha256), which progress and the manifest read instead of
+    the shards. Both carry the shard's name, so Ray's checkpoint recovery removes both when a
+    write was cut short."""
+
+    def __init__(self, path: str, schema: pa.Schema, sidecar: dict[str, Any], min_rows: int | None = None) -> None:
+        super().__init__(path, file_format="parquet", min_rows_per_file=min_rows)
+        self.schema, self.sidecar = schema, sidecar
+        self._path: str | None = None
+
+    def open_output_stream(self, path: str) -> Any:
+        self._path = path
+        return super().open_output_stream(path)
+
+    def write_block_to_file(self, block: Any, file: Any) -> None:
+        table = block.to_arrow()
+        rows = table.column("row").to_numpy()
+        truncated = table.column("_truncated").to_numpy(zero_copy_only=False)
+        shard = {"rows": len(rows), "row_min": int(rows.min()), "row_max": int(rows.max()),
+                 "tokens": int(pc.sum(table.column("_tokens")).as_py() or 0), "truncated_rows": int(truncated.sum()),
+                 "first_truncated": int(rows[truncated].min()) if truncated.any() else None}
+        schema = self.schema.with_metadata({METADATA_KEY: json.dumps({**self.sidecar, "shard": shard})})
+        out = table.select(schema.names).cast(schema)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(out, buffer)
+        data = buffer.getvalue()
+        file.write(data)
+        assert self._path is not None
+        name = posixpath.basename(self._path)
+        info = {"file": name, **shard, "bytes": data.size, "sha256": "sha256:" + hashlib.sha256(data).hexdigest()}
+        meta = posixpath.join(posixpath.dirname(self._path), META_DIR, name.removesuffix(".parquet") + ".json")
+        with self.filesystem.open_output_stream(meta) as fh:
+            fh.write(json.dumps(info).encode())
