@@ -99,10 +99,11 @@ def test_exact_parts_equal_what_a_real_optimizer_step_leaves(tiny_model_dir, mod
 
 def test_adamw8bit_state_follows_bitsandbytes_rules():
     # bitsandbytes is not installed here. Its Optimizer2State.init_state (block_wise=True): tensors
-    # of >= 4,096 elements get two uint8 states and two float32 absmax per 2,048 elements; smaller
-    # ones two float32 states; the two 256-entry float32 quantisation maps are shared. By hand:
-    shapes = [(64, 100), (100,)]  # 6,400 elements (4 blocks) and 100 elements
-    by_hand = (2 * 6400 + 2 * 4 * 4) + 2 * 100 * 4 + 2 * 256 * 4
+    # of >= 4,096 elements get two uint8 states and two float32 absmax per block of 256 elements
+    # (`blocks = n // 256`, plus one for a remainder); smaller ones two float32 states; the two
+    # 256-entry float32 quantisation maps are shared. By hand:
+    shapes = [(64, 100), (100,)]  # 6,400 elements (25 blocks of 256) and 100 elements
+    by_hand = (2 * 6400 + 2 * 25 * 4) + 2 * 100 * 4 + 2 * 256 * 4
     assert optimizer_state_bytes(shapes, "adamw8bit", 4) == by_hand
 
 

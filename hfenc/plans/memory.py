@@ -268,13 +268,13 @@ def optimizer_state_bytes(shapes: list[tuple[int, ...]], optimizer: str, param_b
             else:
                 total += math.prod(s) * 4 + 4
         return total
-    if optimizer == "adamw8bit":  # bitsandbytes Optimizer2State.init_state, block_wise=True
-        total = 0
+    if optimizer == "adamw8bit":  # bitsandbytes Optimizer2State.init_state, block_wise=True:
+        total = 0  # uint8 states, and a float32 absmax per block of 256 elements for each
         for n in numel:
             if n < 4096:
                 total += 2 * n * 4
             else:
-                total += 2 * n + 2 * math.ceil(n / 2048) * 4
+                total += 2 * n + 2 * math.ceil(n / 256) * 4
         return total + (2 * 256 * 4 if any(n >= 4096 for n in numel) else 0)  # qmap1, qmap2: shared
     raise UnknownChoiceError("optimizer", optimizer, OPTIMIZERS)
 
