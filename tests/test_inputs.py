@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import hfenc.io.inputs
+import hfenc.io.records
 from hfenc.errors import HfencError, InputError, UnknownChoiceError
 from hfenc.io.inputs import InputSpec, chunks, records, scan
 
@@ -380,6 +381,31 @@ def test_unknown_format_lists_the_choices(tmp_path):
         _scan(spec)
 
 
+@pytest.mark.parametrize("option", [{"id_field": "id"}, {"field": "body"}])
+def test_a_json_array_of_bare_strings_refuses_field_options(tmp_path, option):
+    # a bare string has no fields: the option was ignored and the ids written empty
+    spec = InputSpec(_write(tmp_path, "in.json", '["a", "b"]\n'), **option)
+    name = "--id-field id" if "id_field" in option else "--field body"
+    with pytest.raises(InputError, match=rf"line 1: the array item is a bare string, so {name} has no field"):
+        _scan(spec)
+    assert [r.text for r in records(InputSpec(spec.path))] == ["a", "b"]  # without the option it reads
+
+
+@pytest.mark.parametrize("value, kind", [
+    ('{"k": 1}', "an object"), ("true", "a boolean"), ("1.5", "a fractional number"), ("[1]", "an array"),
+])
+def test_ids_that_are_not_strings_or_integers_are_refused_naming_the_line(tmp_path, value, kind):
+    data = '{"text": "a", "id": "x"}\n{"text": "b", "id": %s}\n' % value
+    with pytest.raises(InputError, match=rf"line 2: the id is {kind}, not a string or an integer"):
+        _scan(InputSpec(_write(tmp_path, "in.jsonl", data), id_field="id"))
+
+
+def test_integer_ids_are_written_in_decimal(tmp_path):
+    data = '{"text": "a", "id": 7}\n{"text": "b", "id": -12345678901234567890}\n{"text": "c", "id": "x"}\n'
+    _, ids, _ = _scan(InputSpec(_write(tmp_path, "in.jsonl", data), id_field="id"))
+    assert ids == ["7", "-12345678901234567890", "x"]
+
+
 def test_id_field_with_plain_text_is_refused(tmp_path):
     with pytest.raises(InputError, match="--id-field needs"):
         _scan(InputSpec(_write(tmp_path, "in.txt", "a\n"), id_field="id"))
@@ -538,7 +564,7 @@ def test_io_error_while_reading_is_one_input_error(tmp_path, monkeypatch, name, 
             return _FailingRaw(path, good=len(data) // 2)
         return real_open(file, mode, buffering, *args, **kwargs)
 
-    monkeypatch.setattr(hfenc.io.inputs, "open", failing_open, raising=False)  # the module's `open`
+    monkeypatch.setattr(hfenc.io.records, "open", failing_open, raising=False)  # the module that opens inputs
     with pytest.raises(InputError) as info:
         _scan(InputSpec(path))
     message = _one_line_error(info, f"cannot read {path} after line ", "Input/output error")
@@ -614,7 +640,7 @@ def test_scan_hashes_the_bytes_it_parsed_in_one_pass(tmp_path, monkeypatch):
         opened.append(str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(hfenc.io.inputs, "open", counting_open, raising=False)
+    monkeypatch.setattr(hfenc.io.records, "open", counting_open, raising=False)
     info = scan(spec)
     assert opened == [spec.path]
     assert info.sha256 == "sha256:" + hashlib.sha256(b"a\nb\n").hexdigest()

@@ -29,7 +29,7 @@ from interrupts import stop_after
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.errors import ConfigError, InputError
-from hfenc.io.inputs import InputSpec
+from hfenc.io.inputs import InputSpec, records
 from hfenc.jobs.local import JobOptions, embed_file
 
 WIDTH = tiny_models.HIDDEN
@@ -230,6 +230,20 @@ def test_parquet_input_by_row_group_equals_the_same_texts_from_txt(tmp_path, emb
     meta = result.metadata["input"]
     assert meta["format"] == "parquet" and meta["column"] == "body"
     assert meta["bytes"] == (tmp_path / "in.parquet").stat().st_size
+
+
+@pytest.mark.parametrize("ids, kind", [([b"ab", b"cd"], "binary data"), ([True, False], "a boolean"),
+                                       ([1.5, 2.5], "a fractional number"), ([{"k": 1}, {"k": 2}], "an object")])
+def test_parquet_ids_that_are_not_strings_or_integers_are_refused(tmp_path, ids, kind):
+    pq.write_table(pa.table({"text": ["a", "b"], "key": ids}), tmp_path / "in.parquet")
+    spec = InputSpec(str(tmp_path / "in.parquet"), id_field="key")
+    with pytest.raises(InputError, match=rf"record 1: the id is {kind}, not a string or an integer"):
+        list(records(spec))
+
+
+def test_parquet_integer_ids_are_written_in_decimal(tmp_path):
+    pq.write_table(pa.table({"text": ["a", "b"], "key": pa.array([7, -3], pa.int64())}), tmp_path / "in.parquet")
+    assert [r.id for r in records(InputSpec(str(tmp_path / "in.parquet"), id_field="key"))] == ["7", "-3"]
 
 
 @pytest.mark.parametrize("suffix, write", [

@@ -44,8 +44,8 @@ from typing import IO
 import numpy as np
 
 from hfenc.errors import InputError
-from hfenc.io.records import (FORMATS, InputSpec, Record, Tally, changed, one_line, open_raw,  # noqa: F401 (API)
-                                _TABLES, _format_of)
+from hfenc.io.records import (FORMATS, InputSpec, Record, Tally, changed, id_text, one_line,  # noqa: F401 (API)
+                                open_raw, _TABLES, _format_of)
 
 _BOM = codecs.BOM_UTF8
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -166,6 +166,10 @@ def _jsonl(spec: InputSpec, tally: Tally | None, again: bool) -> Iterator[Record
 def _json_record(obj: object, spec: InputSpec, line: int, item: str = "the record") -> Record:
     """A JSON value as a record: an object's text field (jsonl, json), or a bare string (json)."""
     if isinstance(obj, str) and spec.resolved_format() == "json":
+        if spec.id_field is not None or spec.field != "text":  # a bare string has no fields to read
+            option = f"--id-field {spec.id_field}" if spec.id_field is not None else f"--field {spec.field}"
+            raise InputError(f"line {line}: {item} is a bare string, so {option} has no field to read",
+                             hint="give objects with the fields named, or drop the option")
         return Record(line, _unicode(obj, line, "the text", spec.encoding_errors))
     if not isinstance(obj, dict):
         raise InputError(f"line {line}: {item} is a JSON {_json_type(obj)}, not an object with a {spec.field!r} field")
@@ -274,13 +278,11 @@ def _id(obj: dict, key: str | None, line: int, errors: str = "strict") -> str | 
         return None
     if key not in obj or obj[key] is None:
         raise InputError(f"line {line}: no id field {key!r}")
-    return _id_value(str(obj[key]), line, errors)
+    return _id_value(obj[key], line, errors)
 
 
-def _id_value(value: str, line: int, errors: str = "strict") -> str:
-    if "\n" in value or "\r" in value:
-        raise InputError(f"line {line}: the id contains a line break")
-    return _unicode(value, line, "the id", errors)
+def _id_value(value: object, line: int, errors: str = "strict") -> str:
+    return _unicode(id_text(value, f"line {line}"), line, "the id", errors)
 
 
 # csv refuses a field over csv.field_size_limit() (128 KiB by default) while a .txt line may be

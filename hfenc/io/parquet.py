@@ -49,7 +49,7 @@ import numpy as np
 
 from hfenc import faults
 from hfenc.errors import ConfigError, HfencError, InputError, OutputError, ResumeError
-from hfenc.io.records import InputSpec, Record, Tally, changed, one_line, open_raw
+from hfenc.io.records import InputSpec, Record, Tally, changed, id_text, one_line, open_raw
 from hfenc.io.outputs import (OutputPaths, _output_error, finish_publication, fsync_dir, publish, remove_path, resume_state,
                       write_state)
 
@@ -178,9 +178,7 @@ def table_records(spec: InputSpec, tally: Tally | None = None, again: bool = Fal
                     ids = id_array.to_pylist() if not _is_text(id_array.type) else \
                         _strings(id_array, first, f"id column {spec.id_field!r}", spec.encoding_errors)
                 for i, text in enumerate(values):
-                    record_id = None if ids[i] is None else str(ids[i])
-                    if record_id is not None and ("\n" in record_id or "\r" in record_id):  # OUT.ids.txt is by line
-                        raise InputError(f"record {first + i}: the id contains a line break")
+                    record_id = None if ids[i] is None else id_text(ids[i], f"record {first + i}")
                     yield Record(first + i, text, record_id)
                 n += len(values)
         except HfencError:  # ours (InputError is a ValueError too): as it is

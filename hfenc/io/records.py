@@ -126,3 +126,24 @@ class Tally:
     """What one pass read: filled in when the pass reaches the end of the input."""
     sha256: str | None = None
     bytes: int = 0
+
+
+_KINDS = {bool: "a boolean", float: "a fractional number", dict: "an object", list: "an array",
+          tuple: "an array", bytes: "binary data", bytearray: "binary data", type(None): "null"}
+
+
+def id_text(value: object, where: str) -> str:
+    """An id as hfenc writes it (one line of OUT.ids.txt, a string column): a string as it is, an
+    integer in decimal. Anything else is refused: written as Python shows it (`{'k': 1}`, `True`,
+    `b'ab'`), it would be an id no other tool reads back."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        kind = _KINDS.get(type(value), f"a {type(value).__name__}")
+        raise InputError(f"{where}: the id is {kind}, not a string or an integer",
+                         hint="ids must be strings or integers")
+    if "\n" in text or "\r" in text:
+        raise InputError(f"{where}: the id contains a line break")
+    return text
