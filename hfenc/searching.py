@@ -306,6 +306,12 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
         raise ConfigError("no queries to search for")
     if any(not isinstance(t, str) for t in queries):
         raise ConfigError("queries must be strings")
+    for number, query in enumerate(queries, 1):
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:  # a command-line argument of bytes that are not UTF-8 arrives as surrogates
+            raise InputError(f"query {number} is not valid UTF-8 text",
+                             hint="give the query in UTF-8 (check the terminal's or the file's encoding)") from None
     idx = Index(index)
     if embedder is None:
         from hfenc.io.sidecar import recorded_embedder

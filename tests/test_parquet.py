@@ -241,6 +241,14 @@ def test_parquet_ids_that_are_not_strings_or_integers_are_refused(tmp_path, ids,
         list(records(spec))
 
 
+def test_a_null_inside_an_arrow_dictionary_is_a_null_record(tmp_path):
+    # the indices are valid, the dictionary entry they point at is null: null_count says 0
+    column = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["a", None]))
+    feather.write_feather(pa.table({"text": column}), str(tmp_path / "in.arrow"))
+    with pytest.raises(InputError, match=r"record 2: column 'text' is null"):
+        list(records(InputSpec(str(tmp_path / "in.arrow"))))
+
+
 def test_parquet_integer_ids_are_written_in_decimal(tmp_path):
     pq.write_table(pa.table({"text": ["a", "b"], "key": pa.array([7, -3], pa.int64())}), tmp_path / "in.parquet")
     assert [r.id for r in records(InputSpec(str(tmp_path / "in.parquet"), id_field="key"))] == ["7", "-3"]

@@ -290,6 +290,21 @@ def test_cli_bad_indexes_are_one_line(tmp_path, monkeypatch, make, needle):
     assert "Traceback" not in result.stderr
 
 
+def test_queries_that_are_not_utf8_are_one_line(indexed, tmp_path):
+    # an argument of bytes that are not UTF-8 reaches Python as a lone surrogate (surrogateescape)
+    argument = _search(indexed / "index.npy", "ok", "caf\udce9")
+    piped = _search(indexed / "index.npy", "--queries", "-", input=b"ok\ncaf\xe9\n")
+    (tmp_path / "q.txt").write_bytes(b"one\ntwo\n\xff\n")
+    filed = _search(indexed / "index.npy", "--queries", tmp_path / "q.txt")
+    for result, needle in ((argument, "query 2 is not valid UTF-8 text"),
+                           (piped, "cannot read queries from standard input: line 2 is not valid UTF-8"),
+                           (filed, "line 3 is not valid UTF-8")):
+        assert result.exit_code == 1 and result.stdout == "", result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and needle in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_cli_needs_a_query(indexed):
     result = _search(indexed / "index.npy")
     assert result.exit_code == 2 and "give a QUERY" in result.stderr

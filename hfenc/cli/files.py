@@ -218,16 +218,7 @@ def search(
 
     found = list(queries or [])
     if queries_file is not None:
-        if queries_file == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            try:
-                lines = Path(queries_file).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                from hfenc.errors import InputError
-
-                raise InputError(f"cannot read queries from {queries_file}: {getattr(exc, 'strerror', None) or exc}") from None
-        found += [line for line in lines if line.strip()]
+        found += [line for line in _query_lines(queries_file) if line.strip()]
     if not found:
         raise typer.BadParameter("give a QUERY, or --queries FILE (- for stdin)")
     result = run_search(index, found, k, texts=texts, rescore=rescore, device=device, prompt=prompt,
@@ -253,6 +244,23 @@ def search(
             table.add_row(str(h.rank), f"{h.score:.4f}", *([str(h.hamming)] if with_ham else []), str(h.row),
                           *([h.id or ""] if with_ids else []), *([_clip(h.text or "")] if with_texts else []))
         print_table(table)
+
+
+def _query_lines(source: str) -> list[str]:
+    """The lines of --queries FILE (or - for stdin), read as bytes so bad UTF-8 is one clear line."""
+    from hfenc.errors import InputError
+
+    name = "standard input" if source == "-" else source
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read queries from {name}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"cannot read queries from {name}: line {line} is not valid UTF-8",
+                         hint="save the queries as UTF-8") from None
 
 
 def _clip(text: str, width: int = 60) -> str:

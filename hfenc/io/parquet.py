@@ -131,6 +131,8 @@ def _strings(array: Any, first: int, what: str, errors: str) -> list[str]:
 
 
 def _nulls(array: Any, first: int, what: str) -> None:
+    if arrow().pa.types.is_dictionary(array.type):  # a null in the dictionary is not in null_count
+        array = array.dictionary_decode()
     if array.null_count:
         at = arrow().pc.index(array.is_null(), True).as_py()
         raise InputError(f"record {first + at}: {what} is null",
