@@ -315,6 +315,33 @@ def test_resume_with_another_dtype_is_refused_naming_the_dtype_to_give(data, emb
     assert info.value.hint.startswith("rerun with --dtype bfloat16")
 
 
+def test_resume_with_another_token_budget_is_refused_naming_both_values(data, embedder, bert):
+    """The batches a text lands in move its row by an ulp or so: another --batch-tokens on resume
+    would mix rows of two batchings, so it is refused with the value to give."""
+    _interrupted(data, embedder)
+    other = Embedder(str(bert), device="cpu", batch_tokens=embedder.engine.batch_tokens // 2)
+    with pytest.raises(ResumeError) as info:
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), other)
+    assert f"batch_tokens: {embedder.engine.batch_tokens} -> {embedder.engine.batch_tokens // 2}" in str(info.value)
+    assert info.value.hint.startswith(f"rerun with --batch-tokens {embedder.engine.batch_tokens}")
+
+
+@pytest.mark.parametrize("key, value, hint", [
+    ("torch_version", "1.0.0", "library versions"), ("transformers_version", "4.0.0", "library versions"),
+    ("device", "cuda:0", "rerun with --device cuda:0"),
+])
+def test_resume_on_other_libraries_or_another_device_is_refused(data, embedder, key, value, hint):
+    _interrupted(data, embedder)
+    state_path = data / ".out.npy.resume.json"
+    state = json.loads(state_path.read_text())
+    assert key in state["fingerprint"]  # recorded by the interrupted run
+    state["fingerprint"][key] = value  # as a run with other libraries, or on a GPU, records it
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ResumeError) as info:
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
+    assert f"{key}: {value!r} -> " in str(info.value) and hint in info.value.hint
+
+
 def test_resume_progress_counts_from_the_saved_rows(data, embedder):
     _interrupted(data, embedder)
     seen: list[int] = []

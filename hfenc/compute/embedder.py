@@ -57,6 +57,12 @@ class EmbedSettings:
     int8_group_size: int | None = None  # OpenVINO int8: channels per activation scale
 
 
+def library_versions(backend: str) -> dict[str, str]:
+    """The versions of what computes the rows: recorded in the sidecar, matched on --resume."""
+    return {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            **({"openvino": openvino_backend.version()} if backend == "openvino" else {})}
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     """What to compute, apart from the model; `check()` needs no model, so bad options fail first."""
@@ -390,8 +396,7 @@ class Embedder:
             "probe_min_cosine": None if self.probe_min_cosine is None else round(self.probe_min_cosine, 6),
             **({"conversion_min_cosine": round(self.conversion_min_cosine, 6)}
                if self.conversion_min_cosine is not None else {}),
-            "versions": {"hfenc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                         **({"openvino": openvino_backend.version()} if self.options.backend == "openvino" else {})},
+            "versions": library_versions(self.options.backend),
         }
 
     def encode(self, texts: str | Iterable[str], progress: Callable[[Progress], None] | None = None,

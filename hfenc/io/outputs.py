@@ -219,8 +219,15 @@ def resume_state(paths: OutputPaths, fingerprint: dict) -> dict:
     if changed:
         detail = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {fingerprint.get(k)!r}" for k in changed[:3])
         hint = "rerun with the same input and options, or use --force to start over"
+        was = state["fingerprint"]
         if "dtype" in changed:  # e.g. `--dtype auto` decided otherwise on this machine
-            hint = f"rerun with --dtype {state['fingerprint'].get('dtype')}, as the interrupted run computed, or --force"
+            hint = f"rerun with --dtype {was.get('dtype')}, as the interrupted run computed, or --force"
+        elif "batch_tokens" in changed and was.get("batch_tokens") is not None:  # batches decide the bits
+            hint = f"rerun with --batch-tokens {was.get('batch_tokens')}, as the interrupted run used, or --force"
+        elif "device" in changed and was.get("device") is not None:
+            hint = f"rerun with --device {was.get('device')}, as the interrupted run used, or --force"
+        elif any(key.endswith("_version") for key in changed):
+            hint = "resume with the library versions the interrupted run used, or --force to start over"
         raise ResumeError(f"cannot resume: {', '.join(changed)} changed since the interrupted run ({detail})", hint=hint)
     return state
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hfenc.compute.embedder import Embedder
+from hfenc.compute.embedder import Embedder, library_versions
 from hfenc.compute.engine import Progress, RunStats
 from hfenc import faults
 from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
@@ -288,17 +288,12 @@ def job_fingerprint(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, row
         "tsv_quoting": spec.tsv_quoting, "encoding_errors": spec.encoding_errors,
         "weights_sha256": weights_sha256, "config_sha256": config_sha256,
         "out_dtype": job.out_dtype, "on_overflow": job.on_overflow,
-        **{k: v for k, v in settings.items() if k not in _row_free(settings)},
+        # everything that changes a row's bits: the batch shape too (the engine's numbers move by an
+        # ulp with batch composition), the device, and the libraries that compute them
+        **{k: v for k, v in settings.items() if k != "model"},
+        **{f"{name}_version": v for name, v in library_versions(settings.get("backend", "torch")).items()},
         **extra,
     }
-
-
-def _row_free(settings: dict[str, Any]) -> tuple[str, ...]:
-    """Settings that change no row. The token budget does not, except for OpenVINO int8, whose
-    kernels follow the batch shape."""
-    if settings.get("backend") == "openvino" and settings.get("dtype") == "int8":
-        return ("model", "device")
-    return ("model", "device", "batch_tokens")
 
 
 def input_metadata(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, nbytes: int,
