@@ -190,22 +190,28 @@ class Index:
         index's recorded format options; it must have one record per row)."""
         if texts_file is None:
             return self._table.lookup(rows, "text") if self._table is not None else {}
-        from hfenc.io.inputs import InputSpec, records
+        from hfenc.io.inputs import FORMATS, InputSpec, Tally, records
 
         recorded = self.sidecar.get("input") or {}
-        spec = InputSpec(str(texts_file), skip_blank=bool(recorded.get("skip_blank")))
-        fmt = spec.resolved_format()
-        if fmt == recorded.get("format"):
-            spec = InputSpec(str(texts_file), field=recorded.get("field") or "text", column=recorded.get("column"),
-                             skip_blank=bool(recorded.get("skip_blank")),
-                             tsv_quoting=bool(recorded.get("tsv_quoting")))
-        found, n = {}, 0
-        for n, record in enumerate(records(spec), start=1):
+        if recorded.get("files"):
+            raise InputError(f"the index was embedded from {len(recorded['files'])} files; --texts reads one",
+                             hint="embed the files into one index each to show texts, or leave --texts out")
+        fmt = recorded.get("format")
+        # read as `embed` read it: the recorded format and options, so row i is record i again
+        spec = InputSpec(str(texts_file), format=fmt if fmt in FORMATS else None,
+                         field=recorded.get("field") or "text", column=recorded.get("column"),
+                         skip_blank=bool(recorded.get("skip_blank")), tsv_quoting=bool(recorded.get("tsv_quoting")),
+                         encoding_errors="replace" if recorded.get("encoding_errors") == "replace" else "strict")
+        found, n, tally = {}, 0, Tally()
+        for n, record in enumerate(records(spec, tally), start=1):
             if n - 1 in rows:
                 found[n - 1] = record.text
         if n != self.rows:
             raise InputError(f"{texts_file} has {n:,} records; the index has {self.rows:,} rows",
                              hint="give the file the index was embedded from")
+        if recorded.get("sha256") and tally.sha256 != recorded["sha256"]:
+            raise InputError(f"{texts_file} is not the input the index was embedded from (its sha256 differs from "
+                             "the one the sidecar records)", hint="give the file the index was embedded from")
         return found
 
 

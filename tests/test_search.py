@@ -211,6 +211,23 @@ def test_texts_file_and_ids_file_name_the_hits(indexed, corpus):
         hfenc.search(indexed / "index.npy", "a red car", texts=indexed / "short.jsonl", device="cpu")
 
 
+def test_texts_of_another_file_with_as_many_records_are_refused(indexed, corpus):
+    # same count, other words: the hits would show texts that were never embedded
+    (indexed / "other.jsonl").write_text("".join(json.dumps({"text": t.upper(), "id": f"doc{i}"}) + "\n"
+                                                 for i, t in enumerate(corpus)))
+    with pytest.raises(InputError, match="other.jsonl is not the input the index was embedded from"):
+        hfenc.search(indexed / "index.npy", "a red car", texts=indexed / "other.jsonl", device="cpu")
+
+
+def test_texts_are_read_with_the_recorded_settings(tmp_path, bert):
+    # an index made with --encoding-errors replace shows its own input's texts (it was refused)
+    (tmp_path / "in.txt").write_bytes(b"caf\xe9 au lait\nplain tea\n")
+    model = Embedder(str(bert), device="cpu")
+    embed_file(JobOptions(InputSpec(str(tmp_path / "in.txt"), encoding_errors="replace"), tmp_path / "i.npy"), model)
+    result = hfenc.search(tmp_path / "i.npy", "tea", k=2, texts=tmp_path / "in.txt", embedder=model)
+    assert sorted(h.text for h in result.results[0].hits) == ["caf\ufffd au lait", "plain tea"]
+
+
 def test_the_models_query_prompt_is_used_for_queries(tmp_path, corpus):
     builder = st_layouts.FolderBuilder(tmp_path / "layouts")
     e5 = builder.get("e5")  # prompts: query: "query: ", passage: "passage: "

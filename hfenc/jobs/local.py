@@ -302,6 +302,7 @@ def input_metadata(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, nbyt
     return {"path": "(--text)" if job.texts else job.input.path, "format": fmt, "sha256": sha256, "bytes": nbytes,
             "field": spec.field if fmt in ("jsonl", "json") else None, "column": spec.column,
             "skip_blank": spec.skip_blank, "tsv_quoting": spec.tsv_quoting if fmt == "tsv" else None,
+            "encoding_errors": spec.encoding_errors,
             **({"files": [{"path": p, "rows": n} for p, n in files]} if files else {})}
 
 
