@@ -25,6 +25,7 @@ from hfenc.compute.engine import Progress, RunStats
 from hfenc import faults
 from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
                      UnknownChoiceError)
+from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
 from hfenc.io.outputs import SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns
 from hfenc.io.writers import check_options, default_path, open_output, out_format
@@ -147,9 +148,11 @@ def embed_file(
     paths = _validate(job)
     ids_side = job.input.id_field and out_format(paths.npy, job.out_format) != "parquet"  # Parquet: an id column
     writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines)) if made)
-    check_writable(paths, job.force, job.resume, writes)
-    with sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
-        return _embed_file(job, paths, embedder, progress, t0)
+    # The output is this job's alone from before anything of it is read until the job returns.
+    with Claim(paths.npy):
+        check_writable(paths, job.force, job.resume, writes)
+        with sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
+            return _embed_file(job, paths, embedder, progress, t0)
 
 
 def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
