@@ -30,9 +30,9 @@ from typer.testing import CliRunner  # noqa: E402
 import tiny_models  # noqa: E402
 from hfenc.cli import app  # noqa: E402
 from hfenc.jobs.ray_runner import MANIFEST, RayOptions, embed_ray  # noqa: E402
-from hfenc.jobs import ray_runner  # noqa: E402
+from hfenc.jobs import ray_pipeline, ray_session  # noqa: E402
 from hfenc.compute.embedder import Embedder  # noqa: E402
-from hfenc.errors import Interrupted  # noqa: E402
+from hfenc.errors import Interrupted, OutputError  # noqa: E402
 from hfenc.io.inputs import InputSpec  # noqa: E402
 from hfenc.jobs.local import JobOptions, embed_file  # noqa: E402
 
@@ -80,10 +80,10 @@ def _local(bert: Path, path: Path | list[Path], out: Path, quantize: str | None 
 
 
 def _ray(bert: Path, inputs: list[Path] | Path | str, out: Path, *, chunk: int = CHUNK, resume: bool = False,
-         progress=None, quantize: str | None = None, **spec):
+         force: bool = False, progress=None, quantize: str | None = None, **spec):
     paths = [str(p) for p in (inputs if isinstance(inputs, list) else [inputs])]
     job = JobOptions(InputSpec(paths[0], more=tuple(paths[1:]), **spec), out, chunk_size=chunk, resume=resume,
-                     quantize=quantize)
+                     force=force, quantize=quantize)
     return embed_ray(job, str(bert), {"device": "cpu"}, WORKERS, progress=progress)
 
 
@@ -245,7 +245,7 @@ def test_quantized_codes_equal_the_local_path_and_survive_an_interruption(bert, 
 
     local_codes, local_meta = _local(bert, src, tmp_path / "local-int8.npy", quantize="int8")
     out = tmp_path / "int8"
-    monkeypatch.setenv(ray_runner.DELAY_ENV, "0.3")
+    monkeypatch.setenv(ray_pipeline.DELAY_ENV, "0.3")
     sent: list[int] = []
 
     def ctrl_c(p) -> None:
@@ -259,12 +259,12 @@ def test_quantized_codes_equal_the_local_path_and_survive_an_interruption(bert, 
     del info
     state = json.loads((tmp_path / ".int8.resume.json").read_text())
     first_ranges = state["stats"]["quantization_ranges"]
-    monkeypatch.delenv(ray_runner.DELAY_ENV)
+    monkeypatch.delenv(ray_pipeline.DELAY_ENV)
 
     def no_calibration(*args, **kwargs):
         raise AssertionError("a resumed job calibrated again instead of reading its ranges back")
 
-    tasks = ray_runner.ray_modules().tasks
+    tasks = ray_session.ray_modules().tasks
     monkeypatch.setattr(tasks, "calibrate", no_calibration)
     monkeypatch.setattr(tasks, "calibrate_with", no_calibration)
     result = _ray(bert, src, out, chunk=50, resume=True, quantize="int8")
@@ -319,9 +319,32 @@ def test_a_replica_that_cannot_compute_the_jobs_dtype_refuses(bert, monkeypatch)
     from hfenc.errors import ConfigError
 
     monkeypatch.setattr("hfenc.compute.embedder.cpu_has_native_bf16", lambda: False)  # a node without bf16
-    tasks = ray_runner.ray_modules().tasks
+    tasks = ray_session.ray_modules().tasks
     with pytest.raises(ConfigError, match="computes in float32, not the job's bfloat16"):
         tasks.EmbedWorker(str(bert), {"device": "cpu", "dtype": "bfloat16"}, "float32", False, False, "truncate")
+
+
+def test_force_over_a_shard_directory_keeps_the_users_own_files_in_it(bert, tmp_path):
+    """--force replaces what the old manifest lists (its shards, itself), never a file of the
+    user's inside the output directory: that one stays, and the job says it left it alone."""
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in _texts(120, seed=13)), encoding="utf-8")
+    out = tmp_path / "shards"
+    _ray(bert, src, out)
+    old_shards = {p.name for p in out.glob("*.parquet")}
+    mine = out / "notes.txt"
+    mine.write_text("my own notes\n", encoding="utf-8")
+    with pytest.raises(OutputError, match="already exists"):  # without --force: refused, as before
+        _ray(bert, src, out)
+    result = _ray(bert, src, out, force=True)
+    assert mine.read_text(encoding="utf-8") == "my own notes\n"
+    assert any("left shards/notes.txt alone: hfenc did not write it" in w for w in result.warnings)
+    manifest = json.loads((out / MANIFEST).read_text())
+    new_shards = {s["file"] for s in manifest["shards"]}
+    # the old shards went (unless a new one took a name): only the new manifest's are there
+    assert {p.name for p in out.iterdir()} == {MANIFEST, "notes.txt", *new_shards}
+    assert old_shards and new_shards
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "shards"]  # nothing hidden left
 
 
 # ---- faults ---------------------------------------------------------------------------------------
@@ -333,7 +356,7 @@ def test_a_worker_killed_mid_job_is_restarted_and_every_row_is_written_once(bert
     local, _ = _local(bert, src, tmp_path / "local.npy")
     marker = tmp_path / "killed"
     # The first worker to finish its first batch SIGKILLs its own process, that batch in hand.
-    monkeypatch.setenv(ray_runner.KILL_ENV, f"1:{marker}")
+    monkeypatch.setenv(ray_pipeline.KILL_ENV, f"1:{marker}")
     result = _ray(bert, src, tmp_path / "out")
     assert marker.exists(), "no worker was killed: the test proved nothing"
     rows, emb, _, manifest = _read_dataset(tmp_path / "out")
@@ -345,7 +368,7 @@ def test_a_worker_killed_mid_job_is_restarted_and_every_row_is_written_once(bert
 
 def test_an_interrupted_driver_resumes_and_equals_an_uninterrupted_run(bert, jsonl_case, tmp_path, monkeypatch):
     out = tmp_path / "shards"
-    monkeypatch.setenv(ray_runner.DELAY_ENV, "0.3")  # batches slow enough to interrupt in the middle
+    monkeypatch.setenv(ray_pipeline.DELAY_ENV, "0.3")  # batches slow enough to interrupt in the middle
     sent: list[int] = []
 
     def ctrl_c(p) -> None:  # Ctrl-C once some rows are saved
@@ -361,7 +384,7 @@ def test_an_interrupted_driver_resumes_and_equals_an_uninterrupted_run(bert, jso
     assert not out.exists()  # nothing half-written is visible
     assert (tmp_path / ".shards.resume.json").exists() and (tmp_path / ".shards.partial").is_dir()
 
-    monkeypatch.delenv(ray_runner.DELAY_ENV)
+    monkeypatch.delenv(ray_pipeline.DELAY_ENV)
     result = _ray(bert, jsonl_case["src"], out, chunk=50, resume=True, **jsonl_case["spec"])
     # What Ctrl-C reported saved is kept (a write task in flight may have committed one more shard)
     assert result.resumed_from >= saved and result.rows == 400
@@ -403,13 +426,13 @@ def test_cli_ray_embeds_and_refuses_what_it_cannot_do(bert, tmp_path):
 def test_without_the_extra_ray_fails_at_once_naming_it(bert, tmp_path, monkeypatch):
     src = tmp_path / "in.txt"
     src.write_text("hello world\n", encoding="utf-8")
-    ray_runner._ray.cache_clear()
+    ray_session._ray.cache_clear()
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
     try:
         result = CliRunner().invoke(app, ["embed", str(src), "-m", str(bert), "--ray"])
     finally:
         monkeypatch.undo()
-        ray_runner._ray.cache_clear()
+        ray_session._ray.cache_clear()
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == ["Error: --ray needs Ray Data, which is not installed: "
                                                   "pip install 'hfenc[ray]'"]

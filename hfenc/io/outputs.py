@@ -14,7 +14,9 @@ that is gone was already published).
 
 Ownership: hfenc removes or overwrites only what it can prove it wrote. The sidecar lists the
 files of its output with their size and sha256; a side file at an output path that the sidecar
-there does not list with the same hash is someone else's and is refused without --force.
+there does not list with the same hash is someone else's and is refused without --force. A Ray
+output directory is hfenc's file by file in the same way (Listing): its manifest lists its shards,
+and --force replaces only those, never a file of the user's inside it.
 """
 
 from __future__ import annotations
@@ -91,17 +93,71 @@ def read_sidecar(path: Path) -> dict | None:
     return data if ok else None
 
 
+# ---- ownership: the one rule of what hfenc may replace or remove ----------------------------------
+
+@dataclass(frozen=True)
+class Listing:
+    """An hfenc sidecar or Ray dataset manifest, read once, and the files beside it that it names:
+    a .npy sidecar's "files" map, a manifest's "shards" list (name -> {"bytes", "sha256"})."""
+
+    path: Path
+    files: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path) -> Listing | None:
+        """The listing at `path`, or None when there is none or the file is not hfenc's."""
+        data = read_sidecar(path)
+        if data is None:
+            return None
+        files = dict(data.get("files") or {}) if isinstance(data.get("files"), dict) else {}
+        for shard in data.get("shards") or []:
+            if isinstance(shard, dict) and isinstance(shard.get("file"), str):
+                files[shard["file"]] = shard
+        return cls(path, files)
+
+    def owns(self, path: Path) -> bool:
+        """The rule: the listing itself, or a file beside it that it names, unchanged (the same
+        size, and the same sha256 where one is recorded: a file edited since is someone else's).
+        Hashing reads each listed file once; that is the price of never taking a user's file."""
+        if path == self.path:
+            return True
+        entry = self.files.get(path.name)
+        if path.parent != self.path.parent or not isinstance(entry, dict) or not path.is_file():
+            return False
+        if path.stat().st_size != entry.get("bytes"):
+            return False
+        return "sha256" not in entry or file_sha256(path) == entry["sha256"]
+
+
 def owns(paths: OutputPaths, final: Path) -> bool:
     """True when the hfenc sidecar beside the output lists `final` as its own, unchanged."""
-    if final == paths.sidecar:
-        return read_sidecar(final) is not None
-    sidecar = read_sidecar(paths.sidecar)
-    entry = ((sidecar or {}).get("files") or {}).get(final.name)
-    if not isinstance(entry, dict) or not final.is_file():
-        return False
-    if final.stat().st_size != entry.get("bytes"):
-        return False
-    return "sha256" not in entry or file_sha256(final) == entry["sha256"]
+    listing = Listing.read(paths.sidecar)
+    return listing is not None and listing.owns(final)
+
+
+def left_alone(name: str) -> str:
+    """The warning for a file hfenc found in its way and did not touch (both engines say it so)."""
+    return f"left {name} alone: hfenc did not write it"
+
+
+def stale_files(paths: OutputPaths, unused: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Of an earlier run's side files that this run does not write again: (hfenc's, removed when
+    the new output is published; someone else's, left alone)."""
+    ours: list[Path] = []
+    theirs: list[Path] = []
+    for final in unused:
+        if final.exists():
+            (ours if owns(paths, final) else theirs).append(final)
+    return ours, theirs
+
+
+def directory_entries(directory: Path, listing_name: str) -> tuple[list[Path], list[Path]]:
+    """A Ray output directory's entries: (hfenc's: what its listing `listing_name` names unchanged,
+    and the listing itself; everything else, left alone). No listing: nothing in it is hfenc's."""
+    listing = Listing.read(directory / listing_name)
+    entries = sorted(directory.iterdir()) if directory.is_dir() else []
+    ours = [p for p in entries if listing is not None and listing.owns(p)]
+    return ours, [p for p in entries if p not in ours]
 
 
 def default_output(input_path: str) -> Path:
@@ -404,6 +460,14 @@ class Abandoned:
                    if p.is_file())
 
 
+def claimed(paths: OutputPaths) -> list[Path]:
+    """The in-progress half of the ownership rule: the hidden files (or, for a Ray job, the hidden
+    .partial directory) that a readable hfenc resume state claims for `paths`. A final output is
+    never among them: only a sidecar or manifest that lists it makes it hfenc's (Listing)."""
+    return [paths.state, paths.partial, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy),
+            paths.staged(paths.sidecar), paths.staged(paths.ids), paths.staged(paths.lines)]
+
+
 def find_abandoned(directory: Path) -> list[Abandoned]:
     """Interrupted runs in `directory` (`hfenc clean`): only files an hfenc resume state claims."""
     found = []
@@ -414,10 +478,8 @@ def find_abandoned(directory: Path) -> list[Abandoned]:
             state = read_state(paths)
         except ResumeError:
             continue  # not a state hfenc can read: not ours to remove
-        claimed = [state_file, paths.partial, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy),
-                   paths.staged(paths.sidecar), paths.staged(paths.ids), paths.staged(paths.lines)]
         found.append(Abandoned(output, int(state["rows_done"]), state["fingerprint"].get("rows"),
-                               tuple(f for f in claimed if f.exists())))
+                               tuple(f for f in claimed(paths) if f.exists())))
     return found
 
 

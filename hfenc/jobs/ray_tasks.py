@@ -1,10 +1,13 @@
 """What runs inside Ray: the scan and probe tasks, the read tasks, the embedding actor and the
-shard writer. Imported only after `hfenc.jobs.ray_runner.ray_modules()` found Ray installed.
+shard writer. Imported only after `hfenc.jobs.ray_session.ray_modules()` found Ray installed.
 
 Every input file is read by hfenc's own record parser (hfenc.io.inputs; hfenc.io.parquet for tables),
 inside a Ray read task, so a record means exactly what it means to the single-process path. A
 file on another filesystem (s3://, gs://, hdfs://: anything `pyarrow.fs` opens) is copied to a
 local temporary file first, then parsed the same way.
+
+A leaf: nothing here imports the runner's modules (ray_runner, ray_plan, ...), so a worker that
+unpickles a task imports this module and what it needs, and no import runs in a circle.
 """
 
 from __future__ import annotations
@@ -137,13 +140,6 @@ def calibrate_with(model: str, options: dict[str, Any], spec: InputSpec, files: 
     return calibrate(Embedder(model, **options), spec, files, rows)
 
 
-def run_driver(job: Any, model: str, options: dict[str, Any], cluster: Any) -> Any:
-    """The whole job, run as a task on the cluster (a ray:// address: see runner._through_client)."""
-    from hfenc.jobs.ray_runner import embed_ray
-
-    return embed_ray(job, model, options, cluster)
-
-
 def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any], block_rows: int,
               with_id: bool, several: bool) -> Iterator[pa.Table]:
     """Blocks of {row, text[, id]}: record k of this file is global row `start + k`. The pass
@@ -267,7 +263,7 @@ class EmbedWorker:
         return pa.table(columns)
 
     def _fault(self) -> None:
-        """Fault injection for the tests (hfenc.jobs.ray_runner.faults_from_env): `delay`
+        """Fault injection for the tests (hfenc.jobs.ray_pipeline.faults_from_env): `delay`
         seconds per batch; `kill` (K, MARKER): after its K-th batch, the first actor to create
         MARKER SIGKILLs its own process, its batch still in hand."""
         if self.faults.get("delay"):

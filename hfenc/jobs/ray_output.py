@@ -1,0 +1,196 @@
+"""The output of a --ray job, and its claim on the hidden files beside it.
+
+An output is one .npy (the shards assembled in input order, published like the local path's
+output) or a directory of Parquet shards. Either way the job's shards are written into the
+hidden `.OUT.partial/` beside it and claimed by `.OUT.resume.json`: the names and the state file
+of hfenc.io.outputs, so `hfenc clean` finds them, and one ownership rule (hfenc.io.outputs.Listing)
+decides what an existing output holds that hfenc may replace. Ray's checkpoint (which rows are
+committed) lives inside the partial directory too, so resuming needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from hfenc.errors import ConfigError, OutputError, ResumeError
+from hfenc.io.outputs import (Listing, OutputPaths, check_writable, claimed, default_output, read_state, remove_path,
+                              resume_state, write_state)
+from hfenc.jobs.local import JobOptions
+
+if TYPE_CHECKING:
+    from hfenc.jobs.ray_tasks import InputFile
+
+ENGINE = "ray"
+MANIFEST = "_hfenc_manifest.json"
+DATASET_FORMAT = "parquet-dataset"
+
+
+@dataclass(frozen=True)
+class RayOutput:
+    """Where a job's rows go: `kind` "npy" (assembled) or "dataset" (a directory of shards), the
+    output's paths (hfenc.io.outputs), and the hidden working directories inside `.OUT.partial/`."""
+
+    kind: Literal["npy", "dataset"]
+    paths: OutputPaths
+
+    @property
+    def path(self) -> Path:
+        return self.paths.npy
+
+    @property
+    def shards(self) -> Path:
+        return self.paths.partial / "shards"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.paths.partial / "checkpoint"
+
+    @property
+    def meta(self) -> Path:
+        """ray_tasks.META_DIR beside the shards: one JSON per shard (a literal here: importing the
+        task module needs Ray, and this one must not)."""
+        return self.shards / "_meta"
+
+    @property
+    def done(self) -> Path:
+        """The manifest inside the shard directory: written last, once every row is embedded."""
+        return self.shards / MANIFEST
+
+
+def choose_output(job: JobOptions, files: list[InputFile]) -> RayOutput:
+    """The output `job` names (or the input's default), refused where --ray cannot write it."""
+    out = job.output
+    if out is None:
+        if len(files) != 1 or not files[0].local or job.input.path == "-" or job.texts:
+            raise ConfigError("with --ray, this input needs an output",
+                              hint="pass -o OUT.npy (one array) or -o OUT_DIR (a directory of Parquet shards)")
+        out = default_output(files[0].name)
+    text = str(out)
+    if "://" in text:
+        raise ConfigError(f"output {text}: with --ray the output is a local path (on a cluster, a shared mount "
+                          "every node sees)")
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        raise ConfigError(f"output {path}: with --ray the output is a directory of Parquet shards or one .npy",
+                          hint=f"write -o {path.with_suffix('')} for the shards, or -o {path.with_suffix('.npy')}")
+    kind: Literal["npy", "dataset"] = "npy" if suffix == ".npy" else "dataset"
+    fmt = job.out_format
+    if fmt is not None and (fmt, kind) not in (("npy", "npy"), ("parquet", "dataset")):
+        raise ConfigError(f"--out-format {fmt} does not fit the output {path} with --ray",
+                          hint="name the output OUT.npy for one array, or a directory for Parquet shards")
+    return RayOutput(kind, OutputPaths(path))
+
+
+def check_output(out: RayOutput, job: JobOptions) -> None:
+    """As hfenc.io.outputs.check_writable, for the Ray job's output (a .npy, or a directory)."""
+    paths = out.paths
+    if out.kind == "npy":
+        writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+        check_writable(paths, job.force, job.resume, writes)
+        return
+    parent = out.path.parent
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+    resuming = job.resume and paths.state.exists()
+    if out.path.exists() and not resuming:
+        if not out.path.is_dir():
+            raise OutputError(f"output {out.path} exists and is not a directory")
+        if any(out.path.iterdir()):
+            # --force replaces only what the manifest lists (hfenc.io.outputs.Listing): without
+            # one, nothing in the directory is hfenc's to replace.
+            if Listing.read(out.path / MANIFEST) is None:
+                raise OutputError(f"output {out.path} is a directory that hfenc did not write (it has no {MANIFEST})",
+                                  hint="choose another output with -o")
+            if not job.force:
+                raise OutputError(f"output {out.path} already exists", hint="pass --force to overwrite it")
+    if paths.state.exists() and not job.resume and not job.force:
+        raise OutputError(f"an interrupted run of {out.path} can be resumed",
+                          hint="pass --resume to continue it, or --force to start over")
+    if job.resume and not paths.state.exists():
+        raise ResumeError(f"nothing to resume: no interrupted run of {out.path} was found")
+    if paths.partial.exists() and not paths.state.exists() and not job.force:
+        raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
+                          hint="move it away, or pass --force to overwrite it")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the output's resume state holds for this run: the interrupted run's stats (its
+    quantization ranges), and its publication plan when it had begun to publish."""
+
+    stats: dict[str, Any]
+    publishing: dict[str, Any] | None
+
+
+def claim(out: RayOutput, job: JobOptions, fingerprint: dict[str, Any]) -> Claim:
+    """Claim the partial output (the state first: from here on a crash is resumable), or, with
+    --resume, pick up the interrupted run's, refused if anything that changes a row changed."""
+    paths = out.paths
+    if job.resume and paths.state.exists():
+        if read_state(paths)["fingerprint"].get("engine") != ENGINE:
+            raise ResumeError(f"the interrupted run of {out.path} was not a --ray run",
+                              hint="resume it without --ray, or use --force to start over")
+        state = resume_state(paths, fingerprint)  # refuses a changed input or option, naming it
+        return Claim(state.get("stats") or {}, state.get("publishing"))
+    remove_path(paths.partial)
+    write_state(paths, fingerprint, 0, {"engine": ENGINE})
+    return Claim({}, None)
+
+
+def abandon(paths: OutputPaths) -> None:
+    """Drop the run's hidden files (a refused run leaves nothing behind): what its state claims."""
+    for path in claimed(paths):
+        remove_path(path)
+
+
+def committed(out: RayOutput) -> dict[str, dict[str, Any]]:
+    """The shards whose rows Ray's checkpoint has committed: name -> their _meta JSON."""
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        names = os.listdir(out.checkpoint)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        if not name.endswith(".parquet") or name.endswith(".pending.parquet"):
+            continue
+        base = name.removesuffix(".parquet")
+        try:
+            found[base] = json.loads((out.meta / (base + ".json")).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def committed_rows(out: RayOutput) -> int:
+    return sum(m["rows"] for m in committed(out).values())
+
+
+def verify(out: RayOutput, rows: int) -> list[dict[str, Any]]:
+    """Every row in [0, rows) in exactly one shard, every shard described; the shard list."""
+    import pyarrow.parquet as pq
+
+    metas = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in out.meta.glob("*.json")}
+    data = {p.stem: p for p in out.shards.glob("*.parquet")}
+    if set(metas) != set(data):
+        raise RuntimeError(f"shards and their descriptions disagree in {out.shards}: "
+                           f"{sorted(set(metas) ^ set(data))[:5]}")
+    count = np.zeros(rows, dtype=np.uint8)
+    for name, path in data.items():
+        index = pq.read_table(path, columns=["row"]).column("row").to_numpy()
+        if len(index) != metas[name]["rows"]:
+            raise RuntimeError(f"shard {path} holds {len(index)} rows, its description says {metas[name]['rows']}")
+        np.add.at(count, index, 1)
+    missing, doubled = np.flatnonzero(count == 0), np.flatnonzero(count > 1)
+    if len(missing) or len(doubled):
+        raise RuntimeError(f"the shards in {out.shards} do not hold every row exactly once: {len(missing)} missing "
+                           f"(first {missing[:5].tolist()}), {len(doubled)} doubled (first {doubled[:5].tolist()})")
+    return sorted(metas.values(), key=lambda m: m["row_min"])

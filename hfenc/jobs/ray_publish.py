@@ -1,0 +1,174 @@
+"""Publishing a --ray job's verified shards: moved into place as a directory of Parquet shards with
+its manifest, or assembled into one .npy (+ ids, + kept lines) in input order.
+
+Both are journaled in the resume state before the first step and safe to repeat after a crash at
+any step (`--resume` carries out the rest). The .npy goes through the local path's publication
+(hfenc.io.outputs.publish). A directory is published file by file, because an existing output
+directory may hold the user's files beside hfenc's: hfenc.io.outputs.Listing decides which of
+its files the old manifest lists (those, and only those, are replaced); the old manifest goes
+first, so no crash pairs new shards with old metadata, and the new manifest arrives last. A
+directory left empty is replaced whole (one rename); anything else is left alone and reported,
+as the local path reports a side file it did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hfenc.errors import OutputError
+from hfenc.io.outputs import (OutputPaths, directory_entries, finish_publication, fsync_dir, left_alone, publish,
+                              read_sidecar, remove_path, stale_files, write_state)
+from hfenc.jobs.ray_output import MANIFEST, RayOutput
+from hfenc.jobs.ray_plan import JobPlan
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# ---- a directory of shards ----------------------------------------------------------------------
+
+def publish_dataset(plan: JobPlan) -> tuple[dict[str, Any], list[str]]:
+    """(the manifest, the warnings for what was left alone) of the shard directory, published."""
+    out, layout = plan.out, plan.layout
+    shutil.rmtree(out.meta, ignore_errors=True)
+    shutil.rmtree(out.checkpoint, ignore_errors=True)
+    journal = _dataset_journal(out)
+    write_state(out.paths, layout.fingerprint, plan.input.rows, layout.stats, publishing=journal)
+    left = complete_dataset(out.paths, journal)
+    return json.loads((out.path / MANIFEST).read_text(encoding="utf-8")), left
+
+
+def _dataset_journal(out: RayOutput) -> dict[str, Any]:
+    """The publication's plan: what of an existing output directory goes (hfenc's files that no
+    new file replaces, its manifest first) and what stays. A file of someone else's with the name
+    of a new shard is refused: publishing would overwrite it."""
+    ours, theirs = directory_entries(out.path, MANIFEST)
+    new = {p.name for p in out.shards.iterdir()}
+    clash = [p for p in theirs if p.name in new]
+    if clash:
+        raise OutputError(f"{clash[0]} is in the way: hfenc did not write it, and a new shard has its name",
+                          hint="move it away, then rerun with --resume")
+    remove = [p.name for p in ours if p.name == MANIFEST] + [p.name for p in ours if p.name not in new]
+    return {"dataset": str(out.shards), "output": str(out.path), "remove": remove, "left": [p.name for p in theirs]}
+
+
+def complete_dataset(paths: OutputPaths, journal: dict[str, Any]) -> list[str]:
+    """Carry out `journal`; safe to repeat after a crash at any step (while the new manifest is
+    still in the shard directory, nothing of the new output is in place). Returns the warnings
+    for the files left alone."""
+    dataset, output = Path(journal["dataset"]), Path(journal["output"])
+    try:
+        if (dataset / MANIFEST).exists():
+            for name in journal.get("remove", []):
+                (output / name).unlink(missing_ok=True)
+            if output.is_dir() and not any(output.iterdir()):
+                output.rmdir()
+            if output.exists():
+                _move_into(dataset, output)
+            else:
+                os.replace(dataset, output)
+            fsync_dir(output.parent)
+        remove_path(paths.partial)
+        for p in (paths.state, paths.hidden(paths.state, "tmp")):
+            p.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot publish {output}: {exc.strerror or exc}") from None
+    return [left_alone(f"{output.name}/{name}") for name in journal.get("left", [])]
+
+
+def _move_into(dataset: Path, output: Path) -> None:
+    """The new shards into a directory that keeps someone else's files, the manifest last."""
+    for name in [*sorted(p.name for p in dataset.iterdir() if p.name != MANIFEST), MANIFEST]:
+        os.replace(dataset / name, output / name)
+    fsync_dir(output)
+    dataset.rmdir()
+
+
+# ---- one .npy -----------------------------------------------------------------------------------
+
+def assemble(plan: JobPlan, metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The shards as one .npy in input order (+ OUT.ids.txt, OUT.lines.npy), published with the
+    local path's journaled step: (the sidecar, the warnings for side files left alone)."""
+    paths, spec = plan.out.paths, plan.input.spec
+    staged = paths.staged(paths.npy)
+    side_files: list[tuple[Path, Path]] = []
+    extra: dict[str, Any] = {}
+    try:
+        parts = _write_array(plan, staged)
+        if plan.with_id:
+            _write_ids(paths.staged(paths.ids), *parts)
+            side_files.append((paths.staged(paths.ids), paths.ids))
+            extra["ids_file"] = paths.ids.name
+        if spec.skip_blank:
+            with open(paths.staged(paths.lines), "wb") as fh:
+                np.save(fh, np.concatenate([s["lines"] for s in plan.input.scans]).astype("<i8"))
+            side_files.append((paths.staged(paths.lines), paths.lines))
+            extra["lines_file"] = paths.lines.name
+    except OSError as exc:
+        raise OutputError(f"cannot write {staged}: {exc.strerror or exc}") from None
+    unused = [final for made, final in ((plan.with_id, paths.ids), (spec.skip_blank, paths.lines)) if not made]
+    stale, theirs = stale_files(paths, unused)
+    layout, rows = plan.layout, plan.input.rows
+
+    def journal(publishing: dict[str, Any]) -> None:
+        write_state(paths, layout.fingerprint, rows, layout.stats, publishing=publishing)
+        remove_path(paths.partial)  # the staged files hold every row now
+
+    sidecar = publish(paths, staged, {**metadata, **extra}, side_files, stale, journal)
+    return sidecar, [left_alone(p.name) for p in theirs]
+
+
+def _write_array(plan: JobPlan, staged: Path) -> tuple[list[np.ndarray], list[pa.ChunkedArray]]:
+    """Every shard's rows into the staged .npy at their global rows, fsynced; (row indices, id
+    columns) per shard when the job has ids."""
+    import pyarrow.parquet as pq
+    from numpy.lib.format import open_memmap
+
+    layout = plan.layout
+    array = open_memmap(staged, mode="w+", dtype=layout.dtype, shape=(plan.input.rows, layout.width))
+    index_parts: list[np.ndarray] = []
+    id_parts: list[pa.ChunkedArray] = []
+    for path in sorted(plan.out.shards.glob("*.parquet")):
+        table = pq.read_table(path, columns=["row", *(["id"] if plan.with_id else []), "embedding"])
+        index = table.column("row").to_numpy()
+        values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        array[index] = values.reshape(-1, layout.width)
+        if plan.with_id:
+            index_parts.append(index)
+            id_parts.append(table.column("id"))
+    array.flush()
+    del array
+    with open(staged, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return index_parts, id_parts
+
+
+def _write_ids(path: Path, index_parts: list[np.ndarray], id_parts: list[pa.ChunkedArray]) -> None:
+    """The ids in row order, one a line (a null id: an empty line)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    order = np.argsort(np.concatenate(index_parts), kind="stable")
+    ids = pa.chunked_array([c for part in id_parts for c in part.chunks], pa.string()).take(pa.array(order))
+    ids = pc.fill_null(ids, "")
+    with open(path, "w", encoding="utf-8") as fh:
+        for start in range(0, len(ids), 65536):
+            fh.write("".join(v + "\n" for v in ids.slice(start, 65536).to_pylist()))
+
+
+# ---- after a crash ------------------------------------------------------------------------------
+
+def finish_interrupted(out: RayOutput, publishing: dict[str, Any]) -> tuple[dict[str, Any], Path, list[str]]:
+    """--resume after a crash during publication: carry out the rest of it. (the sidecar or
+    manifest, its path, the warnings for what was left alone)."""
+    if out.kind == "npy":
+        remove_path(out.paths.partial)
+        return finish_publication(out.paths, publishing), out.paths.sidecar, []
+    left = complete_dataset(out.paths, publishing)
+    sidecar = out.path / MANIFEST
+    return read_sidecar(sidecar) or {}, sidecar, left
