@@ -10,6 +10,9 @@ a thread pool is safe). Each case:
      describes (never new rows with old metadata);
   3. a child reruns the same command, with --resume when a resume state was left;
   4. the output must equal an uninterrupted run bit for bit (rows and ids).
+Cases killed during publication (and some before it) are also settled with `hfenc clean --remove`
+instead of a rerun: then the output must be the old set or the new one, whole, never a mix, and
+no hidden file may be left.
 Prints one JSON line: kill points tried, runs completed, rows lost, mismatches, failures.
 """
 
@@ -44,6 +47,8 @@ POINTS = [
     "json-written:1", "json-written:2", "json-written:7", "finish-flushed", "publishing",
     "old-sidecar-removed", "published-side-file", "published-array", "published-sidecar", "published",
 ]
+CLEAN_POINTS = ["chunk-saved:2", "finish-flushed", "publishing", "old-sidecar-removed", "published-side-file",
+                "published-array", "published-sidecar", "published"]
 
 
 def _texts(seed: int, n: int) -> list[str]:
@@ -111,7 +116,10 @@ def main() -> None:
 
     cases = [(p, False, None) for p in POINTS] + [(p, True, None) for p in POINTS]  # fresh / --force over old
     cases += [(None, bool(i % 2), rng.uniform(0.02, 0.4)) for i in range(8)]  # random moments of a ~0.5 s run
-    report = {"kill_points": 0, "killed": 0, "runs_completed": 0, "rows_lost": 0, "mismatches": 0, "failures": []}
+    report = {"kill_points": 0, "killed": 0, "runs_completed": 0, "rows_lost": 0, "mismatches": 0,
+              "cleaned": 0, "failures": []}
+    for n, (point, over_old) in enumerate([(p, f) for p in CLEAN_POINTS for f in (False, True)]):
+        _clean_case(work / f"clean-{n}", model, refs, point, over_old, report)
     for n, (point, over_old, delay) in enumerate(cases):
         d = work / f"case-{n}"
         d.mkdir()
@@ -146,6 +154,29 @@ def main() -> None:
         if leftovers:
             report["failures"].append(f"{name} (force={over_old}): hidden files left: {leftovers}")
     print(json.dumps(report))
+
+
+def _clean_case(d: Path, model: str, refs: dict, point: str, over_old: bool, report: dict) -> None:
+    """Kill the job at `point`, then `hfenc clean --remove`: the old set or the new set, whole."""
+    d.mkdir()
+    _write_input(d / "in.jsonl", 1)
+    if over_old:
+        for name in ("out.npy", "out.ids.txt", "out.npy.json"):
+            shutil.copy(d.parent / "ref-old" / name, d / name)
+    name = f"{point} then clean (force={over_old})"
+    code = _run(_command(model, d / "in.jsonl", d / "out.npy", over_old), {"HFENC_FAULT_AT": point})
+    if code != -9:
+        return  # not reached: nothing to clean
+    cleaned = _run(["clean", str(d), "--remove"], {})
+    problem = _check_after_crash(d, refs)
+    if cleaned != 0:
+        problem = f"clean exited {cleaned}"
+    elif problem is None and not (d / "out.npy").exists() and over_old:
+        problem = "the old output is gone and no new one took its place"
+    leftovers = sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+    if problem or leftovers:
+        report["failures"].append(f"{name}: {problem or f'hidden files left: {leftovers}'}")
+    report["cleaned"] += 1
 
 
 def _check_after_crash(d: Path, refs: dict) -> str | None:

@@ -123,6 +123,29 @@ def test_clean_lists_and_removes_only_what_a_resume_state_claims(tmp_path, bert,
     assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.partial", "in.txt"]
 
 
+def test_clean_leaves_an_output_a_running_job_holds_and_a_state_it_cannot_read(tmp_path, bert, monkeypatch):
+    from hfenc.io.claim import Claim
+
+    _ctrl_c_after_one_chunk(monkeypatch)
+    (tmp_path / "in.txt").write_text("".join(f"the cat {i}\n" for i in range(20)))
+    for name in ("held.npy", "free.npy"):
+        _run("embed", tmp_path / "in.txt", "-m", bert, "-o", tmp_path / name, "--chunk-size", "5")
+    (tmp_path / ".bad.npy.resume.json").write_text('{"fingerprint": [], "rows_done": "x"}')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with Claim(tmp_path / "held.npy"):  # as a job running on it holds it
+        listing = json.loads(_run("clean", tmp_path, "--json").stdout)
+        assert [(Path(i["output"]).name, i["status"]) for i in listing] == [
+            ("bad.npy", "unreadable"), ("free.npy", "interrupted"), ("held.npy", "in use")]
+        result = _run("clean", tmp_path, "--remove")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error: ")] == [
+        "Error: 2 of 3 interrupted run(s) were left alone (see above)"]
+    assert "held.npy: in use by hfenc pid" in result.stderr and "bad.npy.resume.json is not a resume state" in result.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(n for n in before if "free" not in n)  # only the free run's files went
+    assert ".held.npy.resume.json" in left and ".held.npy.partial" in left
+
+
 def test_version_threads_and_device_names(tmp_path, bert):
     assert _run("-V").stdout.startswith("hfenc ")
     (tmp_path / "in.txt").write_text("a dog\n")

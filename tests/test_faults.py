@@ -27,3 +27,4 @@ def test_kill_at_every_step_then_finish(tiny_model_dir, tmp_path, report):
     assert result["failures"] == [], result["failures"]
     assert result["runs_completed"] == result["kill_points"]
     assert result["rows_lost"] == 0 and result["mismatches"] == 0
+    assert result["cleaned"] >= 12  # killed, then settled by `hfenc clean --remove`

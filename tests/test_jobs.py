@@ -270,12 +270,15 @@ def _interrupted(data: Path, embedder: Embedder, chunk_size: int = 7, rows: int 
 
 
 def test_interrupt_keeps_finished_chunks_and_resume_is_bit_for_bit(data, embedder, tmp_path):
+    # Ctrl-C lands after the first batch of the third chunk: two whole chunks, and that batch
+    # (the chunk's only one here) in flight beside them
     stopped = _interrupted(data, embedder)
-    assert stopped.rows_done == 14
-    assert "14 of 50 rows are saved" in str(stopped)
+    assert stopped.rows_done == 21
+    assert "21 of 50 rows are saved" in str(stopped)
     assert not (data / "out.npy").exists() and not (data / "out.npy.json").exists()
-    assert _names(data) == [".out.npy.partial", ".out.npy.resume.json", "in.txt"]
-    assert json.loads((data / ".out.npy.resume.json").read_text())["rows_done"] == 14
+    assert _names(data) == [".out.npy.inflight", ".out.npy.partial", ".out.npy.resume.json", "in.txt"]
+    state = json.loads((data / ".out.npy.resume.json").read_text())
+    assert state["rows_done"] == 14 and state["stats"]["inflight"] == {"start": 14, "batches": 1, "rows": 7}
 
     result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
     assert result.resumed_from == 14 and result.rows == 50
@@ -285,6 +288,30 @@ def test_interrupt_keeps_finished_chunks_and_resume_is_bit_for_bit(data, embedde
     reference = tmp_path / "reference.npy"
     embed_file(_job(data / "in.txt", reference, chunk_size=7), embedder)
     assert np.array_equal(np.load(data / "out.npy"), np.load(reference))
+
+
+def test_batches_finished_inside_a_chunk_survive_and_resume_bit_for_bit(data, bert, tmp_path, monkeypatch):
+    """One 50-row chunk cut into many small batches, a checkpoint after every batch (the engine's
+    interval set to 0 s): an interrupt mid-chunk keeps the finished batches, and --resume
+    computes only the rest, in the batches an uninterrupted run uses, so the rows are the same bits."""
+    import hfenc.compute.engine as engine
+
+    monkeypatch.setattr(engine, "CHECKPOINT_SECONDS", 0.0)
+    small = Embedder(str(bert), device="cpu", batch_tokens=64)
+    with pytest.raises(Interrupted) as info:
+        embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=50), small, progress=stop_after(20))
+    state = json.loads((data / ".out.npy.resume.json").read_text())
+    kept = state["stats"]["inflight"]
+    assert state["rows_done"] == 0 and kept["start"] == 0 and 20 < kept["rows"] < 50 and kept["batches"] > 1
+    assert info.value.rows_done == kept["rows"]
+    calls = []
+    original = small.engine.module.forward
+    monkeypatch.setattr(small.engine.module, "forward", lambda *a, **k: calls.append(len(a[0])) or original(*a, **k))
+    result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=50, resume=True), small)
+    assert result.resumed_from == 0 and sum(calls) == 50 - kept["rows"]  # only the unfinished rows ran
+    assert _names(data) == ["in.txt", "out.npy", "out.npy.json"]
+    embed_file(_job(data / "in.txt", tmp_path / "reference.npy", chunk_size=50), small)
+    assert np.array_equal(np.load(data / "out.npy"), np.load(tmp_path / "reference.npy"))
 
 
 def test_a_state_from_before_a_fingerprint_key_existed_still_resumes(data, embedder, tmp_path):

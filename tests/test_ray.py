@@ -437,3 +437,20 @@ def test_without_the_extra_ray_fails_at_once_naming_it(bert, tmp_path, monkeypat
     assert result.stderr.strip().splitlines() == ["Error: --ray needs Ray Data, which is not installed: "
                                                   "pip install 'hfenc[ray]'"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_a_ray_job_on_an_output_another_job_holds_is_refused_naming_it(bert, tmp_path):
+    """The same claim as a local job's: a second job on one output, local or Ray, is refused in
+    one line before it starts Ray, and nothing of the holder's output is touched."""
+    import os
+
+    from hfenc.errors import OutputError
+    from hfenc.io.claim import Claim
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(t + "\n" for t in _texts(40, seed=5)), encoding="utf-8")
+    for out in (tmp_path / "out.npy", tmp_path / "shards"):
+        with Claim(out):  # as a running job holds it
+            with pytest.raises(OutputError, match=f"in use by hfenc pid {os.getpid()} "):
+                _ray(bert, src, out)
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

@@ -281,7 +281,9 @@ def clean(
 ) -> None:
     """List (or with --remove, delete) the saved rows of interrupted runs that were never resumed.
 
-    Only hidden files that an hfenc resume state claims are considered; nothing else is touched.
+    Only hidden files that a readable hfenc resume state claims are considered; nothing else is
+    touched. An output a running job holds is listed as in use and left alone; a run interrupted
+    while publishing is finished (its new output, whole), never split.
 
     [b]Examples[/b]
 
@@ -289,28 +291,47 @@ def clean(
 
       hfenc clean data/ --remove
     """
-    from hfenc.errors import OutputError
-    from hfenc.io.outputs import find_abandoned, remove_abandoned
+    from hfenc.errors import HfencError, OutputError
+    from hfenc.io.cleanup import find_abandoned, settle
 
     if not directory.is_dir():
         raise OutputError(f"{directory} is not a directory")
     found = find_abandoned(directory)
-    if remove:
-        for item in found:
-            remove_abandoned(item)
+    sizes = {item.output: item.bytes for item in found}
+    actions: dict[Path, str] = {}
+    refused: list[str] = []
+    for item in found if remove else ():
+        try:
+            actions[item.output] = settle(item)
+        except HfencError as exc:
+            actions[item.output] = "left alone"
+            refused.append(str(exc))
     if json_out:
-        print_json([{"output": str(i.output), "rows_done": i.rows_done, "rows": i.rows, "bytes": i.bytes,
-                      "files": [str(f) for f in i.files], "removed": remove} for i in found])
-        return
-    if not found:
-        err.print(f"No interrupted runs in {directory}.")
-        return
-    table = Table(title="Interrupted runs" + (" (removed)" if remove else ""))
-    for name in ("output", "rows saved", "size"):
-        table.add_column(name, overflow="fold", justify="right" if name != "output" else "left")
-    for item in found:
-        rows = f"{item.rows_done:,} of {item.rows:,}" if item.rows else f"{item.rows_done:,}"
-        table.add_row(str(item.output), rows, f"{item.bytes / 1e6:,.1f} MB")
-    print_table(table)
-    if not remove:
+        print_json([{"output": str(i.output), "status": i.status, "rows_done": i.rows_done, "rows": i.rows,
+                     "bytes": sizes[i.output], "files": [str(f) for f in i.files], "note": i.note or None,
+                     "action": actions.get(i.output)} for i in found])
+    elif not found:
+        err.print(Text(f"No interrupted runs in {directory}."))
+    else:
+        _render_abandoned(found, sizes, actions)
+    for message in refused:
+        err.print(Text(f"Warning: {message}", style="yellow"))
+    if refused:
+        raise OutputError(f"{len(refused)} of {len(found)} interrupted run(s) were left alone (see above)")
+    if found and not remove and not json_out:
         err.print("Resume one with the same command plus --resume, or delete them all with: hfenc clean --remove")
+
+
+def _render_abandoned(found: list[Any], sizes: dict[Path, int], actions: dict[Path, str]) -> None:
+    table = Table(title="Interrupted runs")
+    columns = ("output", "state", "rows saved", "size", *(("done",) if actions else ()))
+    for name in columns:
+        table.add_column(name, overflow="fold", justify="right" if name in ("rows saved", "size") else "left")
+    for item in found:
+        if item.rows_done is None:
+            rows = "-"
+        else:
+            rows = f"{item.rows_done:,} of {item.rows:,}" if item.rows else f"{item.rows_done:,}"
+        cells = [Text(str(item.output)), item.status, rows, f"{sizes[item.output] / 1e6:,.1f} MB"]
+        table.add_row(*cells, *((actions.get(item.output, ""),) if actions else ()))
+    print_table(table)

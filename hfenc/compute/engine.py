@@ -295,6 +295,24 @@ class RunStats:
     first_truncated: int | None = None  # input row index of the first truncated text
 
 
+# Seconds of embedding between checkpoints inside a chunk: a kill loses at most about this much.
+CHECKPOINT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Partial:
+    """The finished part of one chunk: the rows of the first `batches` batches of its plan.
+
+    A chunk's batches are a function of its texts, the tokenizer and the token budget, so a job
+    resumed from a Partial computes the rest in exactly the batches an uninterrupted run would:
+    its rows are the same bits."""
+
+    start: int  # the chunk's first input row
+    batches: int
+    positions: np.ndarray  # chunk-relative row indices, in the order the batches ran
+    rows: np.ndarray  # float32, one per position
+
+
 class Engine:
     """Runs an encoder module over tokenized chunks on one device and dtype."""
 
@@ -342,21 +360,53 @@ class Engine:
 
     @torch.inference_mode()
     def embed_tokenized(self, tok: Tokenized, dest: np.ndarray,
-                        on_batch: Callable[[int, int], None] | None = None) -> None:
+                        on_batch: Callable[[int, int], None] | None = None, *, start: int = 0,
+                        done: Partial | None = None, checkpoint: Callable[[Partial], None] | None = None,
+                        every: float | None = None) -> None:
         """Embed every row of `tok` into dest[i] (dest has len(tok.lengths) rows); `on_batch(rows,
-        tokens)` after each batch is handed to the device (progress between chunks)."""
+        tokens)` after each batch is handed to the device (progress between chunks).
+
+        `done`: this chunk's rows finished before an interruption (its batches are skipped);
+        `checkpoint`: called with the finished part every `every` seconds and on Ctrl-C."""
+        every = CHECKPOINT_SECONDS if every is None else every
         order = np.argsort(-tok.lengths, kind="stable")
+        plan = plan_batches(tok.lengths[order], self.batch_tokens)
+        kept = self._reuse(done, order, plan, dest, on_batch, tok)
         results, positions = [], []
-        for start, end in plan_batches(tok.lengths[order], self.batch_tokens):
-            rows = order[start:end]
-            with compute_context(self.device, self.dtype):
-                out = self.module(*self._batch(tok, rows))
-            results.append(out.float())  # stays on the device: one copy back per chunk
-            positions.append(rows)
-            if on_batch is not None:
-                on_batch(len(rows), int(tok.lengths[rows].sum()))
+        last = time.perf_counter()
+        try:
+            for index in range(kept.batches if kept else 0, len(plan)):
+                rows = order[plan[index][0]:plan[index][1]]
+                with compute_context(self.device, self.dtype):
+                    out = self.module(*self._batch(tok, rows))
+                results.append(out.float())  # stays on the device: one copy back per chunk
+                positions.append(rows)
+                if on_batch is not None:
+                    on_batch(len(rows), int(tok.lengths[rows].sum()))
+                if checkpoint is not None and index + 1 < len(plan) and time.perf_counter() - last >= every:
+                    checkpoint(_partial(start, index + 1, kept, positions, results))
+                    last = time.perf_counter()
+        except KeyboardInterrupt:
+            if checkpoint is not None and results:  # keep every finished batch, not only whole chunks
+                checkpoint(_partial(start, (kept.batches if kept else 0) + len(results), kept, positions, results))
+            raise
         if results:
             dest[np.concatenate(positions)] = torch.cat(results).cpu().numpy()
+
+    @staticmethod
+    def _reuse(done: Partial | None, order: np.ndarray, plan: list[tuple[int, int]], dest: np.ndarray,
+               on_batch: Callable[[int, int], None] | None, tok: Tokenized) -> Partial | None:
+        """Put `done`'s rows in place when they are this chunk's first batches; else None (all
+        is computed again, which is only slower)."""
+        if done is None or not 0 < done.batches <= len(plan):
+            return None
+        expected = order[:plan[done.batches - 1][1]]
+        if not np.array_equal(expected, done.positions) or done.rows.shape[0] != len(expected):
+            return None
+        dest[done.positions] = done.rows
+        if on_batch is not None:
+            on_batch(len(done.positions), int(tok.lengths[done.positions].sum()))
+        return done
 
     def run(
         self,
@@ -366,10 +416,13 @@ class Engine:
         progress: Callable[[Progress], None] | None = None,
         rows_total: int | None = None,
         stats: RunStats | None = None,
+        done: Partial | None = None,
+        checkpoint: Callable[[Partial], None] | None = None,
     ) -> RunStats:
         """Embed (start_row, texts) chunks; rows of a chunk land in dest(start_row, n).
 
-        Tokenization of the next chunk overlaps the model's work on the current one."""
+        Tokenization of the next chunk overlaps the model's work on the current one. `done` and
+        `checkpoint`: see embed_tokenized (`done` applies to the chunk it names)."""
         stats = stats or RunStats()
         rows0, tokens0 = stats.rows, stats.tokens  # a resumed job passes in what was done before
         t0 = time.perf_counter()
@@ -395,7 +448,8 @@ class Engine:
                 start, tok = item
                 n = len(tok.lengths)
                 in_chunk[:] = [0, 0]
-                self.embed_tokenized(tok, dest(start, n), on_batch)
+                self.embed_tokenized(tok, dest(start, n), on_batch, start=start, checkpoint=checkpoint,
+                                     done=done if done is not None and done.start == start else None)
                 stats.rows += n
                 stats.tokens += int(tok.lengths.sum())
                 n_trunc = int(tok.truncated.sum())
@@ -405,3 +459,14 @@ class Engine:
                 if on_chunk is not None:
                     on_chunk(start, n, stats)
         return stats
+
+
+def _partial(start: int, batches: int, kept: Partial | None, positions: list[np.ndarray],
+             results: list[torch.Tensor]) -> Partial:
+    """The finished part of a chunk: what was reused plus the batches computed since."""
+    rows = torch.cat(results).cpu().numpy() if results else np.empty((0, 0), np.float32)
+    done = np.concatenate(positions) if positions else np.empty(0, np.int64)
+    if kept is not None:
+        rows = np.concatenate([kept.rows, rows]) if len(done) else kept.rows
+        done = np.concatenate([kept.positions, done])
+    return Partial(start, batches, done, rows)

@@ -67,6 +67,11 @@ class OutputPaths:
     def state(self) -> Path:
         return self.hidden(self.npy, "resume.json")
 
+    @property
+    def inflight(self) -> Path:
+        """Rows finished inside the chunk in flight (hfenc.jobs.checkpoint)."""
+        return self.hidden(self.npy, "inflight")
+
     def staged(self, final: Path) -> Path:
         """Where the next version of a final file waits to be published."""
         return self.hidden(final, "staged")
@@ -239,16 +244,47 @@ def read_state(paths: OutputPaths) -> dict:
     return state
 
 
+def saved_rows(state: dict) -> int:
+    """Rows a resume state keeps: whole chunks plus the in-flight part it claims."""
+    stats = state.get("stats")
+    inflight = stats.get("inflight") if isinstance(stats, dict) else None
+    extra = inflight.get("rows", 0) if isinstance(inflight, dict) else 0
+    return int(state["rows_done"]) + (extra if isinstance(extra, int) else 0)
+
+
+def journal_renames(paths: OutputPaths, plan: object) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """A publication journal read back (it is a file on disk, so untrusted): (renames, removals).
+    Each rename takes a hidden file beside the output to one of the output's own names, the
+    sidecar last; a removal is one of the output's side files. Anything else is refused."""
+    problem = ResumeError(f"cannot finish the publication of {paths.npy}: the journal in {paths.state.name} "
+                          "is not one hfenc wrote", hint="remove the output's hidden files by hand, or use --force")
+    if not isinstance(plan, dict) or not isinstance(plan.get("renames"), list) or not plan["renames"]:
+        raise problem
+    finals, renames = set(paths.finals()), []
+    for pair in plan["renames"]:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise problem
+        staged, final = Path(pair[0]), Path(pair[1])
+        if final not in finals or staged.parent != paths.npy.parent or not staged.name.startswith("."):
+            raise problem
+        renames.append((staged, final))
+    removals = plan.get("remove", [])
+    if renames[-1][1] != paths.sidecar or not isinstance(removals, list) or \
+            any(not isinstance(p, str) or Path(p) not in (paths.ids, paths.lines) for p in removals):
+        raise problem
+    return renames, [Path(p) for p in removals]
+
+
 def complete_publication(paths: OutputPaths, plan: dict) -> None:
     """Carry out a journaled publication; safe to repeat after a crash at any point in it."""
-    renames = [(Path(a), Path(b)) for a, b in plan["renames"]]
+    renames, removals = journal_renames(paths, plan)
     try:
         staged_sidecar = renames[-1][0]
         if staged_sidecar.exists() and paths.sidecar.exists():
             paths.sidecar.unlink()  # the old output's metadata goes before any new file arrives
             faults.point("old-sidecar-removed")
-        for stale in plan.get("remove", []):
-            Path(stale).unlink(missing_ok=True)
+        for stale in removals:
+            stale.unlink(missing_ok=True)
         for staged, final in renames:
             if staged.exists():  # gone: published before a crash
                 os.replace(staged, final)
@@ -445,44 +481,11 @@ class RowWriter:
             self._remove(path)
 
 
-@dataclass(frozen=True)
-class Abandoned:
-    """An interrupted run's saved work: its resume state and the hidden files it claims."""
-
-    output: Path
-    rows_done: int
-    rows: int | None
-    files: tuple[Path, ...]
-
-    @property
-    def bytes(self) -> int:  # a Parquet partial is a directory of chunk files
-        return sum(p.stat().st_size for f in self.files for p in ([f] if f.is_file() else f.rglob("*"))
-                   if p.is_file())
-
-
 def claimed(paths: OutputPaths) -> list[Path]:
     """The in-progress half of the ownership rule: the hidden files (or, for a Ray job, the hidden
     .partial directory) that a readable hfenc resume state claims for `paths`. A final output is
     never among them: only a sidecar or manifest that lists it makes it hfenc's (Listing)."""
-    return [paths.state, paths.partial, paths.hidden(paths.state, "tmp"), paths.staged(paths.npy),
-            paths.staged(paths.sidecar), paths.staged(paths.ids), paths.staged(paths.lines)]
-
-
-def find_abandoned(directory: Path) -> list[Abandoned]:
-    """Interrupted runs in `directory` (`hfenc clean`): only files an hfenc resume state claims."""
-    found = []
-    for state_file in sorted(directory.glob(".*.resume.json")):
-        output = state_file.with_name(state_file.name[1:].removesuffix(".resume.json"))
-        paths = OutputPaths(output)
-        try:
-            state = read_state(paths)
-        except ResumeError:
-            continue  # not a state hfenc can read: not ours to remove
-        found.append(Abandoned(output, int(state["rows_done"]), state["fingerprint"].get("rows"),
-                               tuple(f for f in claimed(paths) if f.exists())))
-    return found
-
-
-def remove_abandoned(item: Abandoned) -> None:
-    for file in item.files:
-        remove_path(file)
+    return [paths.state, paths.partial, paths.hidden(paths.state, "tmp"), paths.inflight,
+            paths.hidden(paths.inflight, "tmp"), paths.staged(paths.npy), paths.staged(paths.sidecar),
+            paths.staged(paths.ids), paths.staged(paths.lines), paths.hidden(paths.ids, "scan"),
+            paths.hidden(paths.lines, "scan")]

@@ -26,6 +26,7 @@ from hfenc import faults
 from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
                      UnknownChoiceError)
 from hfenc.io.claim import Claim
+from hfenc.jobs.checkpoint import Checkpoints
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
 from hfenc.io.outputs import SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns
 from hfenc.io.writers import check_options, default_path, open_output, out_format
@@ -130,11 +131,11 @@ def _line_of(spec: InputSpec, row: int) -> str:
 def _saved_rows(paths: OutputPaths, fallback: int) -> int:
     """The rows the resume state on disk says are saved (what --resume will start from): the
     signal may have landed while it was being written."""
-    from hfenc.io.outputs import read_state
+    from hfenc.io.outputs import read_state, saved_rows
 
     try:
-        return int(read_state(paths)["rows_done"])
-    except (HfencError, TypeError, ValueError):  # no readable state: what the writer counted
+        return saved_rows(read_state(paths))
+    except (HfencError, KeyError, TypeError, ValueError):  # no readable state: what the writer counted
         return fallback
 
 
@@ -207,17 +208,20 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
             )
         writer.save_state(start + n, {"tokens": s.tokens, "truncated": s.truncated,
                                       "first_truncated": s.first_truncated})
+        checkpoints.clear()  # the state no longer claims the chunk's in-flight rows
         faults.point("chunk-saved")
 
     def report(p: Progress) -> None:
         if progress is not None:
             progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed, resumed_from))
 
+    checkpoints = Checkpoints(paths, writer)
     t_embed = time.perf_counter()
     try:
         model.engine.run(
             output.tap(chunks(spec, job.chunk_size, resumed_from, expected=info)), writer.rows, on_chunk=on_chunk,
-            progress=report, rows_total=info.rows, stats=stats,
+            progress=report, rows_total=info.rows, stats=stats, done=checkpoints.resume(resumed_from),
+            checkpoint=checkpoints.save,
         )
     except KeyboardInterrupt as exc:
         saved = _saved_rows(paths, writer.rows_done)
@@ -227,6 +231,7 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
         ) from None
     except (OverflowRefused, InputChanged):  # a refusal, or rows of other bytes: nothing half-written stays
         writer.abandon()
+        checkpoints.clear()
         raise
     except HfencError:
         raise

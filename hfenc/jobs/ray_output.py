@@ -123,7 +123,7 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
 
 
 @dataclass(frozen=True)
-class Claim:
+class PartialState:
     """What the output's resume state holds for this run: the interrupted run's stats (its
     quantization ranges), and its publication plan when it had begun to publish."""
 
@@ -131,7 +131,7 @@ class Claim:
     publishing: dict[str, Any] | None
 
 
-def claim(out: RayOutput, job: JobOptions, fingerprint: dict[str, Any]) -> Claim:
+def reserve_partial(out: RayOutput, job: JobOptions, fingerprint: dict[str, Any]) -> PartialState:
     """Claim the partial output (the state first: from here on a crash is resumable), or, with
     --resume, pick up the interrupted run's, refused if anything that changes a row changed."""
     paths = out.paths
@@ -140,10 +140,10 @@ def claim(out: RayOutput, job: JobOptions, fingerprint: dict[str, Any]) -> Claim
             raise ResumeError(f"the interrupted run of {out.path} was not a --ray run",
                               hint="resume it without --ray, or use --force to start over")
         state = resume_state(paths, fingerprint)  # refuses a changed input or option, naming it
-        return Claim(state.get("stats") or {}, state.get("publishing"))
+        return PartialState(state.get("stats") or {}, state.get("publishing"))
     remove_path(paths.partial)
     write_state(paths, fingerprint, 0, {"engine": ENGINE})
-    return Claim({}, None)
+    return PartialState({}, None)
 
 
 def abandon(paths: OutputPaths) -> None:

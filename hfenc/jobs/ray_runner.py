@@ -57,7 +57,8 @@ from hfenc.io.inputs import InputSpec
 from hfenc.io.outputs import write_json_atomic, write_state
 from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, sigterm_as_interrupt
 from hfenc.jobs.ray_inputs import job_inputs
-from hfenc.jobs.ray_output import (ENGINE, MANIFEST, RayOutput, abandon, check_output, choose_output, claim,
+from hfenc.io.claim import Claim
+from hfenc.jobs.ray_output import (ENGINE, MANIFEST, RayOutput, abandon, check_output, choose_output, reserve_partial,
                                    committed_rows, verify)
 from hfenc.jobs.ray_pipeline import run_pipeline
 from hfenc.jobs.ray_plan import (JobPlan, Prepared, model_name, plan_replicas, quantization, quantization_stats,
@@ -91,20 +92,21 @@ def embed_ray(job: JobOptions, model: str | ModelSpec, options: dict[str, Any], 
         return _through_client(job, model, options, cluster)
     with sigterm_as_interrupt(), quiet(), job_inputs(job) as (spec, files):
         out = choose_output(job, files)
-        check_output(out, job)
-        try:
-            with session(cluster):
-                prepared, local = _prepare(job, spec, files, out, model, options, cluster)
-                planned = _plan(prepared, local, t0)
-                del local  # the replicas hold their own model: the driver's copy goes before they start
-                if isinstance(planned, JobResult):  # the interrupted run had only its publication left
-                    return planned
-                try:
-                    return _embed_and_publish(planned, progress, t0)
-                except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is committed stays, for --resume
-                    raise _Stopped(out, planned.input.rows, getattr(exc, "signum", signal.SIGINT)) from None
-        except _Stopped as stopped:
-            raise stopped.interrupted() from None
+        with Claim(out.path):  # the output is this job's alone (a local job's too) until it returns
+            check_output(out, job)
+            try:
+                with session(cluster):
+                    prepared, local = _prepare(job, spec, files, out, model, options, cluster)
+                    planned = _plan(prepared, local, t0)
+                    del local  # the replicas hold their own model: the driver's copy goes before they start
+                    if isinstance(planned, JobResult):  # the interrupted run had only its publication left
+                        return planned
+                    try:
+                        return _embed_and_publish(planned, progress, t0)
+                    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is committed stays, for --resume
+                        raise _Stopped(out, planned.input.rows, getattr(exc, "signum", signal.SIGINT)) from None
+            except _Stopped as stopped:
+                raise stopped.interrupted() from None
 
 
 def _through_client(job: JobOptions, model: str | ModelSpec, options: dict[str, Any],
@@ -159,7 +161,7 @@ def _plan(prepared: Prepared, local: Embedder | None, t0: float) -> JobPlan | Jo
     of the pipeline, or the result when an interrupted run had only its publication left."""
     job, out = prepared.job, prepared.out
     fingerprint = prepared.fingerprint()
-    found = claim(out, job, fingerprint)
+    found = reserve_partial(out, job, fingerprint)
     if found.publishing:
         return _finish_interrupted(prepared, found.publishing, t0)
     try:
