@@ -369,6 +369,16 @@ def test_resume_on_other_libraries_or_another_device_is_refused(data, embedder, 
     assert f"{key}: {value!r} -> " in str(info.value) and hint in info.value.hint
 
 
+@pytest.mark.parametrize("name", ["out.npy", "out.npy.json"])
+def test_a_dangling_link_at_the_output_is_not_replaced_without_force(data, embedder, name):
+    (data / name).symlink_to(data / "nowhere")  # exists() is False for it; it is still someone's
+    with pytest.raises(OutputError, match="already exists|hfenc did not write it"):
+        embed_file(_job(data / "in.txt", data / "out.npy"), embedder)
+    assert (data / name).is_symlink() and os.readlink(data / name) == str(data / "nowhere")
+    result = embed_file(_job(data / "in.txt", data / "out.npy", force=True), embedder)  # --force replaces the link
+    assert result.rows == 50 and not (data / name).is_symlink() and not (data / "nowhere").exists()
+
+
 def test_resume_progress_counts_from_the_saved_rows(data, embedder):
     _interrupted(data, embedder)
     seen: list[int] = []

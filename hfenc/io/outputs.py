@@ -194,6 +194,11 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _present(path: Path) -> bool:
+    """Something is at `path`: a file, a directory or a link, dangling ones too (exists() says no)."""
+    return os.path.lexists(path)
+
+
 def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[Path, ...] = ()) -> None:
     """Fail before any work when the output cannot be written, or a file this run would replace
     exists and --force is absent (`writes`: the side files this run makes)."""
@@ -206,16 +211,16 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[
         if final.is_dir():
             raise OutputError(f"output {final} is a directory")
     resuming = resume and paths.state.exists()
-    if paths.npy.exists() and not force and not resuming:
+    if _present(paths.npy) and not force and not resuming:
         raise OutputError(f"output {paths.npy} already exists", hint="pass --force to overwrite it")
     if not force and not resuming:
         for final in (paths.sidecar, *writes):
-            if final.exists() and not owns(paths, final):
+            if _present(final) and not owns(paths, final):
                 raise OutputError(
                     f"{final} exists and hfenc did not write it (no hfenc sidecar lists it)",
                     hint="move it away, choose another output with -o, or pass --force to overwrite it",
                 )
-        if paths.partial.exists() and not paths.state.exists():
+        if _present(paths.partial) and not paths.state.exists():
             raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
                               hint="move it away, or pass --force to overwrite it")
     if paths.state.exists() and not resume and not force:
