@@ -36,6 +36,7 @@ import numpy as np
 
 from hfenc.errors import ConfigError, InputError
 from hfenc.io.outputs import OutputPaths, read_sidecar
+from hfenc.io.sidecar import check_sidecar
 from hfenc.io.quantize import SCALAR, Quantization, as_ubinary, dequantize, unpack_bits
 
 BLOCK_BYTES = 32 << 20
@@ -142,13 +143,14 @@ class Index:
         if sidecar is None:
             raise InputError(f"{self.path} has no hfenc sidecar ({OutputPaths(self.path).sidecar.name})",
                              hint="search needs the settings embed recorded: search an output of `hfenc embed`")
-        if not sidecar.get("complete") or sidecar.get("rows") != self.rows:
+        sidecar = check_sidecar(sidecar, f"the sidecar of {self.path}")
+        if not sidecar.get("complete") or sidecar.get("rows") != self.rows or "dim" not in sidecar:
             raise InputError(f"the sidecar of {self.path} does not describe it ({sidecar.get('rows')} rows recorded, "
                              f"{self.rows} in the file)")
         self.sidecar = sidecar
-        self.dim = int(sidecar["dim"])
+        self.dim = sidecar["dim"]
         q = sidecar.get("quantization")
-        self.quantization = Quantization.from_record(q) if q else None
+        self.quantization = Quantization.from_record(q, f"the sidecar of {self.path}") if q is not None else None
         expect = self.quantization.width if self.quantization else self.dim
         if self.width != expect:
             raise InputError(f"{self.path} rows are {self.width} wide; its sidecar says {expect}")

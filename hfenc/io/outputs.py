@@ -115,7 +115,8 @@ class Listing:
         if data is None:
             return None
         files = dict(data.get("files") or {}) if isinstance(data.get("files"), dict) else {}
-        for shard in data.get("shards") or []:
+        shards = data.get("shards")
+        for shard in shards if isinstance(shards, list) else []:
             if isinstance(shard, dict) and isinstance(shard.get("file"), str):
                 files[shard["file"]] = shard
         return cls(path, files)
@@ -238,11 +239,29 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+# What a resume state's stats may hold, and of which type (None: absent).
+_STATS: dict[str, tuple[type, ...]] = {"tokens": (int,), "truncated": (int,), "first_truncated": (int,),
+                                       "inflight": (dict,), "quantization_ranges": (list,),
+                                       "quantization_calibration": (dict,)}
+
+
 def read_state(paths: OutputPaths) -> dict:
     try:
         state = json.loads(paths.state.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or "fingerprint" not in state or "rows_done" not in state:
+        # a file on disk, so untrusted: the shape hfenc writes, or one line
+        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
             raise ValueError("not a resume state")
+        rows_done = state.get("rows_done")
+        rows = state["fingerprint"].get("rows")
+        if not isinstance(rows_done, int) or isinstance(rows_done, bool) or rows_done < 0 or \
+                (isinstance(rows, int) and rows_done > rows):
+            raise ValueError("rows_done is not a count of the output's rows")
+        if not isinstance(state.get("stats", {}), dict) or not isinstance(state.get("publishing") or {}, dict):
+            raise ValueError("stats or publishing is not an object")
+        for key, kinds in _STATS.items():
+            value = (state.get("stats") or {}).get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise ValueError(f"stats.{key} has the wrong type")
     except (OSError, ValueError) as exc:
         raise ResumeError(f"cannot resume: {paths.state} is unreadable ({exc})",
                           hint="use --force to start over") from None

@@ -130,7 +130,8 @@ def load_ranges(path: str | Path, dim: int | None = None) -> np.ndarray:
         else:
             data = json.loads(p.read_text(encoding="utf-8"))
             if isinstance(data, dict):
-                data = (data.get("quantization") or {}).get("ranges")
+                recorded = data.get("quantization")
+                data = recorded.get("ranges") if isinstance(recorded, dict) else None
                 if data is None:
                     raise ValueError("it has no quantization.ranges")
         ranges = np.asarray(data, dtype=np.float32)
@@ -175,7 +176,27 @@ class Quantization:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Quantization:
+    def from_record(cls, record: object, where: str = "the sidecar") -> Quantization:
+        """A recorded quantization read back (a file on disk: untrusted); one ConfigError if unsound."""
+        def bad(why: str) -> ConfigError:
+            return ConfigError(f"{where} records an unusable quantization ({why})",
+                               hint="embed the input again, or restore the file hfenc wrote")
+
+        if not isinstance(record, dict) or not isinstance(record.get("precision"), str):
+            raise bad("no precision")
+        precision = check_precision(record["precision"])
+        dim = record.get("dim")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise bad("dim is not a positive integer")
         ranges = record.get("ranges")
-        return cls(check_precision(record["precision"]), int(record["dim"]),
-                   None if ranges is None else np.asarray(ranges, dtype=np.float32), record.get("calibration"))
+        if precision in SCALAR:
+            try:
+                ranges = np.asarray(ranges, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise bad(f"ranges are not 2 x {dim} numbers") from None
+            if ranges.shape != (2, dim) or not np.isfinite(ranges).all():
+                raise bad(f"ranges are not 2 x {dim} finite numbers")
+        elif ranges is not None:
+            raise bad(f"{precision} has no ranges")
+        calibration = record.get("calibration")
+        return cls(precision, dim, ranges, calibration if isinstance(calibration, dict) else None)

@@ -19,9 +19,57 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
-from hfenc.errors import ConfigError, ModelNotFoundError
+from hfenc.errors import ConfigError, InputError, ModelNotFoundError
 
 _FREE = ("device", "batch_tokens")  # recorded, but they do not change the numbers
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float),
+                                        "dict": (dict,), "list": (list,)}
+# The keys other commands read back, beside EmbedSettings' (whose types come from the dataclass).
+_KEYS = {"format": "str", "complete": "bool | None", "output": "str | None", "rows": "int", "dim": "int",
+         "out_dtype": "str | None", "input": "dict | None", "quantization": "dict | None",
+         "ids_file": "str | None", "lines_file": "str | None", "files": "dict | None",
+         "weights_sha256": "str | None", "config_sha256": "str | None", "model_path": "str | None"}
+
+
+def _fits(value: object, annotation: str) -> bool:
+    for name in (part.strip() for part in annotation.split("|")):
+        if name == "None" and value is None:
+            return True
+        kinds = _TYPES.get(name, ())
+        if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+            return True
+    return False
+
+
+def check_sidecar(data: object, where: str) -> dict[str, Any]:
+    """A sidecar read back from disk (untrusted): every key another command reads has the type
+    `embed` writes, counts are not negative, and the files it names are plain names beside it.
+    One InputError naming the key otherwise."""
+    from hfenc.compute.embedder import EmbedSettings
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{where} is not a sidecar hfenc can use: {why}",
+                          hint="restore the file hfenc wrote, or embed the input again")
+
+    if not isinstance(data, dict):
+        raise bad("it is not a JSON object")
+    expected = {**{f.name: str(f.type) for f in fields(EmbedSettings)}, **_KEYS}
+    for key, annotation in expected.items():
+        if key in data and not _fits(data[key], annotation):
+            raise bad(f"{key} is {type(data[key]).__name__}, not {annotation}")
+    for key in ("rows", "dim", "max_length", "batch_tokens", "truncate_dim"):
+        if isinstance(data.get(key), int) and data[key] < (0 if key == "rows" else 1):
+            raise bad(f"{key} is {data[key]}")
+    for key in ("ids_file", "lines_file"):
+        name = data.get(key)
+        if name is not None and (not name or Path(name).name != name or name in (".", "..")):
+            raise bad(f"{key} {name!r} is not a file name beside the output")
+    for name, entry in (data.get("files") or {}).items():
+        if Path(name).name != name or not isinstance(entry, dict) or not _fits(entry.get("bytes"), "int"):
+            raise bad(f"files lists {name!r} wrongly")
+    return data
 
 
 def recorded_settings(sidecar: dict[str, Any]) -> Any:

@@ -118,9 +118,9 @@ def scalar_ranges(dim: int, ranges: Any, sample: Callable[[], tuple[np.ndarray, 
 
 
 def calibration_warnings(quantization: Quantization) -> list[str]:
-    how = quantization.calibration or {}
-    if how.get("method") == "sample" and how["rows"] < 100:
-        return [f"{quantization.precision} ranges were calibrated on only {how['rows']} rows; "
+    how, rows = quantization.calibration or {}, (quantization.calibration or {}).get("rows")
+    if how.get("method") == "sample" and isinstance(rows, int) and rows < 100:
+        return [f"{quantization.precision} ranges were calibrated on only {rows} rows; "
                 "--ranges FILE from a bigger corpus gives steadier codes"]
     return []
 
@@ -208,9 +208,10 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
         saved = inner.stats.get("quantization_ranges")
         if inner.publishing is not None:
             pass  # only the publication is left: the sidecar already records the ranges
-        elif saved is not None:
-            quantization = Quantization(quantize, dim, np.asarray(saved, dtype=np.float32),
-                                        inner.stats.get("quantization_calibration"))
+        elif saved is not None:  # validated as a record, as a sidecar's is
+            quantization = Quantization.from_record(
+                {"precision": quantize, "dim": dim, "ranges": saved,
+                 "calibration": inner.stats.get("quantization_calibration")}, f"the resume state {paths.state.name}")
         else:
             try:
                 assert ranges is not None or (model is not None and spec is not None)

@@ -220,9 +220,9 @@ def quantization(job: JobOptions, dim: int, saved: dict[str, Any],
 
     if job.quantize not in SCALAR:
         return Quantization(job.quantize, dim)
-    if saved.get("quantization_ranges") is not None:
-        return Quantization(job.quantize, dim, np.asarray(saved["quantization_ranges"], dtype=np.float32),
-                            saved.get("quantization_calibration"))
+    if saved.get("quantization_ranges") is not None:  # from the resume state: validated as a record
+        return Quantization.from_record({"precision": job.quantize, "dim": dim, "ranges": saved["quantization_ranges"],
+                                         "calibration": saved.get("quantization_calibration")}, "the resume state")
     return Quantization(job.quantize, dim, *scalar_ranges(dim, job.ranges, sample))
 
 
