@@ -43,20 +43,24 @@ To regenerate the shown output after a deliberate change (it is never edited by 
 
     HF_HUB_OFFLINE=1 python tests/test_docs.py --update [PAGE...]
 
-It rewrites only outputs whose masked form differs, so timings shown stay as they were.
+It rewrites only outputs whose masked form differs, so timings shown stay as they were
+(`--update --timings` rewrites them all).
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import io
+import itertools
 import os
 import re
 import runpy
 import shlex
 import shutil
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +142,7 @@ def read_blocks(page: Path, text: str | None = None) -> list[Block]:
         blocks.append(Block(page, i + 1, opening.group(2), lines[i + 1:end],
                             (marker.group(1) or "") if marker else None))
         i = end + 1
-    for before, after in zip(blocks, blocks[1:]):  # a python block's output: the ```text right after it
+    for before, after in itertools.pairwise(blocks):  # a python block's output: the ```text right after it
         gap = lines[before.line + len(before.body) + 1:after.line - 1]
         if before.lang == "python" and after.lang == "text" and not any(g.strip() for g in gap):
             before.output = after
@@ -176,7 +180,8 @@ def prepare(workdir: Path) -> Path:
     """A working directory laid out like the repository: examples/ and docs/examples/."""
     shutil.copytree(ROOT / "examples", workdir / "examples", ignore=shutil.ignore_patterns("*.npy", "*.json"))
     if (ROOT / "docs" / "examples").is_dir():
-        shutil.copytree(ROOT / "docs" / "examples", workdir / "docs" / "examples")
+        shutil.copytree(ROOT / "docs" / "examples", workdir / "docs" / "examples",
+                        ignore=shutil.ignore_patterns("*.npy", "*.json", "*.parquet"))
     return workdir
 
 
@@ -185,6 +190,10 @@ def _hfenc(argv: list[str], stdin: str | None) -> tuple[int, str]:
 
     from hfenc.cli import app
 
+    for name in ("hfenc.cli.base", "hfenc.cli.files"):  # timings count from this command's start, as in
+        module = sys.modules.get(name)                  # a new process (they are masked anyway)
+        if module is not None and hasattr(module, "START"):
+            module.START = time.perf_counter()
     result = CliRunner().invoke(app, argv, input=stdin, env=CLI_ENV)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else repr(result.exception)
@@ -260,7 +269,7 @@ def run_page(page: Path, workdir: Path, text: str | None = None) -> Session:
                     session.steps.append(step)
             elif block.lang == "python":
                 code = compile("\n".join(block.body) + "\n", block.where, "exec")
-                _, printed = _python(lambda: exec(code, {"__name__": "__main__"}))
+                _, printed = _python(functools.partial(exec, code, {"__name__": "__main__"}))
                 shown = block.output
                 end = block.line + len(block.body) + 2  # the line after the closing fence
                 step = Step(block, "python block", shown.line + 1 if shown else end, shown.body if shown else [],
@@ -285,12 +294,13 @@ def mismatches(session: Session) -> list[str]:
     return found
 
 
-def update_page(page: Path, session: Session) -> int:
-    """Write the real output into `page` where its masked form differs; returns how many changed."""
+def update_page(page: Path, session: Session, everything: bool = False) -> int:
+    """Write the real output into `page` where its masked form differs (`everything`: wherever it
+    differs at all, timings included); returns how many outputs changed."""
     lines = page.read_text(encoding="utf-8").splitlines()
     changed = 0
     for step in sorted(session.steps, key=lambda s: s.line, reverse=True):
-        if mask("\n".join(step.expected), session.workdir) == mask(step.actual, session.workdir):
+        if mask("\n".join(step.expected), session.workdir) == mask(step.actual, session.workdir) and not everything:
             continue
         new = step.actual.replace(str(session.workdir), "$PWD").rstrip("\n").splitlines()
         new = [line.rstrip() for line in new]
@@ -323,7 +333,7 @@ def test_page_output_is_what_the_commands_print(page, tmp_path):
 
 @pytest.mark.parametrize("block", _illustrative(), ids=lambda b: b.where)
 def test_illustrative_block(block):
-    pytest.skip(f"illustrative ({block.illustrative or 'not run'})")
+    pytest.skip(f"{block.where}: illustrative ({block.illustrative or 'not run'})")
 
 
 def test_every_example_is_run_or_marked():
@@ -369,20 +379,22 @@ def test_a_changed_output_line_fails(tmp_path):
     problems = mismatches(run_page(copy, tmp_path / "work"))
     assert len(problems) == 1, problems
     assert "-" + mask(lines[target]) in problems[0] and "21,854,208" in problems[0], problems[0]
-    # and the same comparison on a string: one changed digit in a search score is caught
-    block = Block(copy, 1, "console", ["$ hfenc --version", "hfenc 0.1.0"], None)
+    # the same comparison on strings: one digit of one score in a search table is a failure
+    shown = ["307 rows of float32, cosine; query prompt: none; searched in 0.001 s", "│    1 │ 0.9739 │ 169 │"]
+    block = Block(copy, 1, "console", ["$ hfenc search a.npy x", *shown], None)
     step = console_steps(block)[0]
-    step.actual = "hfenc 0.1.1\n"
-    assert mismatches(Session(tmp_path, steps=[step])) and not mismatches(
-        Session(tmp_path, steps=[Step(block, step.command, 2, ["hfenc 0.1.0"], "hfenc 0.1.0\n")]))
-
+    step.actual = "307 rows of float32, cosine; query prompt: none; searched in 0.350 s\n│    1 │ 0.9739 │ 169 │\n"
+    assert not mismatches(Session(tmp_path, steps=[step]))
+    step.actual = step.actual.replace("0.9739", "0.9738")
+    assert mismatches(Session(tmp_path, steps=[step]))
 
 def main(argv: list[str]) -> int:
     """`python tests/test_docs.py --update [PAGE...]`: regenerate the shown output (or, without
-    --update, only report the differences)."""
+    --update, only report the differences); `--update --timings` rewrites every output, so the
+    timings shown are those of this run too."""
     import tempfile
 
-    update = "--update" in argv
+    update, everything = "--update" in argv, "--timings" in argv
     names = [a for a in argv if not a.startswith("--")]
     pages = [(ROOT / n).resolve() for n in names] if names else PAGES
     failed = 0
@@ -390,8 +402,8 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             session = run_page(page, Path(tmp) / "work")
             problems = mismatches(session)
-            if update and problems:
-                print(f"{page.relative_to(ROOT)}: {update_page(page, session)} output(s) rewritten")
+            if update and (problems or everything):
+                print(f"{page.relative_to(ROOT)}: {update_page(page, session, everything)} output(s) rewritten")
             elif problems:
                 failed += 1
                 print("\n\n".join(problems))

@@ -311,7 +311,8 @@ def clean(
                      "bytes": sizes[i.output], "files": [str(f) for f in i.files], "note": i.note or None,
                      "action": actions.get(i.output)} for i in found])
     elif not found:
-        err.print(Text(f"No interrupted runs in {directory}."))
+        where = "the current directory" if directory == Path(".") else str(directory)
+        err.print(Text(f"No interrupted runs in {where}."))
     else:
         _render_abandoned(found, sizes, actions)
     for message in refused:
