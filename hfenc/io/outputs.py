@@ -239,6 +239,7 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+_STATE_KEYS = {"fingerprint", "rows_done", "stats", "publishing"}
 # What a resume state's stats may hold, and of which type (None: absent).
 _STATS: dict[str, tuple[type, ...]] = {"tokens": (int,), "truncated": (int,), "first_truncated": (int,),
                                        "inflight": (dict,), "quantization_ranges": (list,),
@@ -258,6 +259,9 @@ def read_state(paths: OutputPaths) -> dict:
             raise ValueError("rows_done is not a count of the output's rows")
         if not isinstance(state.get("stats", {}), dict) or not isinstance(state.get("publishing") or {}, dict):
             raise ValueError("stats or publishing is not an object")
+        unknown = sorted(set(state) - _STATE_KEYS) + sorted(f"stats.{k}" for k in set(state.get("stats") or {}) - set(_STATS))
+        if unknown:  # written by something else, or a newer hfenc: not understood, so not used
+            raise ValueError(f"unknown key {unknown[0]}")
         for key, kinds in _STATS.items():
             value = (state.get("stats") or {}).get(key)
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):

@@ -1,9 +1,10 @@
 """An embedding job: input file -> validated records -> Embedder -> .npy + sidecar, resumable.
 
 Order matters for failing early: output checks and the input scan (cheap, and they catch most
-mistakes) run before the model is loaded; the output is reserved only after the model loaded.
-A run that fails after rows were saved keeps its partial output and state for --resume; a run
-refused on purpose (--on-overflow error) removes everything it wrote.
+mistakes) run before the model is loaded. The output is claimed (hfenc.io.claim) before anything
+of it is read and held until the job returns; its files are reserved only after the model loaded.
+A run that fails after rows were saved keeps its partial output, in-flight rows and state for
+--resume; a run refused on purpose (--on-overflow error) removes everything it wrote.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hfenc import faults
 from hfenc.compute.embedder import Embedder, library_versions
 from hfenc.compute.engine import Progress, RunStats
-from hfenc import faults
 from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
-                     UnknownChoiceError)
+                          UnknownChoiceError)
 from hfenc.io.claim import Claim
-from hfenc.jobs.checkpoint import Checkpoints
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
 from hfenc.io.outputs import SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns
 from hfenc.io.writers import check_options, default_path, open_output, out_format
+from hfenc.jobs.checkpoint import Checkpoints
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -78,7 +79,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the job like Ctrl-C does: finished chunks are kept for --resume."""
+    """SIGTERM stops the job like Ctrl-C does: finished work is kept for --resume."""
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone

@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfenc.errors import ConfigError, InputChanged, Interrupted, OverflowRefused
+from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec
 from hfenc.io.outputs import write_json_atomic, write_state
 from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, sigterm_as_interrupt
 from hfenc.jobs.ray_inputs import job_inputs
-from hfenc.io.claim import Claim
 from hfenc.jobs.ray_output import (ENGINE, MANIFEST, RayOutput, abandon, check_output, choose_output, reserve_partial,
                                    committed_rows, verify)
 from hfenc.jobs.ray_pipeline import run_pipeline
