@@ -146,6 +146,19 @@ def test_clean_leaves_an_output_a_running_job_holds_and_a_state_it_cannot_read(t
     assert ".held.npy.resume.json" in left and ".held.npy.partial" in left
 
 
+def test_user_text_is_printed_as_data_never_as_markup(tmp_path, bert, monkeypatch):
+    # a path, a query and the texts of hits with rich markup or emoji codes in them appear verbatim
+    monkeypatch.chdir(tmp_path)
+    Path("notes[v2].txt").write_text("the [red] flag marks errors\npip install hfenc[ray] :x:\n")
+    made = _run("embed", "notes[v2].txt", "-m", bert, "--device", "cpu")
+    assert made.exit_code == 0, made.stderr
+    assert "notes[v2].npy" in made.stderr and Path("notes[v2].npy").exists()
+    found = _run("search", "notes[v2].npy", "python list[int] :x:", "--texts", "notes[v2].txt", "--device", "cpu")
+    assert found.exit_code == 0, found.stderr
+    for text in ("python list[int] :x:", "the [red] flag marks errors", "pip install hfenc[ray] :x:"):
+        assert text in found.stdout, found.stdout
+
+
 def test_version_threads_and_device_names(tmp_path, bert):
     assert _run("-V").stdout.startswith("hfenc ")
     (tmp_path / "in.txt").write_text("a dog\n")

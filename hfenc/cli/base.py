@@ -19,8 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 START = time.perf_counter()  # start-up (imports, input check, model load) counts in the summary
-out = Console(soft_wrap=True)  # data
-err = Console(stderr=True, soft_wrap=True)  # people
+# Text a user typed or a file holds (paths, queries, texts, ids, model names) is data: printed as it
+# is, never read as rich markup or emoji codes (`[red]`, `list[int]`, `:x:` must appear verbatim).
+out = Console(soft_wrap=True, markup=False, emoji=False)  # data
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)  # people
 
 app = typer.Typer(
     name="hfenc",
@@ -118,7 +120,7 @@ def print_table(table: Table) -> None:
     if out.is_terminal or size.minimum <= out.width:
         out.print(table)
     else:  # Console.print clamps `width` to the console's own, so print through a wider one
-        Console(file=out.file, width=size.maximum, color_system=None).print(table)
+        Console(file=out.file, width=size.maximum, color_system=None, markup=False, emoji=False).print(table)
 
 
 def print_json(data: Any) -> None:

@@ -51,7 +51,7 @@ def embed(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps (any case)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: all cores)."),
     dtype: str = typer.Option("auto", help="Compute dtype: auto (GPU bf16/fp16; CPU bf16 where native, else float32), float32 (exact), float16, bfloat16, int8 (--backend openvino)."),
-    backend: str = typer.Option("torch", "--backend", help="Run the transformer on: torch, or openvino (CPU; needs hfenc[openvino])."),
+    backend: str = typer.Option("torch", "--backend", help="Run the transformer on: torch, or openvino (CPU; needs hfenc\\[openvino])."),
     out_dtype: str = typer.Option("float32", help="Stored dtype: float32 or float16."),
     out_format: Optional[str] = typer.Option(None, "--out-format", help="Output format: npy or parquet (default: from the output's suffix)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Store codes: int8, uint8 (calibrated ranges), binary, ubinary (packed bits)."),
@@ -72,7 +72,7 @@ def embed(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished chunk."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or summary on stderr."),
     json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local runtime using every GPU here (one replica each), or CPU workers (needs hfenc[ray])."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local runtime using every GPU here (one replica each), or CPU workers (needs hfenc\\[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Run on an existing Ray cluster: auto, or ray://HOST:10001 (implies --ray)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: model replicas (default: one per GPU; without GPUs, one per CPU, up to 8)."),
 ) -> None:
