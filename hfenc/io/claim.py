@@ -119,6 +119,8 @@ class Claim:
                               hint="create it first, or choose another output path")
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except PermissionError:
+            raise OutputError(f"output directory {self.output.parent} is not writable") from None
         except OSError as exc:
             raise OutputError(f"cannot claim {self.output}: {self.path.name}: {exc.strerror or exc}") from None
 
