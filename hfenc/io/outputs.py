@@ -243,7 +243,7 @@ _STATE_KEYS = {"fingerprint", "rows_done", "stats", "publishing"}
 # What a resume state's stats may hold, and of which type (None: absent).
 _STATS: dict[str, tuple[type, ...]] = {"tokens": (int,), "truncated": (int,), "first_truncated": (int,),
                                        "inflight": (dict,), "quantization_ranges": (list,),
-                                       "quantization_calibration": (dict,)}
+                                       "quantization_calibration": (dict,), "engine": (str,)}
 
 
 def read_state(paths: OutputPaths) -> dict:
