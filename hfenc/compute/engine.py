@@ -361,14 +361,12 @@ class Engine:
     @torch.inference_mode()
     def embed_tokenized(self, tok: Tokenized, dest: np.ndarray,
                         on_batch: Callable[[int, int], None] | None = None, *, start: int = 0,
-                        done: Partial | None = None, checkpoint: Callable[[Partial], None] | None = None,
-                        every: float | None = None) -> None:
+                        done: Partial | None = None, checkpoint: Callable[[Partial], None] | None = None) -> None:
         """Embed every row of `tok` into dest[i] (dest has len(tok.lengths) rows); `on_batch(rows,
         tokens)` after each batch is handed to the device (progress between chunks).
 
         `done`: this chunk's rows finished before an interruption (its batches are skipped);
-        `checkpoint`: called with the finished part every `every` seconds and on Ctrl-C."""
-        every = CHECKPOINT_SECONDS if every is None else every
+        `checkpoint`: called with the finished part every CHECKPOINT_SECONDS and on Ctrl-C."""
         order = np.argsort(-tok.lengths, kind="stable")
         plan = plan_batches(tok.lengths[order], self.batch_tokens)
         kept = self._reuse(done, order, plan, dest, on_batch, tok)
@@ -383,7 +381,7 @@ class Engine:
                 positions.append(rows)
                 if on_batch is not None:
                     on_batch(len(rows), int(tok.lengths[rows].sum()))
-                if checkpoint is not None and index + 1 < len(plan) and time.perf_counter() - last >= every:
+                if checkpoint is not None and index + 1 < len(plan) and time.perf_counter() - last >= CHECKPOINT_SECONDS:
                     checkpoint(_partial(start, index + 1, kept, positions, results))
                     last = time.perf_counter()
         except KeyboardInterrupt:

@@ -28,7 +28,8 @@ from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, Ou
                           UnknownChoiceError)
 from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
-from hfenc.io.outputs import SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns
+from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns, read_state,
+                              saved_rows)
 from hfenc.io.writers import check_options, default_path, open_output, out_format
 from hfenc.jobs.checkpoint import Checkpoints
 
@@ -132,11 +133,9 @@ def _line_of(spec: InputSpec, row: int) -> str:
 def _saved_rows(paths: OutputPaths, fallback: int) -> int:
     """The rows the resume state on disk says are saved (what --resume will start from): the
     signal may have landed while it was being written."""
-    from hfenc.io.outputs import read_state, saved_rows
-
     try:
-        return saved_rows(read_state(paths))
-    except (HfencError, KeyError, TypeError, ValueError):  # no readable state: what the writer counted
+        return saved_rows(read_state(paths))  # read_state validates the shape saved_rows reads
+    except HfencError:  # no readable state: what the writer counted
         return fallback
 
 
