@@ -317,9 +317,12 @@ def clean(
         _render_abandoned(found, sizes, actions)
     for message in refused:
         err.print(Text(f"Warning: {message}", style="yellow"))
+    for item in found if not remove and not json_out else ():
+        if item.note:  # why an output is in use or unreadable: clean --remove will leave it alone
+            err.print(Text(f"Note: {item.output}: {item.note}"))
     if refused:
         raise OutputError(f"{len(refused)} of {len(found)} interrupted run(s) were left alone (see above)")
-    if found and not remove and not json_out:
+    if any(i.status == "interrupted" for i in found) and not remove and not json_out:
         err.print("Resume one with the same command plus --resume, or delete them all with: hfenc clean --remove")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hfenc.errors import HfencError
+from hfenc.errors import HfencError, ResumeError
 from hfenc.io.claim import Claim, holder_of
 from hfenc.io.outputs import OutputPaths, claimed, complete_publication, read_state, remove_path, saved_rows
 
@@ -60,21 +60,13 @@ def _examine(output: Path, ours: bool = False) -> Abandoned:
     if holder is not None:
         return Abandoned(output, "in use", None, None, (), f"in use by {holder.describe()}")
     try:
-        state = read_state(paths)
-        fingerprint = state["fingerprint"]
-        rows_done = _count(state["rows_done"])
-        if not isinstance(fingerprint, dict) or rows_done is None:
-            raise ValueError("its fingerprint or rows_done has the wrong type")
-        publishing = state.get("publishing")
-        if publishing is not None and not isinstance(publishing, dict):
-            raise ValueError("its publication journal is not an object")
-    except (HfencError, KeyError, ValueError) as exc:
-        note = str(exc) if not isinstance(exc, KeyError) else f"it has no {exc}"
-        return Abandoned(output, "unreadable", None, None, (), f"{paths.state.name} is not a resume state hfenc can "
-                         f"read ({note}); left alone")
+        state = read_state(paths)  # validated: a fingerprint object, a count, a journal object or none
+    except ResumeError as exc:
+        return Abandoned(output, "unreadable", None, None, (), f"{exc}; left alone")
+    publishing = state.get("publishing")
     files = tuple(f for f in claimed(paths) if f.exists() or f.is_symlink())
     status: Status = "publishing" if publishing is not None else "interrupted"
-    return Abandoned(output, status, saved_rows(state), _count(fingerprint.get("rows")), files)
+    return Abandoned(output, status, saved_rows(state), _count(state["fingerprint"].get("rows")), files)
 
 
 def find_abandoned(directory: Path) -> list[Abandoned]:

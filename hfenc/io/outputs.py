@@ -251,7 +251,7 @@ def read_state(paths: OutputPaths) -> dict:
         state = json.loads(paths.state.read_text(encoding="utf-8"))
         # a file on disk, so untrusted: the shape hfenc writes, or one line
         if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
-            raise ValueError("not a resume state")
+            raise ValueError("no fingerprint object")
         rows_done = state.get("rows_done")
         rows = state["fingerprint"].get("rows")
         if not isinstance(rows_done, int) or isinstance(rows_done, bool) or rows_done < 0 or \
@@ -267,7 +267,7 @@ def read_state(paths: OutputPaths) -> dict:
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
                 raise ValueError(f"stats.{key} has the wrong type")
     except (OSError, ValueError) as exc:
-        raise ResumeError(f"cannot resume: {paths.state} is unreadable ({exc})",
+        raise ResumeError(f"{paths.state} is not a resume state hfenc can read ({exc})",
                           hint="use --force to start over") from None
     return state
 
