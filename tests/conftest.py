@@ -14,6 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # compare the default dtype at 1e-5, whatever the machine; child processes and Ray workers
 # inherit it. tests/test_precision.py tests the bf16 rule itself.
 os.environ["HFENC_AUTO_BF16"] = "0"
+# A fixed thread count (hfenc.compute.threads): the default follows the cores other processes leave
+# free, and a different count can move a row by an ulp, which the bit-for-bit resume tests would
+# see whenever something else ran on the machine. tests/test_threads.py tests the policy itself.
+os.environ["HFENC_THREADS"] = str(min(2, len(os.sched_getaffinity(0))))
+import hfenc  # noqa: E402,F401  (before anything loads torch: its OpenMP threads then sleep when idle)
 
 import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402

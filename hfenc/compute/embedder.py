@@ -27,6 +27,7 @@ from hfenc.errors import ConfigError, InputError, ModelLoadError, UnknownChoiceE
 from hfenc.model.head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
 from hfenc.model.resolve import DEFAULT_MODEL, hash_files, weight_files
 from hfenc.compute.openvino import BACKENDS
+from hfenc.compute.threads import ThreadPolicy
 from hfenc.model.spec import ModelSpec, load_spec
 
 
@@ -167,8 +168,9 @@ class Embedder:
         o.check()
         self.device = o.device_for_backend()
         compute_dtype = resolve_dtype(o.dtype, self.device)
-        if o.threads is not None:
-            torch.set_num_threads(o.threads)  # process-wide, as OMP_NUM_THREADS would be
+        # torch's threads (process-wide, as OMP_NUM_THREADS would be): --threads, else the cores
+        # free now, re-counted between batches; the first count is made over the model's load
+        self.threads = ThreadPolicy(o.threads)
         self.notes: list[str] = []  # things the user should hear about (the CLI prints them)
         if o.backend == "openvino" and compute_dtype in (torch.bfloat16, torch.float16):
             if not openvino_backend.native(compute_dtype):
@@ -257,7 +259,8 @@ class Embedder:
             self.engine = Engine(self.pipeline, self.tokenizer, self.device, torch.float32, budget)
         else:
             compute_dtype = self._precision(compute_dtype)
-            self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens)
+            self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens,
+                                 threads=self.threads)
         self.settings = EmbedSettings(
             model=str(model if isinstance(model, str) else spec.name), pooler=self.encoder.pooler_type,
             proj=proj_kind or "none",
@@ -310,7 +313,8 @@ class Embedder:
         ids, mask = pad_rows(tok, np.arange(2), self.tokenizer.pad_id, self.tokenizer.left_pad)
         with_pooler = self.encoder.uses_pooling_layer
         model = ov.convert(torch_transformer, ids, mask, with_pooler)
-        threads = torch.get_num_threads()
+        self.threads.count()  # OpenVINO's threads are fixed when it compiles: the cores free now
+        threads = self.threads.current
 
         def use(dt: torch.dtype, compiled_from: Any = model, group: int | None = None) -> float:
             compiled = ov.compile_model(compiled_from, dt, threads, group)
@@ -390,7 +394,8 @@ class Embedder:
             "architecture_discovered": self.encoder.arch.discovered,
             "weights_sha256": self.weights_hash,
             "config_sha256": self.config_hash,
-            "threads": torch.get_num_threads(),
+            "threads": self.threads.current,
+            "thread_policy": self.threads.record(),
             # the probe's min cosine to float32 of `--dtype auto`'s bf16 on a CPU, or of the OpenVINO
             # backend's bf16/int8 (None: not probed); and of OpenVINO's float32 conversion
             "probe_min_cosine": None if self.probe_min_cosine is None else round(self.probe_min_cosine, 6),

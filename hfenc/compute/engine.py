@@ -27,6 +27,7 @@ from torch import nn
 
 from hfenc.errors import ConfigError, UnknownChoiceError
 from hfenc.compute.precision import compute_context
+from hfenc.compute.threads import ThreadPolicy
 
 # int8 exists on the OpenVINO backend only (hfenc.compute.openvino; EmbedOptions.check refuses it elsewhere).
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
@@ -273,6 +274,7 @@ class Progress:
     tokens_done: int  # tokens embedded by this run
     elapsed: float  # seconds since this run started embedding
     resumed: int = 0  # rows an earlier run had saved (not part of this run's rate)
+    tokens_left: float | None = None  # tokens this run has still to embed (known or estimated)
 
     @property
     def rate(self) -> float:
@@ -281,7 +283,10 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at this run's rate; None until there is a rate and a known total."""
+        """Seconds left; None until there is a rate and a known total. From tokens where the engine
+        counts them: rows run longest first, so rows/s climbs through a chunk while tokens/s holds."""
+        if self.tokens_left is not None and self.tokens_done > 0 and self.elapsed > 0:
+            return self.tokens_left / (self.tokens_done / self.elapsed)
         if self.rows_total is None or self.rate <= 0:
             return None
         return max(self.rows_total - self.rows_done, 0) / self.rate
@@ -323,6 +328,7 @@ class Engine:
         device: torch.device,
         dtype: torch.dtype,
         batch_tokens: int | None = None,
+        threads: ThreadPolicy | None = None,
     ) -> None:
         # Moved, never cast: the transformer was loaded in `dtype` by transformers itself, which
         # keeps what must stay float32 (rotary inv_freq, _keep_in_fp32_modules); the head is
@@ -336,6 +342,7 @@ class Engine:
         if self.batch_tokens < 1:
             raise ConfigError(f"batch_tokens must be positive, got {self.batch_tokens}")
         self.tokenize_threads = tokenizer_threads(device)
+        self.threads = threads  # re-counts the free cores between batches (hfenc.compute.threads)
         self.staging = HostStaging(pin=True) if device.type == "cuda" else None
 
     def _batch(self, tok: Tokenized, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,6 +382,8 @@ class Engine:
         try:
             for index in range(kept.batches if kept else 0, len(plan)):
                 rows = order[plan[index][0]:plan[index][1]]
+                if self.threads is not None:
+                    self.threads.tick()
                 with compute_context(self.device, self.dtype):
                     out = self.module(*self._batch(tok, rows))
                 results.append(out.float())  # stays on the device: one copy back per chunk
@@ -417,7 +426,8 @@ class Engine:
         done: Partial | None = None,
         checkpoint: Callable[[Partial], None] | None = None,
     ) -> RunStats:
-        """Embed (start_row, texts) chunks; rows of a chunk land in dest(start_row, n).
+        """Embed (start_row, texts) chunks; rows of a chunk land in dest(start_row, n). `rows_total`:
+        the rows this run will embed (for the progress's ETA).
 
         Tokenization of the next chunk overlaps the model's work on the current one. `done` and
         `checkpoint`: see embed_tokenized (`done` applies to the chunk it names)."""
@@ -431,13 +441,15 @@ class Engine:
             return None if item is None else (item[0], self.tokenizer(item[1], self.tokenize_threads))
 
         in_chunk = [0, 0]  # rows and tokens of the chunk in flight, batch by batch
+        seen = [0, 0]  # rows and tokens of the chunks tokenized so far (their token counts are known)
 
         def on_batch(rows: int, tokens: int) -> None:
             in_chunk[0] += rows
             in_chunk[1] += tokens
             if progress is not None:
-                progress(Progress(stats.rows - rows0 + in_chunk[0], rows_total,
-                                  stats.tokens - tokens0 + in_chunk[1], time.perf_counter() - t0))
+                done = stats.tokens - tokens0 + in_chunk[1]
+                progress(Progress(stats.rows - rows0 + in_chunk[0], rows_total, done, time.perf_counter() - t0,
+                                  tokens_left=_tokens_left(seen, done, rows_total)))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfenc-tokenize") as pool:
             pending: Future = pool.submit(prepare)
@@ -446,6 +458,8 @@ class Engine:
                 start, tok = item
                 n = len(tok.lengths)
                 in_chunk[:] = [0, 0]
+                seen[0] += n
+                seen[1] += int(tok.lengths.sum())
                 self.embed_tokenized(tok, dest(start, n), on_batch, start=start, checkpoint=checkpoint,
                                      done=done if done is not None and done.start == start else None)
                 stats.rows += n
@@ -457,6 +471,14 @@ class Engine:
                 if on_chunk is not None:
                     on_chunk(start, n, stats)
         return stats
+
+
+def _tokens_left(seen: list[int], done: int, rows_total: int | None) -> float | None:
+    """The tokens of the chunks in hand not yet embedded, plus the rows not yet read at the mean
+    tokens per row seen so far."""
+    if rows_total is None or not seen[0]:
+        return None
+    return max(seen[1] - done, 0) + max(rows_total - seen[0], 0) * seen[1] / seen[0]
 
 
 def _partial(start: int, batches: int, kept: Partial | None, positions: list[np.ndarray],

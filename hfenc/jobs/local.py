@@ -110,7 +110,7 @@ def _validate(job: JobOptions) -> OutputPaths:
         raise ConfigError("-o - (standard output) is not supported: an output is an array plus its sidecar",
                           hint="give a file name, e.g. -o out.npy")
     if (job.input.path == "-" or job.input.more or job.texts) and job.output is None:
-        what = "standard input" if job.input.path == "-" else "--text" if job.texts else "several inputs"
+        what = "--text" if job.texts else "standard input" if job.input.path == "-" else "several inputs"
         raise ConfigError(f"{what} needs an output path", hint="pass -o OUT.npy")
     job.input.check()  # an unknown format, or an option that does not apply to it, fails here
     fmt = check_options(job.output, job.out_format, job.quantize, job.ranges, job.keep_text, job.out_dtype)
@@ -213,14 +213,15 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
 
     def report(p: Progress) -> None:
         if progress is not None:
-            progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed, resumed_from))
+            progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed, resumed_from,
+                              p.tokens_left))
 
     checkpoints = Checkpoints(paths, writer)
     t_embed = time.perf_counter()
     try:
         model.engine.run(
             output.tap(chunks(spec, job.chunk_size, resumed_from, expected=info)), writer.rows, on_chunk=on_chunk,
-            progress=report, rows_total=info.rows, stats=stats, done=checkpoints.resume(resumed_from),
+            progress=report, rows_total=info.rows - resumed_from, stats=stats, done=checkpoints.resume(resumed_from),
             checkpoint=checkpoints.save,
         )
     except KeyboardInterrupt as exc:
