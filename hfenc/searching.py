@@ -297,7 +297,7 @@ def _scoring(idx: Index) -> str:
         return dot
     if idx.quantization.precision in SCALAR:
         return f"{dot} of the float query with the dequantized rows"
-    return "Hamming distance, the nearest rescored by the float query . bits"
+    return "Hamming distance of the bits, the nearest rescored with the float query"
 
 
 def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, texts: str | Path | None = None,

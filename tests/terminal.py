@@ -15,14 +15,14 @@ _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])")
 
 
 def in_terminal(args: list[str], columns: int = 80, env: dict[str, str] | None = None,
-                timeout: float = 300) -> tuple[int, str]:
+                timeout: float = 300, cwd: str | os.PathLike | None = None) -> tuple[int, str]:
     """(exit code, what the terminal received, escape sequences removed and \\r\\n made \\n)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "TERM")}
     proc = subprocess.Popen([sys.executable, "-m", "hfenc", *args], stdin=slave, stdout=slave, stderr=slave,
                             env={**base, "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1", **(env or {})},
-                            close_fds=True)
+                            close_fds=True, cwd=cwd)
     os.close(slave)
     chunks = []
     while True:

@@ -111,7 +111,7 @@ def test_embed_writes_the_library_encode_rows_and_summarises_on_stderr(data, ber
     result = _embed(bert, data / "in.txt", out)
     _assert_ok(result)
     assert result.stdout == ""  # data only, and there is none without --json
-    assert f"Wrote 30 x {WIDTH} float32 to {out}" in result.stderr
+    assert f"Wrote 30 rows x {WIDTH} (stored as float32) to {out}" in result.stderr
     got = np.load(out)
     assert got.shape == (30, WIDTH) and got.dtype == np.float32
     np.testing.assert_allclose(got, _encode(texts, bert), rtol=0, atol=1e-6)
@@ -434,7 +434,7 @@ def test_debug_env_zero_is_off(tmp_path, bert):
     (["embed", "in.txt", "--dim", "notanumber"], "--dim"),
     (["embed", "in.txt", "--frobnicate"], "--frobnicate"),
     (["lock-plan", "bert-base-uncased"], "--unlocked"),
-    (["info"], "Missing argument"),
+    (["info", "--frobnicate"], "--frobnicate"),
     (["no-such-command"], "no-such-command"),
 ])
 def test_usage_errors_exit_2(args, needle):

@@ -93,6 +93,12 @@ _MASKS = [
     (re.compile(r'"(seconds|embed_seconds|elapsed_seconds)": [0-9.eE+-]+'), r'"\1": <t>'),
     (re.compile(r'"created": "[^"]*"'), '"created": <time>'),
     (re.compile(r'"threads": \d+'), '"threads": <cores>'),
+    # the thread policy: what this machine has free (issue 22), and a note when cores were busy
+    (re.compile(r'"(cpus|ceiling|changes)": \d+'), r'"\1": <cores>'),
+    (re.compile(r'"mode": "(auto|fixed)"'), '"mode": <auto or HFENC_THREADS>'),
+    (re.compile(r'"cpu_quota": [^,\n]+'), '"cpu_quota": <quota>'),
+    (re.compile(r'"seconds_by_threads": \{[^}]*\}'), '"seconds_by_threads": <seconds>'),
+    (re.compile(r"^Note: other processes kept cores busy.*\n?", re.MULTILINE), ""),
     (re.compile(r'"(hfenc|torch|transformers|ray|openvino|nncf|pyarrow)": "\d[^"]*"'), r'"\1": <version>'),
     (re.compile(r"(?<![\d.])(-?\d+\.\d{5})\d{2,}"), r"\1"),
 ]

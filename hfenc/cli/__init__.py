@@ -14,7 +14,7 @@ from hfenc.cli.base import app
 
 
 def main() -> None:
-    app()
+    app(prog_name="hfenc")  # `python -m hfenc` too
 
 
 __all__ = ["app", "main"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shlex
 import sys
 import time
 from typing import Any, Callable
@@ -38,10 +37,35 @@ def _debug() -> bool:
     return os.environ.get("HFENC_DEBUG", "") not in ("", "0")
 
 
+def say(message: str, style: str = "") -> None:
+    """A message for people on stderr: in a terminal, wrapped between words, so that no number,
+    name or option is split across lines (a log gets it on one line)."""
+    from hfenc.cli.show import wrap
+
+    for paragraph in message.split("\n"):
+        for line in wrap(paragraph, err.width - 1, "  ") if err.is_terminal else [paragraph]:
+            err.print(Text(line, style=style))
+
+
+def say_command(intro: str, argv: list[str], style: str = "yellow") -> None:
+    """A command to copy: in a terminal, on lines of its own broken between arguments with shell
+    line continuations, so that it still runs when pasted."""
+    import shlex
+
+    from hfenc.cli.show import command_lines
+
+    if not err.is_terminal:  # a log keeps it on one line
+        err.print(Text(f"{intro} {shlex.join(argv)}", style=style))
+        return
+    err.print(Text(intro, style=style))
+    for line in command_lines(argv, err.width - 1):
+        err.print(Text(line, style=style))
+
+
 def fail(message: str, hint: str | None = None, code: int = 1) -> None:
-    err.print(Text(f"Error: {message}", style="bold red"))
+    say(f"Error: {message}", "bold red")
     if hint:
-        err.print(Text(f"Hint: {hint}", style="yellow"))
+        say(f"Hint: {hint}", "yellow")
     raise typer.Exit(code)
 
 
@@ -69,9 +93,9 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _debug():
                 raise
             argv = [a for a in sys.argv[1:] if a not in ("--resume", "--force")]
-            err.print(Text(f"Interrupted: {exc}", style="bold yellow"))
-            err.print(Text(f"Hint: resume with: hfenc {shlex.join(argv)} --resume", style="yellow"))
-            err.print(Text("Or drop the saved rows: hfenc clean --remove", style="yellow"))
+            say(f"Interrupted: {exc}", "bold yellow")
+            say_command("Hint: resume with:", ["hfenc", *argv, "--resume"])
+            say("Or drop the saved rows: hfenc clean --remove", "yellow")
             raise typer.Exit(128 + exc.signum)
         except HfencError as exc:
             if _debug():
@@ -80,7 +104,7 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt as exc:
             if _debug():
                 raise
-            err.print(Text("Interrupted", style="bold yellow"))
+            say("Interrupted", "bold yellow")
             raise typer.Exit(128 + getattr(exc, "signum", 2))
 
     return wrapper
@@ -111,16 +135,17 @@ def _root(
 
 
 def print_table(table: Table) -> None:
-    """Tables are data: on a pipe (80 columns) a table that would cut words is printed wide."""
-    from rich.measure import Measurement
+    """A table in the width of stdout (the terminal's, else $COLUMNS or 80): its cells wrapped
+    between words, or, where even that cannot fit, one block per row (hfenc.cli.show)."""
+    from hfenc.cli.show import Sheet, fits, stacked, wrap
 
-    for column in table.columns:  # wrap a long cell at any width, never cut it with an ellipsis
-        column.overflow, column.no_wrap = "fold", False
-    size = Measurement.get(out, out.options.update(max_width=10_000), table)
-    if out.is_terminal or size.minimum <= out.width:
+    if isinstance(table.title, str):  # a title is wrapped between words too (rich would cut it)
+        table.title = "\n".join(line for part in table.title.split("\n") for line in wrap(part, out.width))
+    if fits(out, table) or not isinstance(table, Sheet):
         out.print(table)
-    else:  # Console.print clamps `width` to the console's own, so print through a wider one
-        Console(file=out.file, width=size.maximum, color_system=None, markup=False, emoji=False).print(table)
+        return
+    for line in stacked(table, out.width):
+        out.print(line)
 
 
 def print_json(data: Any) -> None:

@@ -2,101 +2,120 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
-from rich.table import Table
+from rich.progress import Progress, ProgressColumn
+from hfenc.cli.show import Sheet, progress_line
 from rich.text import Text
 
-from hfenc.cli.base import print_json, print_table, app, err, handles_errors, START
+from hfenc.cli.base import print_json, print_table, app, err, handles_errors, say, START
 
 
 # ---- embed ----------------------------------------------------------------------------------
 
-class _Rate(ProgressColumn):
-    """texts/s, tokens/s and ETA of this run (model loading and rows a resumed run had saved
-    excluded, so the ETA is right after --resume too)."""
+class _Line(ProgressColumn):
+    """The whole progress line, fitted to the terminal (hfenc.cli.show.progress_line): rates and
+    ETA of this run (model loading and rows a resumed run had saved excluded)."""
 
     def render(self, task: Any) -> Text:
-        texts, tokens, eta = task.fields.get("texts_s"), task.fields.get("tokens_s"), task.fields.get("eta")
-        if not texts:
-            return Text("")
-        left = "" if eta is None else f"  ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}"
-        return Text(f"{texts:,.0f} texts/s  {tokens:,.0f} tok/s{left}", style="cyan")
+        f = task.fields
+        return Text(progress_line(int(task.completed), f.get("rows_total"), f.get("texts_s"), f.get("tokens_s"),
+                                  f.get("eta"), err.width - 1), style="cyan")
+
+
+_IN, _OUT, _MODEL, _SPEED, _RESUME, _RAY = "Input", "Output", "Model", "Speed", "Resume", "Ray"
+_opt = functools.partial(typer.Option, show_default=False)  # defaults are in the help text, in ( )
 
 
 @app.command()
 @handles_errors
 def embed(
-    inputs: Optional[list[str]] = typer.Argument(None, metavar="INPUT...", show_default=False,
-                                                 help="Input files (.txt, .jsonl, .json, .csv, .tsv, any .gz), globs, or - for stdin; rows in argument order."),
-    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="A text to embed (repeatable), instead of files."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .npy (default: INPUT's stem + .npy beside it)."),
-    model: str = typer.Option("sentence-transformers/all-MiniLM-L6-v2", "-m", "--model", show_default=False,
-                              help="Model name or directory (default: all-MiniLM-L6-v2)."),
-    pooler: Optional[str] = typer.Option(None, help="Pooler (see `hfenc poolers`); default: the model's own."),
-    proj: str = typer.Option("none", help="Projection after pooling: none, linear, mlp."),
-    dim: Optional[int] = typer.Option(None, help="Output dimension of the projection."),
-    proj_weights: Optional[Path] = typer.Option(None, help="Trained projection weights (.safetensors or .pt state dict)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for a random (untrained) projection; required without --proj-weights."),
-    normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalize rows (default: the model's own choice, else off)."),
-    truncate_dim: Optional[int] = typer.Option(None, help="Keep the first N dimensions (Matryoshka), then normalize."),
-    max_length: Optional[int] = typer.Option(None, help="Max tokens per text (default: the model's and tokenizer's limit)."),
-    prompt: Optional[str] = typer.Option(None, help="Text put before every text (\"\" for none, overriding the model's default prompt)."),
-    prompt_name: Optional[str] = typer.Option(None, help="A prompt the model defines (see `hfenc info`), e.g. query."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps (any case)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model (default: all cores)."),
-    dtype: str = typer.Option("auto", help="Compute dtype: auto (GPU bf16/fp16; CPU bf16 where native, else float32), float32 (exact), float16, bfloat16, int8 (--backend openvino)."),
-    backend: str = typer.Option("torch", "--backend", help="Run the transformer on: torch, or openvino (CPU; needs hfenc\\[openvino])."),
-    out_dtype: str = typer.Option("float32", help="Stored dtype: float32 or float16."),
-    out_format: Optional[str] = typer.Option(None, "--out-format", help="Output format: npy or parquet (default: from the output's suffix)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="Store codes: int8, uint8 (calibrated ranges), binary, ubinary (packed bits)."),
-    ranges: Optional[Path] = typer.Option(None, "--ranges", help="int8/uint8 ranges: a (2, d) .npy, a JSON list (minima, maxima) or an index's sidecar (default: from a sample of the input)."),
-    keep_text: bool = typer.Option(False, "--keep-text", help="Parquet output: add a `text` column."),
-    batch_tokens: Optional[int] = typer.Option(None, help="Token budget per batch (rows x longest row)."),
-    chunk_size: int = typer.Option(16384, help="Records per chunk (the unit of overlap and of --resume)."),
-    format: Optional[str] = typer.Option(None, "--format", help="Input format: txt, jsonl, csv, tsv (default: from the suffix)."),
-    field: str = typer.Option("text", help="JSONL field holding the text."),
-    column: Optional[str] = typer.Option(None, help="CSV/TSV column holding the text (default: text)."),
-    id_field: Optional[str] = typer.Option(None, "--id-field", help="Field/column written to OUT.ids.txt, one per row."),
-    id_column: Optional[str] = typer.Option(None, "--id-column", hidden=True, help="The same as --id-field."),
-    skip_blank: bool = typer.Option(False, help="Drop blank records; their kept line numbers go to OUT.lines.npy."),
-    tsv_quoting: bool = typer.Option(False, "--tsv-quoting", help="Read TSV with CSV-style quotes (default: plain tab-separated values)."),
-    encoding_errors: str = typer.Option("strict", help="On invalid UTF-8: strict (refuse) or replace."),
-    on_overflow: str = typer.Option("truncate", help="Texts over the max length: truncate (counted) or error."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished chunk."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or summary on stderr."),
-    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local runtime using every GPU here (one replica each), or CPU workers (needs hfenc\\[ray])."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Run on an existing Ray cluster: auto, or ray://HOST:10001 (implies --ray)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="With --ray: model replicas (default: one per GPU; without GPUs, one per CPU, up to 8)."),
+    inputs: Optional[list[str]] = typer.Argument(None, metavar="INPUT...", show_default=False, rich_help_panel=_IN,
+                                                 help="Files or globs (- for stdin), in order."),
+    text: Optional[list[str]] = _opt(None, "--text", "-t", metavar="TEXT", rich_help_panel=_IN,
+                                             help="A text (repeatable)."),
+    format: Optional[str] = _opt(None, "--format", metavar="FMT", rich_help_panel=_IN,
+                                         help="txt jsonl json csv tsv parquet arrow (suffix)"),
+    field: str = _opt("text", metavar="NAME", rich_help_panel=_IN, help="JSON text field (text)."),
+    column: Optional[str] = _opt(None, metavar="NAME", rich_help_panel=_IN,
+                                         help="Table text column (text)."),
+    id_field: Optional[str] = _opt(None, "--id-field", metavar="NAME", rich_help_panel=_IN,
+                                           help="Field or column of ids."),
+    id_column: Optional[str] = _opt(None, "--id-column", hidden=True, help="The same as --id-field."),
+    skip_blank: bool = _opt(False, "--skip-blank", rich_help_panel=_IN, help="Drop blank records."),
+    tsv_quoting: bool = _opt(False, "--tsv-quoting", rich_help_panel=_IN, help="TSV with CSV quotes."),
+    encoding_errors: str = _opt("strict", metavar="MODE", rich_help_panel=_IN,
+                                        help="Bad UTF-8: strict or replace (strict)."),
+    output: Optional[Path] = _opt(None, "-o", "--output", metavar="OUT", rich_help_panel=_OUT,
+                                          help="OUT.npy or .parquet (INPUT.npy)."),
+    out_format: Optional[str] = _opt(None, "--out-format", metavar="FMT", rich_help_panel=_OUT,
+                                             help="npy parquet (OUT's suffix)."),
+    out_dtype: str = _opt("float32", metavar="DTYPE", rich_help_panel=_OUT, help="float32 or float16 (float32)."),
+    quantize: Optional[str] = _opt(None, "--quantize", metavar="CODE", rich_help_panel=_OUT,
+                                           help="int8 uint8 binary ubinary (none)."),
+    ranges: Optional[Path] = _opt(None, "--ranges", metavar="FILE", rich_help_panel=_OUT,
+                                          help="int8/uint8 ranges (sampled)."),
+    keep_text: bool = _opt(False, "--keep-text", rich_help_panel=_OUT, help="Parquet: add a text column."),
+    force: bool = _opt(False, "--force", rich_help_panel=_OUT, help="Replace an existing output."),
+    quiet: bool = _opt(False, "-q", "--quiet", rich_help_panel=_OUT, help="No progress or summary."),
+    json_out: bool = _opt(False, "--json", rich_help_panel=_OUT, help="Summary as JSON on stdout."),
+    model: str = _opt("sentence-transformers/all-MiniLM-L6-v2", "-m", "--model", metavar="MODEL",
+                              show_default=False, rich_help_panel=_MODEL,
+                              help="Model (all-MiniLM-L6-v2)."),
+    pooler: Optional[str] = _opt(None, metavar="NAME", rich_help_panel=_MODEL,
+                                         help="hfenc poolers (the model's)."),
+    prompt: Optional[str] = _opt(None, metavar="TEXT", rich_help_panel=_MODEL,
+                                         help='Text before each text, or "".'),
+    prompt_name: Optional[str] = _opt(None, metavar="NAME", rich_help_panel=_MODEL,
+                                              help="A prompt from hfenc info."),
+    normalize: Optional[bool] = _opt(None, "--normalize/--no-normalize", rich_help_panel=_MODEL,
+                                             help="L2 rows (the model's)."),
+    truncate_dim: Optional[int] = _opt(None, metavar="N", rich_help_panel=_MODEL,
+                                               help="Keep N dims (Matryoshka)."),
+    max_length: Optional[int] = _opt(None, metavar="N", rich_help_panel=_MODEL,
+                                             help="Tokens per text (the model's)."),
+    on_overflow: str = _opt("truncate", metavar="MODE", rich_help_panel=_MODEL,
+                                    help="truncate or error (truncate)."),
+    proj: str = _opt("none", metavar="KIND", rich_help_panel=_MODEL, help="none linear mlp (none)."),
+    dim: Optional[int] = _opt(None, metavar="N", rich_help_panel=_MODEL, help="Projection output size."),
+    proj_weights: Optional[Path] = _opt(None, metavar="FILE", rich_help_panel=_MODEL,
+                                                help="Trained projection weights."),
+    seed: Optional[int] = _opt(None, metavar="N", rich_help_panel=_MODEL,
+                                       help="Seed of a random projection."),
+    device: str = _opt("auto", metavar="DEV", rich_help_panel=_SPEED, help="auto cpu cuda cuda:N mps (auto)."),
+    dtype: str = _opt("auto", metavar="DTYPE", rich_help_panel=_SPEED,
+                              help="auto float32 float16 bfloat16 int8 (auto)"),
+    backend: str = _opt("torch", "--backend", metavar="NAME", rich_help_panel=_SPEED,
+                                help="torch, or openvino: hfenc\\[openvino] (torch)"),
+    threads: Optional[int] = _opt(None, "--threads", metavar="N", rich_help_panel=_SPEED,
+                                          help="CPU threads (the free cores)."),
+    batch_tokens: Optional[int] = _opt(None, metavar="N", rich_help_panel=_SPEED,
+                                               help="Tokens per batch."),
+    resume: bool = _opt(False, "--resume", rich_help_panel=_RESUME, help="Continue an interrupted run."),
+    chunk_size: int = _opt(16384, metavar="N", rich_help_panel=_RESUME, help="Records per saved chunk (16384)."),
+    ray: bool = _opt(False, "--ray", rich_help_panel=_RAY, help="Run on Ray (hfenc\\[ray])."),
+    ray_address: Optional[str] = _opt(None, "--ray-address", metavar="ADDR", rich_help_panel=_RAY,
+                                              help="auto, ray://HOST:10001."),
+    workers: Optional[int] = _opt(None, "--workers", metavar="N", rich_help_panel=_RAY,
+                                          help="Replicas (GPUs, else CPUs)."),
 ) -> None:
-    """Embed every record of INPUT (one text per line, or per JSON/CSV record) into rows of a .npy
-    file, with a JSON sidecar.
+    """Embed every record of the INPUTs into rows of OUT.npy (or .parquet), with a JSON sidecar.
 
-    Row i of the output is record i of the input (of the inputs, in order). The output is written to a hidden partial
-    file and renamed into place when complete; an interrupted run can be continued with --resume.
+    Row i is record i. OUT appears only when complete; --resume continues a stopped run.
+
+    A value in ( ) is the default; every option is explained in docs/cli.md.
 
     [b]Examples[/b]
 
-      hfenc embed examples/sentences.txt
-
-      hfenc embed docs.jsonl --field body --id-field id -o docs.npy
-
-      hfenc embed big.txt.gz --device cuda --out-dtype float16 --resume
-
-      hfenc embed big.txt --backend openvino --dtype int8
-
-      cat queries.txt | hfenc embed - -o queries.npy --prompt-name query
-
-      hfenc embed --text "a first text" --text "a second one" -o two.npy
-
-      hfenc embed 'shards/*.jsonl.gz' -o corpus.npy
+    [dim]hfenc embed examples/sentences.txt[/dim]
+    [dim]hfenc embed docs.jsonl --field body --id-field id -o docs.parquet[/dim]
+    [dim]cat queries.txt | hfenc embed - -o queries.npy --prompt-name query[/dim]
+    [dim]hfenc embed 'shards/*.jsonl.gz' -o corpus.npy --resume[/dim]
     """
     if text and inputs:
         raise typer.BadParameter("give input files or --text, not both")
@@ -151,13 +170,12 @@ def embed(
         return Embedder(model, **options)
 
     if show:
-        columns = [TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), _Rate()]
-        with Progress(*columns, console=err, transient=True) as bar:
+        with Progress(_Line(), console=err, transient=True) as bar:
             task = bar.add_task("embed", total=None)
 
             def tick(p: Any) -> None:
                 elapsed = p.elapsed or float("inf")
-                bar.update(task, total=p.rows_total, completed=p.rows_done, texts_s=p.rate,
+                bar.update(task, completed=p.rows_done, rows_total=p.rows_total, texts_s=p.rate,
                            tokens_s=p.tokens_done / elapsed, eta=p.eta)
 
             result = run(job, load, progress=tick)
@@ -166,21 +184,41 @@ def embed(
 
     if not quiet:
         for warning in result.warnings:
-            err.print(Text(f"Warning: {warning}", style="yellow"))
-        rate = (result.rows - result.resumed_from) / result.embed_seconds if result.embed_seconds else 0.0
-        total = time.perf_counter() - START
-        stored = (result.metadata.get("quantization") or {}).get("precision") or job.out_dtype
-        err.print(
-            f"Wrote {result.rows:,} x {result.dim} {stored} to {result.output} in {total:.1f} s "
-            f"(start-up {total - result.embed_seconds:.1f} s, embedding {result.embed_seconds:.1f} s, "
-            f"{rate:,.0f} texts/s); {result.truncated:,} truncated; sidecar {result.sidecar}"
-        )
+            say(f"Warning: {warning}", "yellow")
+        say(_summary(result, job.out_dtype))
+        note = _threads_note(result.metadata.get("thread_policy"))
+        if note:
+            say(f"Note: {note}")
     if json_out:
         print_json({
             "output": str(result.output), "sidecar": str(result.sidecar), "rows": result.rows, "dim": result.dim,
             "seconds": round(result.seconds, 3), "embed_seconds": round(result.embed_seconds, 3), "truncated": result.truncated, "blank": result.blank,
             "tokens": result.tokens, "resumed_from": result.resumed_from, "warnings": result.warnings,
         })
+
+
+def _summary(result: Any, out_dtype: str) -> str:
+    rate = (result.rows - result.resumed_from) / result.embed_seconds if result.embed_seconds else 0.0
+    total = time.perf_counter() - START
+    stored = (result.metadata.get("quantization") or {}).get("precision") or out_dtype
+    computed = result.metadata.get("dtype")
+    how = f"stored as {stored}" + (f", computed in {computed}" if computed and computed != stored else "")
+    return (f"Wrote {result.rows:,} rows x {result.dim} ({how}) to {result.output} in {total:.1f} s "
+            f"(start-up {total - result.embed_seconds:.1f} s, embedding {result.embed_seconds:.1f} s, "
+            f"{rate:,.0f} texts/s); {result.truncated:,} truncated; sidecar {result.sidecar}")
+
+
+def _threads_note(policy: Any) -> str | None:
+    """Why a run was slower than the machine allows: other processes held cores."""
+    if not isinstance(policy, dict) or policy.get("mode") != "auto":
+        return None
+    seconds = {int(k): v for k, v in (policy.get("seconds_by_threads") or {}).items() if v >= 0.5}
+    fewer = {n: v for n, v in seconds.items() if n < policy.get("ceiling", 0)}
+    if not fewer:
+        return None
+    least = min(fewer)
+    return (f"other processes kept cores busy: embedded with {least} of {policy['ceiling']} threads for "
+            f"{fewer[least]:.1f} s (hfenc follows the free cores; --threads N fixes the count)")
 
 
 # ---- search ---------------------------------------------------------------------------------
@@ -224,19 +262,19 @@ def search(
     result = run_search(index, found, k, texts=texts, rescore=rescore, device=device, prompt=prompt,
                         prompt_name=prompt_name)
     for warning in result.warnings:
-        err.print(Text(f"Warning: {warning}", style="yellow"))
+        say(f"Warning: {warning}", "yellow")
     if json_out:
         print_json(result.to_dict())
         return
     shown = "none" if not result.prompt else (f"{result.prompt_name} ({result.prompt!r})" if result.prompt_name
                                               else repr(result.prompt))
-    err.print(f"{result.rows:,} rows of {result.stored}, {result.scoring}; query prompt: {shown}; "
-              f"searched in {result.seconds:.3f} s")
+    say(f"{result.rows:,} rows of {result.stored}, {result.scoring}; query prompt: {shown}; "
+        f"searched in {result.seconds:.3f} s")
     with_ids = any(h.id is not None for r in result.results for h in r.hits)
     with_texts = any(h.text is not None for r in result.results for h in r.hits)
     with_ham = any(h.hamming is not None for r in result.results for h in r.hits)
     for r in result.results:
-        table = Table(title=f"{r.query}", title_justify="left")
+        table = Sheet(title=f"{r.query}", title_justify="left")
         for col in ("rank", "score", *(["hamming"] if with_ham else []), "row", *(["id"] if with_ids else []),
                     *(["text"] if with_texts else [])):
             table.add_column(col, justify="right" if col in ("rank", "score", "hamming", "row") else "left")
@@ -264,9 +302,14 @@ def _query_lines(source: str) -> list[str]:
 
 
 def _clip(text: str, width: int = 60) -> str:
-    """A hit's text on one table line (--json has it whole)."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """A hit's text in about `width` columns, cut between words (--json has it whole)."""
+    words = text.split()
+    kept: list[str] = []
+    for word in words:
+        if kept and len(" ".join([*kept, word])) > width - 2:
+            break
+        kept.append(word)
+    return " ".join(kept) + (" …" if len(kept) < len(words) else "")
 
 
 # ---- listings -------------------------------------------------------------------------------
@@ -312,22 +355,22 @@ def clean(
                      "action": actions.get(i.output)} for i in found])
     elif not found:
         where = "the current directory" if directory == Path(".") else str(directory)
-        err.print(Text(f"No interrupted runs in {where}."))
+        say(f"No interrupted runs in {where}.")
     else:
         _render_abandoned(found, sizes, actions)
     for message in refused:
-        err.print(Text(f"Warning: {message}", style="yellow"))
+        say(f"Warning: {message}", "yellow")
     for item in found if not remove and not json_out else ():
         if item.note:  # why an output is in use or unreadable: clean --remove will leave it alone
-            err.print(Text(f"Note: {item.output}: {item.note}"))
+            say(f"Note: {item.output}: {item.note}")
     if refused:
         raise OutputError(f"{len(refused)} of {len(found)} interrupted run(s) were left alone (see above)")
     if any(i.status == "interrupted" for i in found) and not remove and not json_out:
-        err.print("Resume one with the same command plus --resume, or delete them all with: hfenc clean --remove")
+        say("Resume one with the same command plus --resume, or delete them all with: hfenc clean --remove")
 
 
 def _render_abandoned(found: list[Any], sizes: dict[Path, int], actions: dict[Path, str]) -> None:
-    table = Table(title="Interrupted runs")
+    table = Sheet(title="Interrupted runs")
     columns = ("output", "state", "rows saved", "size", *(("done",) if actions else ()))
     for name in columns:
         table.add_column(name, overflow="fold", justify="right" if name in ("rows saved", "size") else "left")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
+from rich import box
+
+from hfenc.cli.show import Sheet
 from rich.text import Text
 
-from hfenc.cli.base import fail, print_json, print_table, model_spec, app, err, handles_errors, out
+from hfenc.cli.base import fail, print_json, print_table, model_spec, app, handles_errors, out, say
 
 
 
@@ -29,7 +31,7 @@ def poolers(json_out: bool = typer.Option(False, "--json", help="Print JSON on s
     if json_out:
         print_json(infos)
         return
-    table = Table(title="Poolers")
+    table = Sheet(title="Poolers")
     for col in ("name", "aliases", "description"):
         table.add_column(col)
     for p in infos:
@@ -59,7 +61,9 @@ def archs(json_out: bool = typer.Option(False, "--json", help="Print JSON on std
             "encoder_decoder": a.encoder_decoder, "model_class": a.model_class,
         } for a in rows])
         return
-    table = Table(title="Architectures (model types not listed are discovered from the module tree)")
+    # no vertical rules: 7 columns of module paths fit 100 columns (at 80 they are shown stacked)
+    table = Sheet(title="Architectures (model types not listed are discovered from the module tree)",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("model type", "blocks", "embeddings", "final norm", "pooler", "enc-dec", "pooling layer"):
         table.add_column(col)
     for a in rows:
@@ -75,10 +79,11 @@ app.command("architectures", hidden=True)(archs)  # the same command under its l
 @app.command()
 @handles_errors
 def info(
-    model: str = typer.Argument(..., help="Model name or directory."),
+    model: str = typer.Argument("sentence-transformers/all-MiniLM-L6-v2", show_default=False,
+                                help="Model name or directory (default: all-MiniLM-L6-v2, as embed)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
-    """Describe a model without reading its weights.
+    """Describe a model without reading its weights (default: the model embed uses).
 
     [b]Examples[/b]
 
@@ -93,7 +98,7 @@ def info(
     if json_out:
         print_json(data)
         return
-    table = Table(show_header=False, title=f"Model {model}")
+    table = Sheet(show_header=False, title=f"Model {model}")
     table.add_column(style="bold")
     table.add_column()
     for key, value in data.items():
@@ -179,18 +184,18 @@ def lock_plan(
         print_json(data)
         return
     for warning in plan.warnings:
-        err.print(Text(f"Warning: {warning}", style="yellow"))
+        say(f"Warning: {warning}", "yellow")
     if estimate is None:
         _render_plan(plan, params)
         return
     for note in estimate.notes:
-        err.print(Text(f"Note: {note}", style="dim"))
+        say(f"Note: {note}", "dim")
     _render_memory(plan, estimate)
 
 
 def _render_plan(plan: Any, params: bool) -> None:
     largest = max(g.numel for g in plan.groups)
-    table = Table(title=f"Lock plan: {plan.model} ({plan.model_type}, {plan.num_layers} blocks, pooler {plan.pooler}), "
+    table = Sheet(title=f"Lock plan: {plan.model} ({plan.model_type}, {plan.num_layers} blocks, pooler {plan.pooler}), "
                         f"unlocked={plan.unlocked}, style={plan.style}")
     table.add_column("group")
     table.add_column("params", justify="right")
@@ -237,7 +242,7 @@ def _render_memory(plan: Any, m: Any) -> None:
 
     b = PRECISION[m.precision].param
     ckpt = ", checkpointed" if m.grad_checkpointing else ""
-    table = Table(title=f"Memory: {m.model}, unlocked={m.unlocked}\n{m.optimizer}, {m.precision}, "
+    table = Sheet(title=f"Memory: {m.model}, unlocked={m.unlocked}\n{m.optimizer}, {m.precision}, "
                         f"batch {m.batch} x {m.seq_len} tokens, {m.attention} attention{ckpt}")
     table.add_column("part")
     table.add_column("size", justify="right")

@@ -59,11 +59,30 @@ class Sheet(Table):
 
 
 def fits(console: Console, table: Table) -> bool:
-    """Whether the table can be laid out in the console's width with no word cut."""
+    """Lay the table out in the console's width with no word cut, and say whether that can be
+    done. Each column gets at least its longest word and the room left is shared in proportion
+    to what each could still use (rich's own collapse narrows the widest column first, even below
+    its longest word)."""
     for column in table.columns:  # wrap a long cell between words, never cut it with an ellipsis
         column.overflow, column.no_wrap = "fold", False
-    size = Measurement.get(console, console.options.update(max_width=10_000), table)
-    return size.minimum <= console.width
+    wide = console.options.update(max_width=10_000)
+    size = Measurement.get(console, wide, table)
+    if size.maximum <= console.width:
+        return True
+    cells = table.cells if isinstance(table, Sheet) else []
+    spans = []
+    for i, column in enumerate(table.columns):
+        texts = [column.header] + [row[i] for row in cells if row is not None and i < len(row)]
+        measured = [Measurement.get(console, wide, t if not isinstance(t, str) else Text(t)) for t in texts]
+        spans.append((max(m.minimum for m in measured), max(m.maximum for m in measured)))
+    overhead = size.minimum - sum(lo for lo, _ in spans)
+    room = console.width - overhead - sum(lo for lo, _ in spans)
+    if not cells or room < 0:
+        return False
+    slack = sum(hi - lo for lo, hi in spans) or 1
+    for column, (lo, hi) in zip(table.columns, spans):
+        column.width = lo + (hi - lo) * room // slack
+    return True
 
 
 def stacked(table: Sheet, width: int) -> list[Text]:

@@ -22,6 +22,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,11 @@ def _read_holder(fd: int) -> Holder:
     pid, host, started = data.get("pid"), data.get("host"), data.get("started")
     return Holder(pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
                   host if isinstance(host, str) else None, started if isinstance(started, str) else None)
+
+
+def missing_directory(directory: Path) -> OutputError:
+    return OutputError(f"output directory {directory} does not exist",
+                       hint=f"create it first (mkdir -p {shlex.quote(str(directory))}), or choose another output path")
 
 
 class Claim:
@@ -115,8 +121,7 @@ class Claim:
 
     def _open(self) -> int:
         if not self.output.parent.is_dir():
-            raise OutputError(f"output directory {self.output.parent} does not exist",
-                              hint="create it first, or choose another output path")
+            raise missing_directory(self.output.parent)
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except PermissionError:

@@ -36,6 +36,7 @@ from numpy.lib.format import open_memmap
 
 from hfenc import faults
 from hfenc.errors import OutputError, ResumeError
+from hfenc.io.claim import missing_directory
 
 SIDECAR_FORMAT = "hfenc-embeddings/1"
 
@@ -204,10 +205,9 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[
     """Fail before any work when the output cannot be written, or a file this run would replace
     exists and --force is absent (`writes`: the side files this run makes)."""
     directory = paths.npy.parent
-    if not directory.is_dir():
-        raise OutputError(f"output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {directory} is not writable")
+    check_directory(directory)
+    if resume and not paths.state.exists():
+        raise nothing_to_resume(paths.npy, _present(paths.npy))
     for final in paths.finals():
         if final.is_dir():
             raise OutputError(f"output {final} is a directory")
@@ -229,8 +229,23 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[
             f"an interrupted run of {paths.npy} can be resumed",
             hint="pass --resume to continue it, or --force to start over",
         )
-    if resume and not paths.state.exists():
-        raise ResumeError(f"nothing to resume: no interrupted run of {paths.npy} was found")
+
+
+def check_directory(directory: Path) -> None:
+    """The output's folder exists and can be written in."""
+    if not directory.is_dir():
+        raise missing_directory(directory)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {directory} is not writable")
+
+
+def nothing_to_resume(output: Path, exists: bool) -> ResumeError:
+    """--resume with no interrupted run: the output is finished, or was never started."""
+    if exists:
+        return ResumeError(f"nothing to resume: {output} is complete",
+                           hint="pass --force instead of --resume to embed it again")
+    return ResumeError(f"nothing to resume: no interrupted run of {output} was found",
+                       hint="drop --resume to start it")
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:

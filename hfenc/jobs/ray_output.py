@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from hfenc.errors import ConfigError, OutputError, ResumeError
-from hfenc.io.outputs import (Listing, OutputPaths, check_writable, claimed, default_output, read_state, remove_path,
-                              resume_state, write_state)
+from hfenc.io.outputs import (Listing, OutputPaths, check_directory, check_writable, claimed, default_output,
+                              nothing_to_resume, read_state, remove_path, resume_state, write_state)
 from hfenc.jobs.local import JobOptions
 
 if TYPE_CHECKING:
@@ -95,11 +95,9 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
         writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines)) if made)
         check_writable(paths, job.force, job.resume, writes)
         return
-    parent = out.path.parent
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable")
+    check_directory(out.path.parent)
+    if job.resume and not paths.state.exists():
+        raise nothing_to_resume(out.path, out.path.exists() and any(out.path.iterdir()))
     resuming = job.resume and paths.state.exists()
     if out.path.exists() and not resuming:
         if not out.path.is_dir():
@@ -115,8 +113,6 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
     if paths.state.exists() and not job.resume and not job.force:
         raise OutputError(f"an interrupted run of {out.path} can be resumed",
                           hint="pass --resume to continue it, or --force to start over")
-    if job.resume and not paths.state.exists():
-        raise ResumeError(f"nothing to resume: no interrupted run of {out.path} was found")
     if paths.partial.exists() and not paths.state.exists() and not job.force:
         raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
                           hint="move it away, or pass --force to overwrite it")
