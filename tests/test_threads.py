@@ -166,19 +166,23 @@ def test_a_bad_hfenc_threads_is_one_line(monkeypatch, value):
         ThreadPolicy(None, set_threads=lambda n: None, get_threads=lambda: 2)
 
 
-@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+@pytest.mark.parametrize("given, expected", [
+    ({}, "GOMP_SPINCOUNT=30000"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "OMP_WAIT_POLICY=ACTIVE"),
+    ({"GOMP_SPINCOUNT": "0"}, "GOMP_SPINCOUNT=0"),
+])
 def test_wait_policy_is_set_before_torch_loads(given, expected):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
     code = ("import hfenc, os, sys; import hfenc.compute.threads as t; "
-            "print(os.environ['OMP_WAIT_POLICY'], t.wait_policy(), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == [expected, expected, "False"]  # set, recorded, and torch not loaded by it
+            "print(t.wait_policy() + '|' + str('torch' in sys.modules) + '|' + "
+            "' '.join(f'{k}={os.environ[k]}' for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT') if k in os.environ))")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, **given}, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == f"{expected}|False|{expected}"  # recorded, torch not loaded by it, and what torch will read
 
 
 def test_torch_first_is_recorded_as_unknown():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     code = "import torch, hfenc.compute.threads as t; print(t.wait_policy())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "torch was imported before hfenc" in out

@@ -112,6 +112,9 @@ def info(
 
 # ---- lock-plan ------------------------------------------------------------------------------
 
+_MEMORY = "Memory (with --memory)"
+
+
 @app.command("lock-plan")
 @handles_errors
 def lock_plan(
@@ -126,14 +129,15 @@ def lock_plan(
     style: str = typer.Option("hfenc", help="hfenc, or open_clip to see what open_clip's lock() really does."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
     params: bool = typer.Option(False, "--params", help="List every parameter with its state."),
-    memory: bool = typer.Option(False, "--memory", help="Estimate the memory fine-tuning with this plan needs."),
-    optimizer: Optional[str] = typer.Option(None, help="With --memory: adamw (default), adamw8bit, sgd, adafactor."),
-    precision: Optional[str] = typer.Option(None, help="With --memory: fp32 (default), bf16-mixed, fp16-mixed, bf16."),
-    batch: Optional[int] = typer.Option(None, help="With --memory: sequences per step (default 1)."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="With --memory: tokens per sequence (default: the context length)."),
-    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="With --memory: checkpoint every block."),
-    attention: Optional[str] = typer.Option(None, help="With --memory: sdpa (default, where transformers has it) or eager."),
-    no_momentum: bool = typer.Option(False, "--no-momentum", help="With --memory --optimizer sgd: plain SGD (default: momentum 0.9)."),
+    memory: bool = typer.Option(False, "--memory", rich_help_panel=_MEMORY,
+                                help="Estimate the memory fine-tuning with this plan needs."),
+    optimizer: Optional[str] = typer.Option(None, rich_help_panel=_MEMORY, help="adamw (default), adamw8bit, sgd, adafactor."),
+    precision: Optional[str] = typer.Option(None, rich_help_panel=_MEMORY, help="fp32 (default), bf16-mixed, fp16-mixed, bf16."),
+    batch: Optional[int] = typer.Option(None, rich_help_panel=_MEMORY, help="Sequences per step (default 1)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", rich_help_panel=_MEMORY, help="Tokens per sequence (default: the context length)."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", rich_help_panel=_MEMORY, help="Checkpoint every block."),
+    attention: Optional[str] = typer.Option(None, rich_help_panel=_MEMORY, help="sdpa (default, where transformers has it) or eager."),
+    no_momentum: bool = typer.Option(False, "--no-momentum", rich_help_panel=_MEMORY, help="With --optimizer sgd: plain SGD (default: momentum 0.9)."),
 ) -> None:
     """Show exactly which parameters fine-tuning with N unlocked layers would freeze.
 

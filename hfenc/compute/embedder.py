@@ -252,6 +252,7 @@ class Embedder:
         self.probe_min_cosine: float | None = None
         self.conversion_min_cosine: float | None = None  # OpenVINO float32 vs torch float32
         self._int8_group: int | None = None
+        self.threads.count()  # the free cores, counted over the model's load: the probes run with them
         if o.backend == "openvino":
             compute_dtype = self._openvino(compute_dtype)
             # the pipeline's torch parts (head, pooling) run float32; the budget is the precision's
@@ -313,8 +314,7 @@ class Embedder:
         ids, mask = pad_rows(tok, np.arange(2), self.tokenizer.pad_id, self.tokenizer.left_pad)
         with_pooler = self.encoder.uses_pooling_layer
         model = ov.convert(torch_transformer, ids, mask, with_pooler)
-        self.threads.count()  # OpenVINO's threads are fixed when it compiles: the cores free now
-        threads = self.threads.current
+        threads = self.threads.current  # OpenVINO's threads are fixed when it compiles
 
         def use(dt: torch.dtype, compiled_from: Any = model, group: int | None = None) -> float:
             compiled = ov.compile_model(compiled_from, dt, threads, group)

@@ -1,12 +1,15 @@
 """CPU threads that stay fast on a machine doing something else (issue 22).
 
-Two causes made a busy machine cost 3x. OpenMP's threads spin while they wait for work, so each
-one holds a core that another process needs, and that process holds the core a spinning thread
-waits for: `set_wait_policy` makes them sleep instead (OMP_WAIT_POLICY=PASSIVE, read by the OpenMP
-runtime once, when torch loads). And torch starts one thread per core even when another process
-holds one: a team of two where one core is free runs at the pace of its slower thread.
-`ThreadPolicy` counts the cores free now (affinity, cgroup quota, and what other processes used
-in the last seconds) and re-counts during a job; `--threads N` fixes the count instead.
+Two causes made a busy machine cost 3x. torch starts one thread per core even when another
+process holds one, and a team of two where one core is free runs at the pace of the thread that
+waits for its core: `ThreadPolicy` counts the cores free now (affinity, cgroup quota, and what
+other processes used since the last count) once the model is loaded and every RECHECK_SECONDS
+between batches, and runs torch with that many; `--threads N` or HFENC_THREADS=N fixes the count.
+And OpenMP's idle threads spin, holding a core that another process needs: `set_wait_policy`
+bounds the spin (GOMP_SPINCOUNT, read by the OpenMP runtime once, when torch loads) so that a
+thread waits briefly between the back-to-back parallel regions of a forward pass and sleeps
+when the work stops. OMP_WAIT_POLICY=PASSIVE, which never spins, cost 10-15% on a quiet CPU
+(benchmarks/README.md); libgomp's default spins ten times longer.
 
 Another count can move a row by an ulp where the kernels split a sum by thread (seen on a 32-wide
 test model; MiniLM's rows were bit-identical at 1 and 2 threads): `--threads N` or HFENC_THREADS=N
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 RECHECK_SECONDS = 2.0  # how often a running job re-counts the free cores
+SPIN_COUNT = "30000"  # libgomp's default is 300,000 (and 30 billion under OMP_WAIT_POLICY=ACTIVE)
 _FIRST_WINDOW = 0.25  # the shortest window the first count is made over (seconds)
 
 _POLICY_AT_IMPORT: str | None = None
@@ -31,15 +35,19 @@ _TORCH_DEFAULT: int | None = None  # torch's own thread count, before any policy
 
 
 def set_wait_policy() -> None:
-    """Before torch is imported: OpenMP threads that sleep when idle. A user's own
-    OMP_WAIT_POLICY (or GOMP_SPINCOUNT) stands; once torch is loaded it is too late to change."""
+    """Before torch is imported: OpenMP threads that spin only briefly when idle. A user's own
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT stands; once torch is loaded it is too late to change."""
     global _POLICY_AT_IMPORT
     if "torch" in sys.modules:
-        _POLICY_AT_IMPORT = os.environ.get("OMP_WAIT_POLICY", "unset (torch was imported before hfenc)")
+        _POLICY_AT_IMPORT = _policy() or "unset (torch was imported before hfenc)"
         return
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    _POLICY_AT_IMPORT = os.environ.get("OMP_WAIT_POLICY", "GOMP_SPINCOUNT=" + os.environ.get("GOMP_SPINCOUNT", ""))
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    _POLICY_AT_IMPORT = _policy()
+
+
+def _policy() -> str:
+    return " ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
 
 
 def wait_policy() -> str | None:
@@ -194,9 +202,10 @@ class ThreadPolicy:
             self.count()
 
     def count(self) -> None:
-        """Count the free cores since the last sample now, and follow them (OpenVINO compiles
-        with the count made over the model's load)."""
-        if self._last is None:
+        """Count the free cores since the last sample, and follow them: the Embedder counts once
+        the model is loaded, so the probes and OpenVINO's compile get the count (a window under
+        _FIRST_WINDOW is too short to measure: the first batch counts instead)."""
+        if self._last is None or self.clock() - self._last.at < _FIRST_WINDOW:
             return
         sample = self.sampler(self.cpus)
         if sample is None:
