@@ -140,6 +140,10 @@ def test_policy_follows_the_free_cores(monkeypatch):
     assert record["mode"] == "auto" and record["changes"] == 2 and record["cpus"] == 2
     assert sum(record["seconds_by_threads"].values()) == pytest.approx(m.now - 0.5, abs=1e-6)
     assert set(record["seconds_by_threads"]) == {"1", "2"}
+    policy.pause()  # the job is done: an hour idle is not an hour run with 2 threads
+    m.advance(3600)
+    policy.tick()
+    assert policy.record()["seconds_by_threads"] == record["seconds_by_threads"]
 
 
 @pytest.mark.parametrize("how", ["option", "environment"])

@@ -1,6 +1,7 @@
 """Output that fits the terminal (issue 22): lines wrapped between words, never inside a number,
 name or option; tables that wrap their cells between words or, when even that cannot fit, are
-shown stacked (one block per row); a progress line whose fields drop, least useful first, to fit.
+shown stacked (one block per row); a progress line whose fields drop, least useful first, to fit;
+commands to copy broken between arguments.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def clock(seconds: float) -> str:
 def progress_line(done: int, total: int | None, texts_s: float | None, tokens_s: float | None,
                   eta: float | None, width: int) -> str:
     """`▕███░░░▏ 1,200/2,000 rows  60%  ETA 0:05  225 texts/s  8,410 tok/s` in `width` columns:
-    the count first, then the ETA, the rates and the percentage as they fit; the bar takes what
-    is left (or is left out under 10 columns)."""
+    the count first, then the ETA, the percentage and the rates as they fit; the bar takes what
+    is left, up to 42 columns (none under 10)."""
     count = f"{done:,}/{total:,} rows" if total else f"{done:,} rows"
     optional = []
     if eta is not None:

@@ -397,6 +397,9 @@ class Engine:
             if checkpoint is not None and results:  # keep every finished batch, not only whole chunks
                 checkpoint(_partial(start, (kept.batches if kept else 0) + len(results), kept, positions, results))
             raise
+        finally:
+            if self.threads is not None:
+                self.threads.pause()
         if results:
             dest[np.concatenate(positions)] = torch.cat(results).cpu().numpy()
 

@@ -218,6 +218,12 @@ class ThreadPolicy:
             self.current = wanted
             self.changes += 1
 
+    def pause(self) -> None:
+        """After a chunk's batches: the time until the next batch (writing, another call of
+        encode an hour later) is not time run with this count."""
+        self._account(self.clock())
+        self._since = None
+
     def _account(self, now: float) -> None:
         if self._since is not None:
             self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self._since
