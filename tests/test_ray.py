@@ -127,7 +127,7 @@ def test_txt_to_npy_equals_the_local_path_and_its_sidecar(bert, tmp_path):
     meta = json.loads((tmp_path / "ray.npy.json").read_text())
     assert meta == result.metadata
     # The local path's sidecar, key for key; what differs is how (and when) the job ran.
-    ran = {"elapsed_seconds", "embed_seconds", "created", "threads", "files", "chunk_size", "output"}
+    ran = {"elapsed_seconds", "embed_seconds", "created", "threads", "thread_policy", "files", "chunk_size", "output"}
     assert set(local_meta) - set(meta) == set()
     for key in set(local_meta) - ran:
         if key == "versions":
@@ -136,6 +136,7 @@ def test_txt_to_npy_equals_the_local_path_and_its_sidecar(bert, tmp_path):
             assert meta[key] == local_meta[key], key
     assert meta["engine"] == "ray" and meta["workers"] == 2 and meta["ray"]["version"] == ray.__version__
     assert meta["ray"]["workers"] == 2 and meta["ray"]["device"] == "cpu"
+    assert meta["thread_policy"]["mode"] == "ray workers"
     assert meta["blank_rows"] == 1 and meta["rows"] == 300
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["in.txt", "local.npy", "local.npy.json", "ray.npy", "ray.npy.json"]  # nothing hidden left

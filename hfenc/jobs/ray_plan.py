@@ -146,6 +146,9 @@ def scan_and_probe(spec: InputSpec, files: list[InputFile], want_lines: bool, lo
     scans = get(scan_refs)
     if local is None:
         probed = get(probe_ref)
+    # the probe's own thread policy says nothing of the workers' (threads_per_worker None: each
+    # worker follows the cores free where it runs)
+    probed["describe"]["thread_policy"] = {"mode": "ray workers", "threads_per_worker": options.get("threads")}
     return ScannedInput.of(spec, files, scans), probed, local
 
 
