@@ -1,0 +1,128 @@
+"""Long documents cut into chunks that the model takes whole (groundwork for issue 23; no command
+uses it yet).
+
+A document is tokenized once with the model's own tokenizer, without truncation, keeping each
+token's character offsets. Chunks are runs of its tokens cut only between words (a cut falls
+where the text has a space or punctuation between two tokens, never inside a word), each small
+enough that the chunk's text, tokenized on its own with the prompt and the special tokens as
+every row is, takes at most `max_tokens`: that is checked by tokenizing it, not estimated, since
+a BPE tokenizer may tokenize a word differently at the start of a text. Consecutive chunks
+overlap by about `overlap` tokens (to the nearest cut between words). `text[char_start:char_end]`
+is a chunk's text; what lies between chunks is whitespace only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hfenc.errors import ConfigError, UnknownChoiceError
+
+CHUNK_BY = ("tokens", "sentences")
+_SENTENCE_END = re.compile(r"[.!?…。！？]['\")\]]*$")
+
+
+@dataclass(frozen=True)
+class Span:
+    """One chunk of a document: characters [char_start, char_end) of its text, tokens
+    [token_start, token_end) of the document's own tokens (no prompt, no special tokens)."""
+
+    chunk: int
+    char_start: int
+    char_end: int
+    token_start: int
+    token_end: int
+
+
+class Chunker:
+    """Cuts documents for one model's tokenizer (a hfenc.compute.engine.TextTokenizer)."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int, overlap: int = 0, by: str = "tokens") -> None:
+        if by not in CHUNK_BY:
+            raise UnknownChoiceError("chunking", by, CHUNK_BY)
+        if tokenizer.fast is None:
+            raise ConfigError("chunking needs a fast (Rust) tokenizer, and this model has only a Python one")
+        self.tokenizer, self.max_tokens, self.overlap, self.by = tokenizer, int(max_tokens), int(overlap), by
+        self.bare = tokenizer.fast.__class__.from_str(tokenizer.fast.to_str())  # offsets, no truncation
+        self.bare.no_truncation()
+        self.bare.no_padding()
+        self.overhead = self._count("")  # the prompt and the special tokens every row carries
+        if self.max_tokens > tokenizer.max_length:
+            raise ConfigError(f"chunk_tokens={self.max_tokens} is more than the model takes ({tokenizer.max_length})",
+                              hint=f"use chunk_tokens={tokenizer.max_length} or less")
+        if self.max_tokens <= self.overhead:
+            raise ConfigError(f"chunk_tokens={self.max_tokens} leaves no room for text: the prompt and special "
+                              f"tokens take {self.overhead}", hint=f"use chunk_tokens={self.overhead + 1} or more")
+        if not 0 <= self.overlap < self.max_tokens - self.overhead:
+            raise ConfigError(f"chunk_overlap={self.overlap} must be at least 0 and less than the "
+                              f"{self.max_tokens - self.overhead} tokens of text a chunk holds")
+
+    def _count(self, text: str) -> int:
+        """Tokens of `text` as a row of the model: the prompt and special tokens included (one more
+        than the model's maximum for a text it would truncate)."""
+        tok = self.tokenizer([text])
+        return int(tok.lengths[0]) + int(tok.truncated[0])
+
+    def spans(self, text: str) -> list[Span]:
+        """The chunks of `text`, in order (one empty chunk for a text with no tokens)."""
+        encoding = self.bare.encode(text, add_special_tokens=False)
+        offsets = encoding.offsets
+        n = len(offsets)
+        if n == 0:
+            return [Span(0, 0, 0, 0, 0)]
+        cuts = [i for i in range(1, n) if _between_words(text, offsets[i - 1], offsets[i])] + [n]
+        room = self.max_tokens - self.overhead
+        spans: list[Span] = []
+        start = 0
+        while True:
+            end = self._end(text, offsets, cuts, start, room)
+            spans.append(Span(len(spans), offsets[start][0], offsets[end - 1][1], start, end))
+            if end >= n:
+                return spans
+            start = self._next_start(cuts, start, end)
+
+    def _end(self, text: str, offsets: list[tuple[int, int]], cuts: list[int], start: int, room: int) -> int:
+        """The furthest cut after `start` whose chunk fits (checked by tokenizing it); with
+        by=sentences, the furthest sentence end in the second half of that, where there is one."""
+        candidates = [c for c in cuts if start < c <= start + room]
+        if not candidates:  # one word longer than a chunk: it is cut inside (the only such cut)
+            candidates = [min(start + room, cuts[-1])]
+        fitting = None
+        for end in reversed(candidates):
+            if self._count(text[offsets[start][0]:offsets[end - 1][1]]) <= self.max_tokens:
+                fitting = end
+                break
+        if fitting is None:  # even the shortest run of whole words is over: take tokens one by one
+            fitting = start + 1
+            while fitting < start + room and self._count(text[offsets[start][0]:offsets[fitting][1]]) <= self.max_tokens:
+                fitting += 1
+        if self.by == "sentences" and fitting < cuts[-1]:
+            sentence_ends = [c for c in candidates if start + room // 2 < c <= fitting and _ends_sentence(text, offsets, c)]
+            if sentence_ends:
+                return sentence_ends[-1]
+        return fitting
+
+    def _next_start(self, cuts: list[int], start: int, end: int) -> int:
+        """The cut nearest to `overlap` tokens before `end`, after `start` (so chunks advance)."""
+        if self.overlap == 0:
+            return end
+        target = end - self.overlap
+        options = [c for c in cuts if start < c < end] or [end]
+        return min(options, key=lambda c: (abs(c - target), -c))
+
+
+def _ends_sentence(text: str, offsets: list[tuple[int, int]], cut: int) -> bool:
+    """Whether the text before the cut ends a sentence (.!? and closing quotes) or a paragraph."""
+    before = text[:offsets[cut - 1][1]]
+    gap = text[offsets[cut - 1][1]:offsets[cut][0] if cut < len(offsets) else len(text)]
+    return bool(_SENTENCE_END.search(before[-4:])) or "\n\n" in gap
+
+
+def _between_words(text: str, left: tuple[int, int], right: tuple[int, int]) -> bool:
+    """Whether a cut between two tokens falls between words: space between them, or punctuation
+    on either side (`word,` | `(word`), never two pieces of one word (`embed` | `##dings`)."""
+    if right[0] > left[1]:
+        return True
+    before, after = text[left[1] - 1:left[1]], text[right[0]:right[0] + 1]
+    return not (before.isalnum() and after.isalnum())
