@@ -171,11 +171,11 @@ def embed(
 
     if show:
         with Progress(_Line(), console=err, transient=True) as bar:
-            task = bar.add_task("embed", total=None)
+            task = bar.add_task("embed", total=None, visible=False)  # shown from the first batch on
 
             def tick(p: Any) -> None:
                 elapsed = p.elapsed or float("inf")
-                bar.update(task, completed=p.rows_done, rows_total=p.rows_total, texts_s=p.rate,
+                bar.update(task, visible=True, completed=p.rows_done, rows_total=p.rows_total, texts_s=p.rate,
                            tokens_s=p.tokens_done / elapsed, eta=p.eta)
 
             result = run(job, load, progress=tick)
