@@ -80,6 +80,8 @@ def test_embed_and_search_at_80_columns_show_user_text_verbatim(tmp_path, bert, 
     shown = _same_words(["search", out.name, "python list[int]", "--texts", notes.name, "--device", "cpu"], tmp_path)
     for text in ("python list[int]", "[red]", "hfenc[ray]", ":x:"):
         assert text in shown, text
+    code, missing = in_terminal(["embed", "notes[v3].txt", "-m", str(bert)], cwd=tmp_path)
+    assert code == 1 and "Error: no file matches 'notes[v3].txt'" in " ".join(missing.split())
     source = notes.read_text().split()  # a long hit is shortened between words, never inside one
     assert not [w for w in _words(shown) if len(w) > 3 and w not in source and any(s.startswith(w) for s in source)]
 
