@@ -94,8 +94,8 @@ class Chunker:
                 fitting = end
                 break
         if fitting is None:  # even the shortest run of whole words is over: take tokens one by one
-            fitting = start + 1
-            while fitting < start + room and self._count(text[offsets[start][0]:offsets[fitting][1]]) <= self.max_tokens:
+            fitting, limit = start + 1, min(start + room, len(offsets))
+            while fitting < limit and self._count(text[offsets[start][0]:offsets[fitting][1]]) <= self.max_tokens:
                 fitting += 1
         if self.by == "sentences" and fitting < cuts[-1]:
             sentence_ends = [c for c in candidates if start + room // 2 < c <= fitting and _ends_sentence(text, offsets, c)]
