@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from hfenc.compute.threads import set_wait_policy
 
 __version__ = "0.1.0"
-set_wait_policy()  # before torch loads: OpenMP threads that sleep, not spin, when idle (issue 22)
+set_wait_policy()  # before torch loads: OpenMP threads that spin only briefly when idle (issue 22)
 
 _EXPORTS = {
     "ARCHS": "model.archs", "Arch": "model.archs", "discover_arch": "model.archs", "register_arch": "model.archs",

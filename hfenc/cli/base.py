@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from hfenc.cli.show import Sheet, command_lines, fits, stacked, wrap
+
 START = time.perf_counter()  # start-up (imports, input check, model load) counts in the summary
 # Text a user typed or a file holds (paths, queries, texts, ids, model names) is data: printed as it
 # is, never read as rich markup or emoji codes (`[red]`, `list[int]`, `:x:` must appear verbatim).
@@ -40,8 +42,6 @@ def _debug() -> bool:
 def say(message: str, style: str = "") -> None:
     """A message for people on stderr: in a terminal, wrapped between words, so that no number,
     name or option is split across lines (a log gets it on one line)."""
-    from hfenc.cli.show import wrap
-
     for paragraph in message.split("\n"):
         for line in wrap(paragraph, err.width - 1, "  ") if err.is_terminal else [paragraph]:
             err.print(Text(line, style=style))
@@ -51,8 +51,6 @@ def say_command(intro: str, argv: list[str], style: str = "yellow") -> None:
     """A command to copy: in a terminal, on lines of its own broken between arguments with shell
     line continuations, so that it still runs when pasted."""
     import shlex
-
-    from hfenc.cli.show import command_lines
 
     if not err.is_terminal:  # a log keeps it on one line
         err.print(Text(f"{intro} {shlex.join(argv)}", style=style))
@@ -137,11 +135,9 @@ def _root(
 def print_table(table: Table) -> None:
     """A table in the width of stdout (the terminal's, else $COLUMNS or 80): its cells wrapped
     between words, or, where even that cannot fit, one block per row (hfenc.cli.show)."""
-    from hfenc.cli.show import Sheet, fits, stacked, wrap
-
     if isinstance(table.title, str):  # a title is wrapped between words too (rich would cut it)
         table.title = "\n".join(line for part in table.title.split("\n") for line in wrap(part, out.width))
-    if fits(out, table) or not isinstance(table, Sheet):
+    if fits(out, table) or not isinstance(table, Sheet):  # a plain Table: rich folds what cannot fit
         out.print(table)
         return
     for line in stacked(table, out.width):

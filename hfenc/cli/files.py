@@ -10,9 +10,9 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.progress import Progress, ProgressColumn
-from hfenc.cli.show import Sheet, progress_line
 from rich.text import Text
 
+from hfenc.cli.show import Sheet, progress_line
 from hfenc.cli.base import print_json, print_table, app, err, handles_errors, say, START
 
 

@@ -6,10 +6,9 @@ from typing import Any, Optional
 
 import typer
 from rich import box
-
-from hfenc.cli.show import Sheet
 from rich.text import Text
 
+from hfenc.cli.show import Sheet
 from hfenc.cli.base import fail, print_json, print_table, model_spec, app, handles_errors, out, say
 
 

@@ -70,7 +70,7 @@ def fits(console: Console, table: Table) -> bool:
     size = Measurement.get(console, wide, table)
     if size.maximum <= console.width:
         return True
-    cells = table.cells if isinstance(table, Sheet) else []
+    cells = table.cells if isinstance(table, Sheet) else []  # a plain Table's cells are not kept
     spans = []
     for i, column in enumerate(table.columns):
         texts = [column.header] + [row[i] for row in cells if row is not None and i < len(row)]

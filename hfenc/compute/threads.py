@@ -230,8 +230,8 @@ class ThreadPolicy:
         self._since = now
 
     def record(self) -> dict[str, Any]:
-        """What ran: the policy, the cores it saw, and the seconds spent at each thread count."""
-        self._account(self.clock())
+        """What ran: the policy, the cores it saw, and the seconds spent at each thread count (the
+        engine pauses the count after every chunk, so nothing is left to add here)."""
         return {
             "mode": "fixed" if self.fixed is not None else "auto",
             "wait_policy": wait_policy(),

@@ -211,10 +211,9 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[
     for final in paths.finals():
         if final.is_dir():
             raise OutputError(f"output {final} is a directory")
-    resuming = resume and paths.state.exists()
-    if _present(paths.npy) and not force and not resuming:
+    if _present(paths.npy) and not force and not resume:
         raise OutputError(f"output {paths.npy} already exists", hint="pass --force to overwrite it")
-    if not force and not resuming:
+    if not force and not resume:
         for final in (paths.sidecar, *writes):
             if _present(final) and not owns(paths, final):
                 raise OutputError(

@@ -98,8 +98,7 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
     check_directory(out.path.parent)
     if job.resume and not paths.state.exists():
         raise nothing_to_resume(out.path, out.path.exists() and any(out.path.iterdir()))
-    resuming = job.resume and paths.state.exists()
-    if out.path.exists() and not resuming:
+    if out.path.exists() and not job.resume:  # (with --resume, a state exists: checked above)
         if not out.path.is_dir():
             raise OutputError(f"output {out.path} exists and is not a directory")
         if any(out.path.iterdir()):
