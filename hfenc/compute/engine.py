@@ -111,10 +111,18 @@ class Tokenized:
     flat: np.ndarray  # int64, every row's ids concatenated
     lengths: np.ndarray  # int64, tokens per row
     truncated: np.ndarray  # bool, the text was longer than max_length
+    # Late chunking (hfenc.compute.chunking): the rows are passes over documents, and each output
+    # row is a (pass, start, end) span of one pass's tokens, pooled by mean
+    spans: np.ndarray | None = None
 
     @cached_property  # once per chunk, not once per batch
     def offsets(self) -> np.ndarray:
         return np.concatenate(([0], np.cumsum(self.lengths)))
+
+    @property
+    def rows(self) -> int:
+        """Output rows: one per text, or one per span."""
+        return len(self.lengths) if self.spans is None else len(self.spans)
 
 
 class TextTokenizer:
@@ -275,6 +283,8 @@ class Progress:
     elapsed: float  # seconds since this run started embedding
     resumed: int = 0  # rows an earlier run had saved (not part of this run's rate)
     tokens_left: float | None = None  # tokens this run has still to embed (known or estimated)
+    docs_done: int | None = None  # a chunked job (rows are chunks): its documents
+    docs_total: int | None = None
 
     @property
     def rate(self) -> float:
@@ -373,7 +383,12 @@ class Engine:
         tokens)` after each batch is handed to the device (progress between chunks).
 
         `done`: this chunk's rows finished before an interruption (its batches are skipped);
-        `checkpoint`: called with the finished part every CHECKPOINT_SECONDS and on Ctrl-C."""
+        `checkpoint`: called with the finished part every CHECKPOINT_SECONDS and on Ctrl-C
+        (neither with late chunking: such a chunk is computed again whole).
+
+        `tok.spans` (late chunking): dest has a row per span instead."""
+        if tok.spans is not None:
+            return self._embed_spans(tok, dest, on_batch)
         order = np.argsort(-tok.lengths, kind="stable")
         plan = plan_batches(tok.lengths[order], self.batch_tokens)
         kept = self._reuse(done, order, plan, dest, on_batch, tok)
@@ -403,6 +418,34 @@ class Engine:
         if results:
             dest[np.concatenate(positions)] = torch.cat(results).cpu().numpy()
 
+    def _embed_spans(self, tok: Tokenized, dest: np.ndarray, on_batch: Callable[[int, int], None] | None) -> None:
+        """Late chunking: each pass once through the transformer, each span pooled from it."""
+        assert tok.spans is not None
+        order = np.argsort(-tok.lengths, kind="stable")
+        by_pass = np.argsort(tok.spans[:, 0], kind="stable")  # spans grouped by their pass
+        bounds = np.searchsorted(tok.spans[by_pass, 0], np.arange(len(tok.lengths) + 1))
+        try:
+            for a, b in plan_batches(tok.lengths[order], self.batch_tokens):
+                rows = order[a:b]
+                if self.threads is not None:
+                    self.threads.tick()
+                out_rows = np.concatenate([by_pass[bounds[r]:bounds[r + 1]] for r in rows])
+                where = np.empty(len(tok.lengths), np.int64)
+                where[rows] = np.arange(len(rows))
+                spans = tok.spans[out_rows].copy()
+                spans[:, 0] = where[spans[:, 0]]
+                if self.tokenizer.left_pad:  # positions move right by the row's padding
+                    width = int(tok.lengths[rows].max())
+                    spans[:, 1:] += (width - tok.lengths[rows])[spans[:, 0], None]
+                with compute_context(self.device, self.dtype):
+                    out = self.module.forward_spans(*self._batch(tok, rows), torch.from_numpy(spans))
+                dest[out_rows] = out.float().cpu().numpy()
+                if on_batch is not None:
+                    on_batch(len(out_rows), int(tok.lengths[rows].sum()))
+        finally:
+            if self.threads is not None:
+                self.threads.pause()
+
     @staticmethod
     def _reuse(done: Partial | None, order: np.ndarray, plan: list[tuple[int, int]], dest: np.ndarray,
                on_batch: Callable[[int, int], None] | None, tok: Tokenized) -> Partial | None:
@@ -428,12 +471,14 @@ class Engine:
         stats: RunStats | None = None,
         done: Partial | None = None,
         checkpoint: Callable[[Partial], None] | None = None,
+        tokenize: Callable[[Any], Tokenized] | None = None,
     ) -> RunStats:
         """Embed (start_row, texts) chunks; rows of a chunk land in dest(start_row, n). `rows_total`:
         the rows this run will embed (for the progress's ETA).
 
         Tokenization of the next chunk overlaps the model's work on the current one. `done` and
-        `checkpoint`: see embed_tokenized (`done` applies to the chunk it names)."""
+        `checkpoint`: see embed_tokenized (`done` applies to the chunk it names). `tokenize`: how
+        a chunk's payload becomes a Tokenized (default: the payload is texts, tokenized as rows)."""
         stats = stats or RunStats()
         rows0, tokens0 = stats.rows, stats.tokens  # a resumed job passes in what was done before
         t0 = time.perf_counter()
@@ -441,7 +486,9 @@ class Engine:
 
         def prepare() -> tuple[int, Tokenized] | None:
             item = next(iterator, None)
-            return None if item is None else (item[0], self.tokenizer(item[1], self.tokenize_threads))
+            if item is None:
+                return None
+            return item[0], (self.tokenizer(item[1], self.tokenize_threads) if tokenize is None else tokenize(item[1]))
 
         in_chunk = [0, 0]  # rows and tokens of the chunk in flight, batch by batch
         seen = [0, 0]  # rows and tokens of the chunks tokenized so far (their token counts are known)
@@ -459,7 +506,7 @@ class Engine:
             while (item := pending.result()) is not None:
                 pending = pool.submit(prepare)
                 start, tok = item
-                n = len(tok.lengths)
+                n = tok.rows
                 in_chunk[:] = [0, 0]
                 seen[0] += n
                 seen[1] += int(tok.lengths.sum())

@@ -158,6 +158,21 @@ class Pipeline(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         pooled, _ = self.encoder.pool(input_ids, attention_mask, self.skip, self.token_stage)
+        return self._after_pooling(pooled)
+
+    def forward_spans(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """Late chunking: one vector per (row, start, end) span, the mean of that row's hidden
+        states at positions [start, end) (the pooler must be `mean`: hfenc.jobs.chunked checks)."""
+        mask = attention_mask.bool()
+        extra = {"output_hidden_states": True} if self.token_stage is not None else {}
+        out = self.encoder.transformer(input_ids=input_ids, attention_mask=mask.long(), **extra)
+        if self.token_stage is not None:
+            out = self.token_stage(out)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        pooled = torch.stack([hidden[row, start:end].float().mean(dim=0) for row, start, end in spans.tolist()])
+        return self._after_pooling(pooled)
+
+    def _after_pooling(self, pooled: torch.Tensor) -> torch.Tensor:
         x = self.head(self.encoder.project(pooled).float())
         if self.truncate_dim is not None:
             x = x[:, : self.truncate_dim]  # Matryoshka: truncate first, then normalize
