@@ -1,4 +1,4 @@
-"""Long documents cut into chunks (groundwork for issue 23): every chunk fits the model whole,
+"""Long documents cut into chunks (issue 23; jobs over them: test_chunked.py): every chunk fits the model whole,
 cuts fall between words, chunks overlap by about the asked number of tokens, and together they
 cover the document. On real text, with a WordPiece tokenizer (MiniLM, lowercasing) and a
 byte-level BPE one (a tiny Qwen2), with and without a prompt."""
@@ -104,9 +104,9 @@ def test_bad_settings_are_one_clear_error(tokenizers):
     assert overhead == len(tok.hf("query: ")["input_ids"])  # [CLS] query : [SEP], as every row carries them
     with pytest.raises(ConfigError, match="leaves no room"):
         Chunker(tok, overhead)
-    with pytest.raises(ConfigError, match=f"chunk_overlap={32 - overhead}"):
+    with pytest.raises(ConfigError, match=f"--chunk-overlap {32 - overhead} "):
         Chunker(tok, 32, 32 - overhead)
-    with pytest.raises(ConfigError, match="chunk_overlap=-1"):
+    with pytest.raises(ConfigError, match="--chunk-overlap -1 "):
         Chunker(tok, 32, -1)
     with pytest.raises(ConfigError, match="more than the model takes"):
         Chunker(tok, 1000)

@@ -142,8 +142,8 @@ def test_embed_help_is_grouped_and_fits_a_screen():
     assert code == 0
     _fits(shown)
     lines = shown.rstrip().splitlines()
-    assert len(lines) <= 82, len(lines)
-    for panel in ("Input", "Output", "Model", "Speed", "Resume", "Ray"):
+    assert len(lines) <= 88, len(lines)  # 82 before the Chunks panel (issue 23) took its 6
+    for panel in ("Input", "Output", "Chunks", "Model", "Speed", "Resume", "Ray"):
         assert f"─ {panel} ─" in shown, panel
     for name in ("parquet", "arrow", "jsonl", "json", "hfenc[openvino]", "hfenc[ray]", "--threads", "--resume"):
         assert name in shown, name
@@ -181,13 +181,24 @@ def test_summary_names_the_stored_and_the_computed_dtype():
     from hfenc.cli.files import _summary
 
     class Result:
-        rows, resumed_from, dim, embed_seconds, truncated = 10, 0, 384, 1.0, 0
+        rows, resumed_from, dim, embed_seconds, truncated, documents = 10, 0, 384, 1.0, 0, None
         output, sidecar = Path("a.npy"), Path("a.npy.json")
         metadata = {"dtype": "int8"}
 
     assert "(stored as float32, computed in int8)" in _summary(Result(), "float32")
     Result.metadata = {"dtype": "float32", "quantization": {"precision": "binary"}}
     assert "(stored as binary, computed in float32)" in _summary(Result(), "float32")
+    Result.documents = 3  # a chunked job counts chunks and the records they came from
+    assert _summary(Result(), "float32").startswith("Wrote 10 chunks of 3 records x 384 ")
+    assert "10 chunks/s" in _summary(Result(), "float32")
+
+
+def test_a_chunked_progress_line_counts_chunks_and_records():
+    from hfenc.cli.show import progress_line
+
+    line = progress_line(1200, 2000, 30.0, 8000.0, 5.0, 79, docs=31, docs_total=50)
+    assert "1,200/2,000 chunks" in line and "31/50 records" in line and "30 chunks/s" in line
+    assert len(line) <= 79
 
 
 def test_a_busy_machine_is_named_in_a_note():

@@ -25,10 +25,10 @@ class _Line(ProgressColumn):
     def render(self, task: Any) -> Text:
         f = task.fields
         return Text(progress_line(int(task.completed), f.get("rows_total"), f.get("texts_s"), f.get("tokens_s"),
-                                  f.get("eta"), err.width - 1), style="cyan")
+                                  f.get("eta"), err.width - 1, f.get("docs"), f.get("docs_total")), style="cyan")
 
 
-_IN, _OUT, _MODEL, _SPEED, _RESUME, _RAY = "Input", "Output", "Model", "Speed", "Resume", "Ray"
+_IN, _OUT, _CHUNK, _MODEL, _SPEED, _RESUME, _RAY = "Input", "Output", "Chunks", "Model", "Speed", "Resume", "Ray"
 _opt = functools.partial(typer.Option, show_default=False)  # defaults are in the help text, in ( )
 
 
@@ -64,6 +64,16 @@ def embed(
     force: bool = _opt(False, "--force", rich_help_panel=_OUT, help="Replace an existing output."),
     quiet: bool = _opt(False, "-q", "--quiet", rich_help_panel=_OUT, help="No progress or summary."),
     json_out: bool = _opt(False, "--json", rich_help_panel=_OUT, help="Summary as JSON on stdout."),
+    chunk_tokens: Optional[int] = _opt(None, "--chunk-tokens", metavar="N", rich_help_panel=_CHUNK,
+                                       help="Cut records into chunks of <= N tokens."),
+    chunk_overlap: Optional[int] = _opt(None, "--chunk-overlap", metavar="M", rich_help_panel=_CHUNK,
+                                        help="Tokens shared by next chunks (0)."),
+    chunk_by: Optional[str] = _opt(None, "--chunk-by", metavar="HOW", rich_help_panel=_CHUNK,
+                                   help="tokens or sentences (tokens)."),
+    late_chunking: bool = _opt(False, "--late-chunking", rich_help_panel=_CHUNK,
+                               help="Pool chunks from whole-record passes."),
+    doc_vectors: bool = _opt(False, "--doc-vectors", rich_help_panel=_CHUNK,
+                             help="Also a vector per record (OUT.docs)."),
     model: str = _opt("sentence-transformers/all-MiniLM-L6-v2", "-m", "--model", metavar="MODEL",
                       rich_help_panel=_MODEL, help="Model (all-MiniLM-L6-v2)."),
     pooler: Optional[str] = _opt(None, metavar="NAME", rich_help_panel=_MODEL,
@@ -113,6 +123,7 @@ def embed(
 
     [dim]hfenc embed examples/sentences.txt[/dim]
     [dim]hfenc embed docs.jsonl --field body --id-field id -o docs.parquet[/dim]
+    [dim]hfenc embed papers.jsonl --chunk-tokens 256 --chunk-overlap 32 -o papers.parquet[/dim]
     [dim]cat queries.txt | hfenc embed - -o queries.npy --prompt-name query[/dim]
     [dim]hfenc embed 'shards/*.jsonl.gz' -o corpus.npy --resume[/dim]
     """
@@ -148,8 +159,9 @@ def embed(
     paths = ["-"] if text else list(inputs or []) if on_ray else expand_inputs(inputs or [])
     spec = InputSpec(paths[0], format, field, column, id_field or id_column, encoding_errors, skip_blank,  # type: ignore[arg-type]
                      tsv_quoting=tsv_quoting, more=tuple(paths[1:]))
+    chunking = _chunking(chunk_tokens, chunk_overlap, chunk_by, late_chunking, doc_vectors)
     job = JobOptions(spec, output, force, resume, out_dtype, chunk_size, on_overflow, tuple(text or ()),  # type: ignore[arg-type]
-                     out_format=out_format, quantize=quantize, ranges=ranges, keep_text=keep_text)
+                     out_format=out_format, quantize=quantize, ranges=ranges, keep_text=keep_text, chunking=chunking)
     show = not quiet and err.is_terminal
     run: Callable[..., Any] = embed_file
     if on_ray:
@@ -175,7 +187,7 @@ def embed(
             def tick(p: Any) -> None:
                 elapsed = p.elapsed or float("inf")
                 bar.update(task, visible=True, completed=p.rows_done, rows_total=p.rows_total, texts_s=p.rate,
-                           tokens_s=p.tokens_done / elapsed, eta=p.eta)
+                           tokens_s=p.tokens_done / elapsed, eta=p.eta, docs=p.docs_done, docs_total=p.docs_total)
 
             result = run(job, load, progress=tick)
     else:
@@ -196,15 +208,36 @@ def embed(
         })
 
 
+def _chunking(tokens: int | None, overlap: int | None, by: str | None, late: bool, doc_vectors: bool) -> Any:
+    """The chunk options, or None; the others without --chunk-tokens are refused, not ignored."""
+    if tokens is None:
+        given = [name for name, value in (("--chunk-overlap", overlap), ("--chunk-by", by),
+                                          ("--late-chunking", late or None), ("--doc-vectors", doc_vectors or None))
+                 if value is not None]
+        if given:
+            from hfenc.errors import ConfigError
+
+            raise ConfigError(f"{given[0]} is for chunked jobs", hint="add --chunk-tokens N")
+        return None
+    from hfenc.compute.chunking import ChunkOptions
+
+    options = ChunkOptions(tokens, overlap or 0, by or "tokens", late, doc_vectors)
+    options.check()
+    return options
+
+
 def _summary(result: Any, out_dtype: str) -> str:
     rate = (result.rows - result.resumed_from) / result.embed_seconds if result.embed_seconds else 0.0
     total = time.perf_counter() - START
     stored = (result.metadata.get("quantization") or {}).get("precision") or out_dtype
     computed = result.metadata.get("dtype")
     how = f"stored as {stored}" + (f", computed in {computed}" if computed and computed != stored else "")
-    return (f"Wrote {result.rows:,} rows x {result.dim} ({how}) to {result.output} in {total:.1f} s "
+    what = f"{result.rows:,} rows" if result.documents is None else \
+        f"{result.rows:,} chunks of {result.documents:,} records"
+    unit = "texts/s" if result.documents is None else "chunks/s"
+    return (f"Wrote {what} x {result.dim} ({how}) to {result.output} in {total:.1f} s "
             f"(start-up {total - result.embed_seconds:.1f} s, embedding {result.embed_seconds:.1f} s, "
-            f"{rate:,.0f} texts/s); {result.truncated:,} truncated; sidecar {result.sidecar}")
+            f"{rate:,.0f} {unit}); {result.truncated:,} truncated; sidecar {result.sidecar}")
 
 
 def _threads_note(policy: Any) -> str | None:
@@ -232,6 +265,7 @@ def search(
     queries_file: Optional[str] = typer.Option(None, "--queries", help="More queries, one per line, from a file or - (stdin)."),
     texts: Optional[Path] = typer.Option(None, "--texts", help="The input the index was embedded from, to show the hits' texts."),
     rescore: int = typer.Option(4, help="Binary indexes: rescore this many times k Hamming candidates in float."),
+    per_doc: bool = typer.Option(False, "--per-doc", help="A chunked index: the best chunk of each of the top-k records."),
     prompt: Optional[str] = typer.Option(None, help="Prompt text for the queries (default: the model's `query` prompt, else the index's)."),
     prompt_name: Optional[str] = typer.Option(None, help="A prompt the model defines, for the queries."),
     device: str = typer.Option("auto", help="Where to embed the queries: auto, cpu, cuda, cuda:N, mps."),
@@ -250,6 +284,8 @@ def search(
       hfenc search docs.parquet "error handling" --json
 
       cat questions.txt | hfenc search docs.npy --queries -
+
+      hfenc search papers.parquet "late chunking" --per-doc
     """
     from hfenc.searching import search as run_search
 
@@ -259,7 +295,7 @@ def search(
     if not found:
         raise typer.BadParameter("give a QUERY, or --queries FILE (- for stdin)")
     result = run_search(index, found, k, texts=texts, rescore=rescore, device=device, prompt=prompt,
-                        prompt_name=prompt_name)
+                        prompt_name=prompt_name, per_doc=per_doc)
     for warning in result.warnings:
         say(f"Warning: {warning}", "yellow")
     if json_out:
@@ -272,13 +308,17 @@ def search(
     with_ids = any(h.id is not None for r in result.results for h in r.hits)
     with_texts = any(h.text is not None for r in result.results for h in r.hits)
     with_ham = any(h.hamming is not None for r in result.results for h in r.hits)
+    chunked = any(h.doc_row is not None for r in result.results for h in r.hits)
+    numbers = ("rank", "score", "hamming", "row", "record", "chunk", "chars")
     for r in result.results:
         table = Sheet(title=f"{r.query}", title_justify="left")
-        for col in ("rank", "score", *(["hamming"] if with_ham else []), "row", *(["id"] if with_ids else []),
+        for col in ("rank", "score", *(["hamming"] if with_ham else []), "row",
+                    *(["record", "chunk", "chars"] if chunked else []), *(["id"] if with_ids else []),
                     *(["text"] if with_texts else [])):
-            table.add_column(col, justify="right" if col in ("rank", "score", "hamming", "row") else "left")
+            table.add_column(col, justify="right" if col in numbers else "left")
         for h in r.hits:
             table.add_row(str(h.rank), f"{h.score:.4f}", *([str(h.hamming)] if with_ham else []), str(h.row),
+                          *([str(h.doc_row), str(h.chunk), f"{h.char_start}-{h.char_end}"] if chunked else []),
                           *([h.id or ""] if with_ids else []), *([_clip(h.text or "")] if with_texts else []))
         print_table(table)
 

@@ -119,16 +119,20 @@ def clock(seconds: float) -> str:
 
 
 def progress_line(done: int, total: int | None, texts_s: float | None, tokens_s: float | None,
-                  eta: float | None, width: int) -> str:
+                  eta: float | None, width: int, docs: int | None = None, docs_total: int | None = None) -> str:
     """`▕███░░░▏ 1,200/2,000 rows  60%  ETA 0:05  225 texts/s  8,410 tok/s` in `width` columns:
     the count first, then the ETA, the percentage and the rates as they fit; the bar takes what
-    is left, up to 42 columns (none under 10)."""
-    count = f"{done:,}/{total:,} rows" if total else f"{done:,} rows"
+    is left, up to 42 columns (none under 10). A chunked job counts chunks, and records after
+    the ETA (`1,200/2,000 chunks  60%  ETA 0:05  31/50 records  ...`)."""
+    unit = "rows" if docs_total is None else "chunks"
+    count = f"{done:,}/{total:,} {unit}" if total else f"{done:,} {unit}"
     optional = []
     if eta is not None:
         optional.append(f"ETA {clock(eta)}")
+    if docs_total is not None:
+        optional.append(f"{docs or 0:,}/{docs_total:,} records")
     if texts_s:
-        optional.append(f"{texts_s:,.0f} texts/s")
+        optional.append(f"{texts_s:,.0f} {'texts' if docs_total is None else 'chunks'}/s")
     if tokens_s:
         optional.append(f"{tokens_s:,.0f} tok/s")
     if total:

@@ -57,6 +57,16 @@ class OutputPaths:
     def lines(self) -> Path:
         return self.npy.with_name(self.npy.stem + ".lines.npy")
 
+    @property
+    def chunks(self) -> Path:
+        """A chunked .npy output's provenance: which document and span each row is (issue 23)."""
+        return self.npy.with_name(self.npy.stem + ".chunks.tsv")
+
+    @property
+    def docs(self) -> Path:
+        """--doc-vectors: a vector per document, in the output's format."""
+        return self.npy.with_name(self.npy.stem + ".docs" + (self.npy.suffix or ".npy"))
+
     def hidden(self, final: Path, tag: str) -> Path:
         return final.with_name(f".{final.name}.{tag}")
 
@@ -78,7 +88,10 @@ class OutputPaths:
         return self.hidden(final, "staged")
 
     def finals(self) -> list[Path]:
-        return [self.npy, self.sidecar, self.ids, self.lines]
+        return [self.npy, self.sidecar, *self.side_files()]
+
+    def side_files(self) -> list[Path]:
+        return [self.ids, self.lines, self.chunks, self.docs]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -312,7 +325,7 @@ def journal_renames(paths: OutputPaths, plan: object) -> tuple[list[tuple[Path, 
         renames.append((staged, final))
     removals = plan.get("remove", [])
     if renames[-1][1] != paths.sidecar or not isinstance(removals, list) or \
-            any(not isinstance(p, str) or Path(p) not in (paths.ids, paths.lines) for p in removals):
+            any(not isinstance(p, str) or Path(p) not in paths.side_files() for p in removals):
         raise problem
     return renames, [Path(p) for p in removals]
 
@@ -529,5 +542,6 @@ def claimed(paths: OutputPaths) -> list[Path]:
     never among them: only a sidecar or manifest that lists it makes it hfenc's (Listing)."""
     return [paths.state, paths.partial, paths.hidden(paths.state, "tmp"), paths.inflight,
             paths.hidden(paths.inflight, "tmp"), paths.staged(paths.npy), paths.staged(paths.sidecar),
-            paths.staged(paths.ids), paths.staged(paths.lines), paths.hidden(paths.ids, "scan"),
-            paths.hidden(paths.lines, "scan")]
+            *(paths.staged(p) for p in paths.side_files()), paths.hidden(paths.ids, "scan"),
+            paths.hidden(paths.lines, "scan"), paths.hidden(paths.chunks, "scan"),
+            paths.hidden(paths.chunks, "scan.ids"), paths.hidden(paths.docs, "partial")]

@@ -15,6 +15,11 @@ Output schema (fixed: the Ray runner writes the same; readers rely on it):
   row        int64                      global row index (row i is record i of the input)
   id         string                     only with --id-column / --id-field
   text       string                     only with --keep-text
+
+A chunked output (--chunk-tokens, issue 23) has a row per chunk, `doc_id` for `id`, and after it
+the chunk's provenance, int64 each: doc_row (its record), chunk (its index in the record),
+char_start, char_end (`text[char_start:char_end]` of the record is the chunk), token_start,
+token_end (of the record's own tokens); `text` is then the chunk's text.
   embedding  fixed_size_list<T>[w]      T = float32 | float16 (--out-dtype), w = d;
                                         --quantize int8|uint8:     T = int8 | uint8,  w = d;
                                         --quantize binary|ubinary: T = int8 | uint8,  w = ceil(d/8)
@@ -204,12 +209,18 @@ def _hash(fh: Any) -> tuple[str, int]:
 
 # ---- output ---------------------------------------------------------------------------------
 
-def schema(width: int, dtype: np.dtype, with_id: bool, with_text: bool, metadata: dict | None = None) -> Any:
+PROVENANCE = ("doc_row", "chunk", "char_start", "char_end", "token_start", "token_end")  # chunking's PLAN_FIELDS
+
+
+def schema(width: int, dtype: np.dtype, with_id: bool, with_text: bool, metadata: dict | None = None,
+           provenance: bool = False) -> Any:
     """The output schema (see the module docstring)."""
     pa = arrow().pa
     fields = [pa.field("row", pa.int64(), nullable=False)]
     if with_id:
-        fields.append(pa.field("id", pa.string()))
+        fields.append(pa.field("doc_id" if provenance else "id", pa.string()))
+    if provenance:
+        fields.extend(pa.field(name, pa.int64(), nullable=False) for name in PROVENANCE)
     if with_text:
         fields.append(pa.field("text", pa.string()))
     fields.append(pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), width), nullable=False))
@@ -230,14 +241,16 @@ _CHUNK = re.compile(r"^(\d{12})\+(\d+)\.arrow$")
 class ParquetWriter:
     """A Parquet output with RowWriter's interface: rows(start, n), save_state, finish, abandon,
     publishing / finish_publication. `ids`: the scan's ids file (one per row), read at the end;
-    `keep_text`: texts arrive through tap()."""
+    `keep_text`: texts arrive through tap(); `provenance`: a chunked job's plan (a structured
+    array with PROVENANCE's fields, a record per row), read at the end."""
 
     def __init__(self, paths: OutputPaths, rows: int, width: int, dtype: np.dtype, fingerprint: dict,
-                 resume: bool, ids: Path | None = None, keep_text: bool = False) -> None:
+                 resume: bool, ids: Path | None = None, keep_text: bool = False,
+                 provenance: Any = None) -> None:
         arrow()  # a missing pyarrow fails before anything is written
         self.paths, self.fingerprint = paths, fingerprint
         self.rows_total, self.width, self.dtype = rows, width, np.dtype(dtype)
-        self.ids, self.keep_text = ids, keep_text
+        self.ids, self.keep_text, self.provenance = ids, keep_text, provenance
         self.rows_done = 0
         self.stats: dict = {}
         self.publishing: dict | None = None
@@ -304,10 +317,11 @@ class ParquetWriter:
     # -- RowWriter's interface
 
     def tap(self, chunks: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
-        """Pass (start, texts) chunks through, keeping the texts for --keep-text."""
+        """Pass (start, texts) chunks through, keeping the texts for --keep-text (late chunking's
+        work, hfenc.jobs.chunked.LateDocs, says its chunks' texts)."""
         for start, texts in chunks:
             if self.keep_text:
-                self._texts[start] = texts
+                self._texts[start] = texts if isinstance(texts, list) else texts.chunk_texts()
             yield start, texts
 
     def rows(self, start: int, n: int) -> np.ndarray:
@@ -351,13 +365,16 @@ class ParquetWriter:
         """Stream the chunk files, in row order, into one Parquet file: a row group per chunk."""
         a = arrow()
         meta = {k: v for k, v in sidecar.items() if k != "files"}
-        out_schema = schema(self.width, self.dtype, self.ids is not None, self.keep_text, meta)
+        chunked = self.provenance is not None
+        out_schema = schema(self.width, self.dtype, self.ids is not None, self.keep_text, meta, chunked)
         ids = open(self.ids, encoding="utf-8") if self.ids is not None else None
         try:
             with open(staged, "wb") as fh:
                 writer = a.pq.ParquetWriter(
-                    fh, out_schema, compression={"row": "snappy", "id": "snappy", "text": "zstd", "embedding": "none"},
-                    use_dictionary=False, write_statistics=["row"])
+                    fh, out_schema, compression={"row": "snappy", "id": "snappy", "doc_id": "snappy",
+                                                 **{name: "snappy" for name in PROVENANCE if chunked},
+                                                 "text": "zstd", "embedding": "none"},
+                    use_dictionary=False, write_statistics=["row", *(["doc_row"] if chunked else [])])
                 try:
                     expect = 0
                     for start, n, path in self._chunks():
@@ -370,6 +387,9 @@ class ParquetWriter:
                         columns = [table.column("row")]
                         if ids is not None:
                             columns.append(a.pa.array([ids.readline().rstrip("\n") for _ in range(n)], type=a.pa.string()))
+                        if chunked:
+                            records = np.array(self.provenance[start:start + n])
+                            columns.extend(a.pa.array(records[name]) for name in PROVENANCE)
                         if self.keep_text:
                             columns.append(table.column("text"))
                         columns.append(table.column("embedding"))
@@ -416,6 +436,36 @@ class ParquetWriter:
             pass
 
 
+def write_vectors(array: Path, out: Path, ids: Path | None, counts: Iterator[np.ndarray]) -> None:
+    """--doc-vectors of a Parquet output: the documents' float32 vectors (a .npy) as a table of
+    doc_row, doc_id (an input with ids), chunks (how many the vector is the mean of), embedding."""
+    a = arrow()
+    vectors = np.load(array, mmap_mode="r")
+    fields = [a.pa.field("doc_row", a.pa.int64(), nullable=False),
+              *([a.pa.field("doc_id", a.pa.string())] if ids is not None else []),
+              a.pa.field("chunks", a.pa.int64(), nullable=False),
+              a.pa.field("embedding", a.pa.list_(a.pa.float32(), vectors.shape[1]), nullable=False)]
+    out_schema = a.pa.schema(fields)
+    id_lines = open(ids, encoding="utf-8") if ids is not None else None
+    try:
+        with open(out, "wb") as fh:
+            with a.pq.ParquetWriter(fh, out_schema, compression="snappy", use_dictionary=False) as writer:
+                at = 0
+                for block in counts:
+                    n = len(block)
+                    columns = [a.pa.array(np.arange(at, at + n, dtype=np.int64))]
+                    if id_lines is not None:
+                        columns.append(a.pa.array([id_lines.readline().rstrip("\n") for _ in range(n)], a.pa.string()))
+                    columns += [a.pa.array(block.astype(np.int64)), embedding_array(np.asarray(vectors[at:at + n]))]
+                    writer.write_table(a.pa.Table.from_arrays(columns, schema=out_schema))
+                    at += n
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        if id_lines is not None:
+            id_lines.close()
+
+
 # ---- reading an index -----------------------------------------------------------------------
 
 def read_metadata(path: str | Path) -> dict | None:
@@ -456,13 +506,14 @@ class ParquetIndex:
         self.rows = self._file.metadata.num_rows
         self.columns = s.names
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(row indices, (n, width) embeddings) per row group."""
+    def blocks(self, with_docs: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(row indices, (n, width) embeddings, each row's doc_row or None) per row group."""
         for group in range(self._file.metadata.num_row_groups):
-            table = self._file.read_row_group(group, columns=["row", "embedding"])
+            table = self._file.read_row_group(group, columns=["row", "embedding", *(["doc_row"] if with_docs else [])])
             emb = table.column("embedding").combine_chunks()
             values = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width)
-            yield table.column("row").to_numpy(), values
+            docs = table.column("doc_row").to_numpy() if with_docs else None
+            yield table.column("row").to_numpy(), values, docs
 
     def lookup(self, rows: set[int], column: str) -> dict[int, str]:
         """Values of `column` at the given row indices (one pass over that column and `row`)."""

@@ -30,7 +30,8 @@ _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bo
 _KEYS = {"format": "str", "complete": "bool | None", "output": "str | None", "rows": "int", "dim": "int",
          "out_dtype": "str | None", "input": "dict | None", "quantization": "dict | None",
          "ids_file": "str | None", "lines_file": "str | None", "files": "dict | None",
-         "weights_sha256": "str | None", "config_sha256": "str | None", "model_path": "str | None"}
+         "weights_sha256": "str | None", "config_sha256": "str | None", "model_path": "str | None",
+         "chunking": "dict | None", "documents": "int | None", "chunks_file": "str | None", "docs_file": "str | None"}
 
 
 def _fits(value: object, annotation: str) -> bool:
@@ -59,10 +60,10 @@ def check_sidecar(data: object, where: str) -> dict[str, Any]:
     for key, annotation in expected.items():
         if key in data and not _fits(data[key], annotation):
             raise bad(f"{key} is {type(data[key]).__name__}, not {annotation}")
-    for key in ("rows", "dim", "max_length", "batch_tokens", "truncate_dim"):
-        if isinstance(data.get(key), int) and data[key] < (0 if key == "rows" else 1):
+    for key in ("rows", "dim", "max_length", "batch_tokens", "truncate_dim", "documents"):
+        if isinstance(data.get(key), int) and data[key] < (0 if key in ("rows", "documents") else 1):
             raise bad(f"{key} is {data[key]}")
-    for key in ("ids_file", "lines_file"):
+    for key in ("ids_file", "lines_file", "chunks_file", "docs_file"):
         name = data.get(key)
         if name is not None and (not name or Path(name).name != name or name in (".", "..")):
             raise bad(f"{key} {name!r} is not a file name beside the output")

@@ -164,6 +164,7 @@ class Output:
     keep_text: bool
     ids_in_file: bool  # Parquet holds the id column: no OUT.ids.txt
     float_dtype: str = "float32"  # --out-dtype, when not quantized
+    chunked: bool = False  # a row per chunk, with provenance columns (Parquet)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -179,14 +180,17 @@ class Output:
         meta: dict[str, Any] = {"out_format": self.format,
                                 "quantization": None if self.quantization is None else self.quantization.record()}
         if self.format == "parquet":
-            meta["columns"] = ["row", *(["id"] if self.ids_in_file else []), *(["text"] if self.keep_text else []),
-                               "embedding"]
+            from hfenc.io.parquet import PROVENANCE
+
+            meta["columns"] = ["row", *([("doc_id" if self.chunked else "id")] if self.ids_in_file else []),
+                               *(PROVENANCE if self.chunked else ()), *(["text"] if self.keep_text else []), "embedding"]
         return meta
 
 
 def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: str, fingerprint: dict,
                 resume: bool, *, quantize: str | None = None, ranges: Any = None, keep_text: bool = False,
-                ids: Path | None = None, model: Any = None, spec: InputSpec | None = None) -> Output:
+                ids: Path | None = None, model: Any = None, spec: InputSpec | None = None,
+                provenance: Any = None) -> Output:
     """Open (or, with `resume`, reopen) the writer; for int8/uint8 without `ranges`, calibrate on
     a sample of the input unless the interrupted run had (its ranges are in the resume state)."""
     fingerprint = {**fingerprint, **fingerprint_of(fmt, quantize, ranges, keep_text)}
@@ -197,10 +201,12 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
     if fmt == "parquet":
         from hfenc.io.parquet import ParquetWriter
 
-        inner: Any = ParquetWriter(paths, rows, width, dtype, fingerprint, resume, ids=ids, keep_text=keep_text)
+        inner: Any = ParquetWriter(paths, rows, width, dtype, fingerprint, resume, ids=ids, keep_text=keep_text,
+                                   provenance=provenance)
     else:
         inner = RowWriter(paths, rows, width, dtype, fingerprint, resume)
-    output = Output(inner, fmt, None, keep_text, fmt == "parquet" and ids is not None, out_dtype)
+    output = Output(inner, fmt, None, keep_text, fmt == "parquet" and ids is not None, out_dtype,
+                    chunked=provenance is not None)
     if quantize is None:
         return output
     quantization = Quantization(quantize, dim)

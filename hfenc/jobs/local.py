@@ -22,16 +22,18 @@ from typing import Any, Literal
 import numpy as np
 
 from hfenc import faults
+from hfenc.compute.chunking import ChunkOptions
 from hfenc.compute.embedder import Embedder, library_versions
 from hfenc.compute.engine import Progress, RunStats
 from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
                           UnknownChoiceError)
 from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
-from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, default_output, owns, read_state,
-                              saved_rows)
+from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, default_output, left_alone, owns,
+                              read_state, saved_rows)
 from hfenc.io.writers import check_options, default_path, open_output, out_format
 from hfenc.jobs.checkpoint import Checkpoints
+from hfenc.jobs.chunked import ChunkedJob
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -50,6 +52,7 @@ class JobOptions:
     quantize: str | None = None  # int8 | uint8 | binary | ubinary (hfenc.io.quantize)
     ranges: str | Path | None = None  # int8/uint8 calibration ranges file (default: a sample of the input)
     keep_text: bool = False  # Parquet output: a `text` column
+    chunking: ChunkOptions | None = None  # --chunk-tokens ...: a row per chunk of each record (issue 23)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class JobResult:
     metadata: dict[str, Any]
     embed_seconds: float = 0.0  # the model's part: reading, tokenizing, computing, writing rows
     warnings: list[str] = field(default_factory=list)
+    documents: int | None = None  # a chunked job: the records its `rows` chunks came from
 
 
 class Terminated(KeyboardInterrupt):
@@ -102,6 +106,8 @@ def check_job(job: JobOptions) -> None:
         raise ConfigError(f"chunk size must be positive, got {job.chunk_size}")
     if "-" in job.input.more or (job.input.path == "-" and job.input.more):
         raise ConfigError("standard input (-) cannot be combined with other inputs")
+    if job.chunking is not None:
+        job.chunking.check()
 
 
 def _validate(job: JobOptions) -> OutputPaths:
@@ -148,7 +154,10 @@ def embed_file(
     t0 = time.perf_counter()
     paths = _validate(job)
     ids_side = job.input.id_field and out_format(paths.npy, job.out_format) != "parquet"  # Parquet: an id column
-    writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+    chunked = job.chunking is not None
+    writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines),
+                                     (chunked and out_format(paths.npy, job.out_format) == "npy", paths.chunks),
+                                     (chunked and job.chunking.doc_vectors, paths.docs)) if made)
     # The output is this job's alone from before anything of it is read until the job returns.
     with Claim(paths.npy):
         check_writable(paths, job.force, job.resume, writes)
@@ -176,31 +185,42 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
         faults.point("loaded")
         return _run(job, spec, paths, info, model, ids_tmp, lines_tmp, progress, t0)
     finally:
-        for tmp in (ids_tmp, lines_tmp, spooled):
+        plan_tmp = paths.hidden(paths.chunks, "scan")
+        for tmp in (ids_tmp, lines_tmp, spooled, plan_tmp, plan_tmp.with_name(plan_tmp.name + ".ids")):
             if tmp is not None and tmp.exists():
                 tmp.unlink()
 
 
 def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, ids_tmp: Path,
          lines_tmp: Path, progress: Callable[[Progress], None] | None, t0: float) -> JobResult:
-    fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, info.rows, asdict(model.settings),
-                                  model.weights_hash, model.config_hash, chunk_size=job.chunk_size)
+    chunked = None if job.chunking is None else \
+        ChunkedJob(job.chunking, model, spec, info, paths, ids_tmp if spec.id_field else None)
+    plan = chunked.plan if chunked is not None else None
+    rows, row_ids = (plan.rows, plan.ids or ids_tmp) if plan is not None else (info.rows, ids_tmp)
+    fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, rows, asdict(model.settings),
+                                  model.weights_hash, model.config_hash, chunk_size=job.chunk_size,
+                                  **(chunked.fingerprint() if chunked is not None else {}))
     fmt = out_format(paths.npy, job.out_format)
-    output = open_output(paths, fmt, info.rows, model.dim, job.out_dtype, fingerprint, job.resume,
+    output = open_output(paths, fmt, rows, model.dim, job.out_dtype, fingerprint, job.resume,
                          quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
-                         ids=ids_tmp if spec.id_field and fmt == "parquet" else None, model=model, spec=spec)
+                         ids=row_ids if spec.id_field and fmt == "parquet" else None, model=model, spec=spec,
+                         provenance=plan.table() if plan is not None and fmt == "parquet" else None)
     writer = output.writer
     if writer.publishing is not None:  # the earlier run had finished its rows: publish them
         metadata = writer.finish_publication()
-        return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, time.perf_counter() - t0,
+        return JobResult(paths.npy, paths.sidecar, rows, model.dim, time.perf_counter() - t0,
                          metadata.get("truncated_rows", 0), info.blank, metadata.get("tokens", 0),
-                         writer.rows_done, metadata, warnings=["the interrupted run had finished; its output is now published"])
-    resumed_from = writer.rows_done
-    saved = writer.stats
+                         writer.rows_done, metadata, warnings=["the interrupted run had finished; its output is now published"],
+                         documents=plan.docs if plan is not None else None)
+    resumed_from, saved = writer.rows_done, writer.stats
     stats = RunStats(rows=0, tokens=saved.get("tokens", 0), truncated=saved.get("truncated", 0),
                      first_truncated=saved.get("first_truncated"))
+    rows_of = writer.rows if chunked is None else chunked.start(writer.rows, model.dim, model.normalize,
+                                                                 resumed_from > 0)
 
     def on_chunk(start: int, n: int, s: RunStats) -> None:
+        if chunked is not None:
+            chunked.saved(start, n)
         if job.on_overflow == "error" and s.first_truncated is not None:
             raise OverflowRefused(
                 f"{_line_of(spec, s.first_truncated)} is longer than the maximum of {model.max_length} tokens",
@@ -213,26 +233,31 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
 
     def report(p: Progress) -> None:
         if progress is not None:
-            progress(Progress(resumed_from + p.rows_done, info.rows, p.tokens_done, p.elapsed, resumed_from,
-                              p.tokens_left))
+            done = resumed_from + p.rows_done
+            progress(Progress(done, rows, p.tokens_done, p.elapsed, resumed_from, p.tokens_left,
+                              *((plan.docs_done(done), plan.docs) if plan is not None else ())))
 
+    late = chunked is not None and chunked.options.late  # a late chunk of work is computed again whole
     checkpoints = Checkpoints(paths, writer)
+    work_items = chunked.work(job.chunk_size, resumed_from) if chunked is not None else \
+        chunks(spec, job.chunk_size, resumed_from, expected=info)
     t_embed = time.perf_counter()
     try:
         model.engine.run(
-            output.tap(chunks(spec, job.chunk_size, resumed_from, expected=info)), writer.rows, on_chunk=on_chunk,
-            progress=report, rows_total=info.rows - resumed_from, stats=stats, done=checkpoints.resume(resumed_from),
-            checkpoint=checkpoints.save,
-        )
+            output.tap(work_items), rows_of, on_chunk=on_chunk, progress=report, rows_total=rows - resumed_from,
+            stats=stats, done=None if late else checkpoints.resume(resumed_from),
+            checkpoint=None if late else checkpoints.save, tokenize=chunked.tokenize() if chunked else None)
     except KeyboardInterrupt as exc:
         saved = _saved_rows(paths, writer.rows_done)
         raise Interrupted(
-            f"{saved:,} of {info.rows:,} rows are saved in {paths.partial.name}",
+            f"{saved:,} of {rows:,} rows are saved in {paths.partial.name}",
             rows_done=saved, signum=getattr(exc, "signum", signal.SIGINT),
         ) from None
     except (OverflowRefused, InputChanged):  # a refusal, or rows of other bytes: nothing half-written stays
         writer.abandon()
         checkpoints.clear()
+        if chunked is not None:
+            chunked.abandon()
         raise
     except HfencError:
         raise
@@ -243,29 +268,40 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
         ) from None
 
     embed_seconds = time.perf_counter() - t_embed
+    return _publish(job, spec, paths, info, model, output, stats, chunked,
+                    (row_ids, lines_tmp), RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from,
+                                                    time.perf_counter() - t0, embed_seconds))
+
+
+def _publish(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, output: Any,
+             stats: RunStats, chunked: ChunkedJob | None, scanned: tuple[Path, Path], totals: RunTotals) -> JobResult:
+    """The rows are all there: the side files, the sidecar, and the output published as one step."""
     warnings = [*model.notes, *output.warnings]
     if info.blank and not spec.skip_blank:
         warnings.append(f"{info.blank:,} blank record(s) were embedded as empty texts; --skip-blank drops them")
     if stats.truncated:
         warnings.append(f"{stats.truncated:,} text(s) were longer than {model.max_length} tokens and truncated")
-    elapsed = time.perf_counter() - t0
-    extra, side_files, stale = _side_files(spec, paths, output.ids_in_file, ids_tmp, lines_tmp, warnings)
-    fmt_in = spec.resolved_format()
-    input_meta = input_metadata(job, spec, fmt_in, info.sha256, info.bytes, info.files if spec.more else None)
-    metadata = job_sidecar(paths.npy, info.rows, model.dim, output.out_dtype, input_meta, model.describe(),
-                           job.chunk_size, {**output.metadata(), **extra},
-                           RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from, elapsed, embed_seconds))
-    metadata = writer.finish(metadata, side_files, stale)
-    return JobResult(paths.npy, paths.sidecar, info.rows, model.dim, elapsed, stats.truncated, info.blank,
-                     stats.tokens, resumed_from, metadata, embed_seconds=embed_seconds, warnings=warnings)
-
+    fmt = output.format
+    side, side_files, stale = _side_files(spec, paths, output.ids_in_file, *scanned, warnings,
+                                          chunked.side_files(fmt) if chunked is not None else ({}, []))
+    input_meta = input_metadata(job, spec, spec.resolved_format(), info.sha256, info.bytes,
+                                info.files if spec.more else None)
+    rows = chunked.plan.rows if chunked is not None else info.rows
+    metadata = job_sidecar(paths.npy, rows, model.dim, output.out_dtype, input_meta, model.describe(), job.chunk_size,
+                           {**output.metadata(), **(chunked.fingerprint() if chunked else {}), **side}, totals)
+    metadata = output.writer.finish(metadata, side_files, stale)
+    return JobResult(paths.npy, paths.sidecar, rows, model.dim, totals.elapsed, stats.truncated, info.blank,
+                     stats.tokens, totals.resumed_from, metadata, embed_seconds=totals.embed_seconds,
+                     warnings=warnings, documents=chunked.plan.docs if chunked is not None else None)
 
 def _side_files(spec: InputSpec, paths: OutputPaths, ids_in_file: bool, ids_tmp: Path, lines_tmp: Path,
-                warnings: list[str]) -> tuple[dict[str, str], list[tuple[Path, Path]], list[Path]]:
-    """The ids and kept-line files beside the output: staged for publication (with the sidecar keys
-    naming them), and an earlier run's that this run replaces with nothing (stale), if hfenc wrote them."""
-    extra: dict[str, str] = {}
-    side_files: list[tuple[Path, Path]] = []
+                warnings: list[str], chunk_files: tuple[dict[str, str], list[tuple[Path, Path]]]
+                ) -> tuple[dict[str, str], list[tuple[Path, Path]], list[Path]]:
+    """The ids and kept-line files beside the output, and a chunked job's `chunk_files`: staged
+    for publication (with the sidecar keys naming them), and an earlier run's that this run
+    replaces with nothing (stale), if hfenc wrote them."""
+    extra: dict[str, str] = dict(chunk_files[0])
+    side_files: list[tuple[Path, Path]] = list(chunk_files[1])
     stale: list[Path] = []
     if spec.id_field and not ids_in_file:
         os.replace(ids_tmp, paths.staged(paths.ids))
@@ -276,12 +312,14 @@ def _side_files(spec: InputSpec, paths: OutputPaths, ids_in_file: bool, ids_tmp:
             np.save(fh, np.fromfile(lines_tmp, dtype="<i8"))
         side_files.append((paths.staged(paths.lines), paths.lines))
         extra["lines_file"] = paths.lines.name
-    for made, final in ((spec.id_field and not ids_in_file, paths.ids), (spec.skip_blank, paths.lines)):
+    made_chunk_files = {final for _, final in chunk_files[1]}
+    for made, final in ((spec.id_field and not ids_in_file, paths.ids), (spec.skip_blank, paths.lines),
+                        (paths.chunks in made_chunk_files, paths.chunks), (paths.docs in made_chunk_files, paths.docs)):
         if not made and final.exists():  # an earlier run's, beside the output this run replaces
             if owns(paths, final):
                 stale.append(final)
             else:
-                warnings.append(f"left {final.name} alone: hfenc did not write it")
+                warnings.append(left_alone(final.name))
     return extra, side_files, stale
 
 

@@ -1,0 +1,304 @@
+"""Chunked jobs (issue 23): an input's chunk plan, the work the engine gets from it, and the
+vectors of whole documents.
+
+The plan is made in one pass over the input after the model's tokenizer is loaded and before any
+row is embedded: the output has a row per chunk, and its files are sized by that count. It is a
+hidden file of int64 records (PLAN_FIELDS), one per chunk in output order, read through a memory
+map (flat memory whatever the input's size). It is a function of the input's bytes, the tokenizer
+and the chunk settings (all in the resume fingerprint), so a resumed run makes it again and gets
+the same chunks. The engine is handed whole documents' chunks at a time (a chunk of work ends at a
+document's end), so a document's chunks are always saved together: --resume starts at a document,
+and the vectors of whole documents (--doc-vectors) are made as each chunk of work is saved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from hfenc.compute.chunking import PLAN_FIELDS, ChunkOptions, Chunker, Span
+from hfenc.compute.engine import Tokenized
+from hfenc.errors import ConfigError, ResumeError
+from hfenc.io.inputs import InputSpec, Scan, chunks
+from hfenc.io.outputs import OutputPaths
+
+PLAN = np.dtype([(name, "<i8") for name in PLAN_FIELDS])
+_BLOCK = 65536  # plan records read at a time
+
+
+def chunker_for(model: Any, options: ChunkOptions) -> Chunker:
+    """The model's Chunker; late chunking pools by mean, so a model that pools otherwise is refused."""
+    if options.late and model.settings.pooler != "mean":
+        raise ConfigError(f"--late-chunking pools each chunk by the mean of its tokens; this model pools by "
+                          f"{model.settings.pooler}", hint="drop --late-chunking, or choose a mean-pooling model")
+    if options.late and model.settings.backend != "torch":
+        raise ConfigError("--late-chunking runs on the torch backend only", hint="drop --backend openvino")
+    return Chunker(model.tokenizer, options.tokens, options.overlap, options.by)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The chunks of every document of an input, in output order."""
+
+    path: Path  # PLAN records
+    rows: int  # chunks: the output's rows
+    docs: int
+    ids: Path | None  # the document's id of every chunk, one per line (an input with ids)
+
+    def table(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=PLAN, mode="r", shape=(self.rows,)) if self.rows else np.empty(0, PLAN)
+
+    def docs_done(self, rows_done: int) -> int:
+        """Documents whose every chunk is among the first `rows_done` rows."""
+        return self.docs if rows_done >= self.rows else int(self.table()[rows_done]["doc_row"])
+
+
+def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids: Path | None,
+              progress: Callable[[int], None] | None = None) -> ChunkPlan:
+    """Cut every record of the input (the bytes `info` validated) into chunks; write the plan to
+    `path` and, with `doc_ids` (the scan's ids, one per record), each chunk's id beside it."""
+    ids_path = path.with_name(path.name + ".ids") if doc_ids is not None else None
+    rows = 0
+    with open(path, "wb") as out, \
+            open(doc_ids, encoding="utf-8") if doc_ids is not None else _nothing() as ids_in, \
+            open(ids_path, "w", encoding="utf-8") if ids_path is not None else _nothing() as ids_out:
+        for start, texts in chunks(spec, 4096, 0, expected=info):
+            records = []
+            for i, text in enumerate(texts):
+                spans = chunker.spans(text)
+                records.extend((start + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end)
+                               for s in spans)
+                if ids_out is not None:
+                    ids_out.write(ids_in.readline() * len(spans))
+            out.write(np.array(records, dtype=PLAN).tobytes())
+            rows += len(records)
+            if progress is not None:
+                progress(start + len(texts))
+    return ChunkPlan(path, rows, info.rows, ids_path)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _doc_chunks(table: np.ndarray, start_row: int) -> Iterator[np.ndarray]:
+    """The plan's records from `start_row` on, a document's at a time."""
+    row = start_row
+    while row < len(table):
+        block = np.array(table[row:row + _BLOCK])
+        docs = block["doc_row"]
+        cuts = np.flatnonzero(docs[1:] != docs[:-1]) + 1
+        if row + len(block) < len(table):  # the block's last document may go on in the next block
+            if len(cuts) == 0:
+                block = np.array(table[row:_doc_end(table, row)])
+                yield block
+                row += len(block)
+                continue
+            block = block[:cuts[-1]]
+            cuts = cuts[:-1]
+        yield from np.split(block, cuts)
+        row += len(block)
+
+
+def _doc_end(table: np.ndarray, row: int) -> int:
+    doc, end = table[row]["doc_row"], row
+    while end < len(table) and table[end]["doc_row"] == doc:
+        end += 1
+    return end
+
+
+@dataclass(frozen=True)
+class LateDocs:
+    """A chunk of work for late chunking: documents and their chunks."""
+
+    texts: list[str]
+    spans: list[list[Span]]
+
+    def chunk_texts(self) -> list[str]:
+        """The chunks' texts, a row's each (for --keep-text)."""
+        return [text[s.char_start:s.char_end] for text, spans in zip(self.texts, self.spans) for s in spans]
+
+
+def work(spec: InputSpec, info: Scan, plan: ChunkPlan, chunk_size: int, start_row: int,
+         late: bool) -> Iterator[tuple[int, Any]]:
+    """(first row, payload) chunks of work of whole documents, about `chunk_size` rows each, from
+    row `start_row` (a document's first chunk) on: the chunks' texts, or with `late` LateDocs."""
+    table = plan.table()
+    if start_row >= plan.rows:
+        return
+    if table[start_row]["chunk"] != 0:
+        raise ResumeError(f"cannot resume: row {start_row:,} is not the first chunk of a document",
+                          hint="use --force to start over")
+    pieces = _doc_chunks(table, start_row)
+    row, first, texts, late_docs = start_row, start_row, [], LateDocs([], [])
+    for doc_start, doc_texts in chunks(spec, chunk_size, int(table[start_row]["doc_row"]), expected=info):
+        for i, text in enumerate(doc_texts):
+            records = next(pieces)
+            assert records[0]["doc_row"] == doc_start + i  # the plan was made from these bytes
+            if late:
+                late_docs.texts.append(text)
+                late_docs.spans.append([Span(int(r["chunk"]), int(r["char_start"]), int(r["char_end"]),
+                                             int(r["token_start"]), int(r["token_end"])) for r in records])
+            else:
+                texts.extend(text[s:e] for s, e in zip(records["char_start"].tolist(), records["char_end"].tolist()))
+            row += len(records)
+            if row - first >= chunk_size:
+                yield first, (late_docs if late else texts)
+                first, texts, late_docs = row, [], LateDocs([], [])
+    if row > first:
+        yield first, (late_docs if late else texts)
+
+
+def late_tokenizer(chunker: Chunker) -> Callable[[LateDocs], Tokenized]:
+    """Late chunking's tokenize step: each document's passes (Chunker.windows) as rows, each
+    chunk as a span of its pass's tokens."""
+
+    def tokenize(docs: LateDocs) -> Tokenized:
+        ids, spans = [], []
+        for text, doc_spans in zip(docs.texts, docs.spans):
+            for window in chunker.windows(text, doc_spans):
+                spans.extend((len(ids), start, end) for start, end in window.positions)
+                ids.append(window.ids)
+        lengths = np.array([len(i) for i in ids], np.int64)
+        flat = np.concatenate(ids) if ids else np.empty(0, np.int64)
+        return Tokenized(flat, lengths, np.zeros(len(ids), bool), np.array(spans, np.int64).reshape(-1, 3))
+
+    return tokenize
+
+
+class DocVectors:
+    """--doc-vectors: each document's vector, the mean of its chunks' vectors (L2-normalized when
+    the model normalizes), kept in float32 in a hidden .npy beside the output while the job runs.
+    Made from the float32 rows as each chunk of work is saved, so quantized outputs get them too."""
+
+    def __init__(self, path: Path, docs: int, dim: int, normalize: bool, resume: bool) -> None:
+        self.path, self.normalize = path, normalize
+        if resume and path.is_file():
+            self.array = open_memmap(path, mode="r+")
+            if self.array.shape != (docs, dim):
+                raise ResumeError(f"cannot resume: {path} does not hold {docs:,} x {dim} document vectors",
+                                  hint="use --force to start over")
+        else:
+            self.array = open_memmap(path, mode="w+", dtype=np.float32, shape=(docs, dim))
+
+    def add(self, records: np.ndarray, rows: np.ndarray) -> None:
+        """The documents of one saved chunk of work: its plan `records` and their `rows`."""
+        docs = records["doc_row"]
+        starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+        counts = np.diff(np.r_[starts, len(docs)])[:, None]
+        means = np.add.reduceat(rows.astype(np.float32, copy=False), starts, axis=0) / counts
+        if self.normalize:
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        self.array[docs[starts]] = means
+        self.array.flush()
+
+    def close(self) -> None:
+        self.array.flush()
+        del self.array
+        with open(self.path, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+def chunk_counts(plan: ChunkPlan) -> Iterator[np.ndarray]:
+    """The number of chunks of each document, in order, a block of documents at a time."""
+    table, carried = plan.table(), 0
+    for at in range(0, plan.rows, _BLOCK):
+        docs = np.array(table[at:at + _BLOCK]["doc_row"])
+        counts = np.bincount(docs - docs[0])  # every document has a chunk: no gaps
+        counts[0] += carried
+        carried = int(counts[-1])  # the last document may go on in the next block
+        if len(counts) > 1:
+            yield counts[:-1]
+    if plan.rows:
+        yield np.array([carried])
+
+
+def write_chunks_tsv(plan: ChunkPlan, path: Path) -> None:
+    """The provenance of a .npy output's rows: OUT.chunks.tsv, a header then a line per row."""
+    table = plan.table()
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        out.write("\t".join(("row", *PLAN_FIELDS)) + "\n")
+        for at in range(0, plan.rows, _BLOCK):
+            block = np.array(table[at:at + _BLOCK])
+            columns = [np.arange(at, at + len(block))] + [block[name] for name in PLAN_FIELDS]
+            out.write("".join("\t".join(map(str, line)) + "\n" for line in zip(*(c.tolist() for c in columns))))
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class ChunkedJob:
+    """What chunking adds to a local job (hfenc.jobs.local): the plan, the engine's work and
+    tokenize step, the documents' vectors, and the side files."""
+
+    def __init__(self, options: ChunkOptions, model: Any, spec: InputSpec, info: Scan, paths: OutputPaths,
+                 doc_ids: Path | None) -> None:
+        self.options, self.spec, self.info, self.paths, self.doc_ids = options, spec, info, paths, doc_ids
+        self.chunker = chunker_for(model, options)
+        self.plan = make_plan(spec, info, self.chunker, paths.hidden(paths.chunks, "scan"), doc_ids)
+        self.vectors: DocVectors | None = None
+        self._blocks: dict[int, np.ndarray] = {}  # the float rows of the chunks of work in flight
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the resume fingerprint and the sidecar add."""
+        return {"chunking": self.options.record(), "documents": self.info.rows}
+
+    def start(self, rows: Callable[[int, int], np.ndarray], dim: int, normalize: bool,
+              resumed: bool) -> Callable[[int, int], np.ndarray]:
+        """The engine's destination of rows: the writer's `rows`, kept for --doc-vectors."""
+        if not self.options.doc_vectors:
+            return rows
+        self.vectors = DocVectors(self.paths.hidden(self.paths.docs, "partial"), self.plan.docs, dim, normalize,
+                                  resume=resumed)
+
+        def kept(start: int, n: int) -> np.ndarray:
+            self._blocks[start] = block = rows(start, n)
+            return block
+
+        return kept
+
+    def saved(self, start: int, n: int) -> None:
+        """A chunk of work is done (before its rows are claimed saved)."""
+        if self.vectors is not None:
+            self.vectors.add(self.plan.table()[start:start + n], self._blocks.pop(start))
+
+    def work(self, chunk_size: int, start_row: int) -> Iterator[tuple[int, Any]]:
+        return work(self.spec, self.info, self.plan, chunk_size, start_row, self.options.late)
+
+    def tokenize(self) -> Callable[[LateDocs], Tokenized] | None:
+        return late_tokenizer(self.chunker) if self.options.late else None
+
+    def abandon(self) -> None:
+        if self.vectors is not None:
+            del self.vectors.array
+            self.vectors.path.unlink(missing_ok=True)
+
+    def side_files(self, fmt: str) -> tuple[dict[str, str], list[tuple[Path, Path]]]:
+        """The side files, staged: the rows' provenance (.npy outputs: OUT.chunks.tsv; Parquet
+        holds it in columns) and the documents' vectors (OUT.docs.npy or .parquet)."""
+        paths, side, files = self.paths, {}, []
+        if fmt == "npy":
+            write_chunks_tsv(self.plan, paths.staged(paths.chunks))
+            files.append((paths.staged(paths.chunks), paths.chunks))
+            side["chunks_file"] = paths.chunks.name
+        if self.vectors is not None:
+            self.vectors.close()
+            if fmt == "parquet":
+                from hfenc.io.parquet import write_vectors
+
+                write_vectors(self.vectors.path, paths.staged(paths.docs), self.doc_ids, chunk_counts(self.plan))
+                self.vectors.path.unlink()
+            else:
+                os.replace(self.vectors.path, paths.staged(paths.docs))
+            files.append((paths.staged(paths.docs), paths.docs))
+            side["docs_file"] = paths.docs.name
+        return side, files
