@@ -13,9 +13,14 @@ Scores (higher is better; the table's `score`):
                            picks the `rescore * k` nearest rows, which are rescored with the float
                            query against their bits, q . bits (sentence-transformers' rescoring);
                            `hamming` is reported too
-Ties are broken by the lower row. The query prompt rule: when the model defines a prompt named
-"query", queries get it (the index may have used a document prompt or none); otherwise queries
-get the index's own prompt. The result says which (`prompt_name`, `prompt`).
+Ties are broken by the lower row. A chunked index (`hfenc embed --chunk-tokens`, issue 23) has a
+row per chunk: each hit names its record (`doc_row`, `id`: the record's), its chunk and the
+chunk's character span of the record, and the chunk's text (a Parquet `text` column, or --texts:
+the record sliced by that span); `per_doc` keeps only each record's best chunk (exact: a block's
+best chunk per record is merged into the running top-k by record).
+
+The query prompt rule: when the model defines a prompt named "query", queries get it (the index
+may have used a document prompt or none); otherwise queries get the index's own prompt. The result says which (`prompt_name`, `prompt`).
 
 Memory: the index is read in blocks of ~32 MB from np.load(mmap_mode="r"); each block's pages
 are dropped from this process after use (madvise DONTNEED; they stay in the page cache), so RSS
@@ -29,6 +34,7 @@ import mmap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +78,10 @@ class Hit:
     id: str | None = None
     text: str | None = None
     hamming: int | None = None  # binary indexes: bits that differ from the query's
+    doc_row: int | None = None  # a chunked index: the record this chunk is of
+    chunk: int | None = None
+    char_start: int | None = None  # record_text[char_start:char_end] is the chunk
+    char_end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,8 @@ class SearchResult:
             "model": self.model, "prompt_name": self.prompt_name, "prompt": self.prompt,
             "seconds": round(self.seconds, 4), "embed_seconds": round(self.embed_seconds, 4),
             "warnings": self.warnings,
-            "results": [{"query": r.query, "hits": [{k: v for k, v in vars(h).items() if v is not None or k in ("id", "text")}
+            "results": [{"query": r.query, "hits": [{k: v for k, v in vars(h).items()
+                                                     if v is not None or k in ("id", "text")}
                                                     for h in r.hits]} for r in self.results],
         }
 
@@ -155,12 +166,14 @@ class Index:
         if self.width != expect:
             raise InputError(f"{self.path} rows are {self.width} wide; its sidecar says {expect}")
         self.stored = self.quantization.precision if self.quantization else str(self.dtype)
+        self.chunked = isinstance(sidecar.get("chunking"), dict)
         self.block_rows = max(1024, block_bytes // max(1, self.width * self.dtype.itemsize))
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row indices, rows) in blocks, in flat memory."""
         if self._table is not None:
-            yield from self._table.blocks()
+            for rows, block, _ in self._table.blocks():
+                yield rows, block
             return
         mapping = getattr(self._array, "_mmap", None)
         if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
@@ -171,9 +184,43 @@ class Index:
             if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
                 mapping.madvise(mmap.MADV_DONTNEED)  # the pages stay in the page cache, not in RSS
 
+    def doc_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """A chunked index's blocks with each row's record: (row indices, rows, doc_rows)."""
+        if self._table is not None:
+            yield from self._table.blocks(with_docs=True)
+            return
+        with open(self._chunks_file(), encoding="utf-8") as fh:
+            fh.readline()  # the header
+            for rows, block in self.blocks():
+                docs = np.array([int(line.split("\t", 2)[1]) for line in islice(fh, len(rows))], np.int64)
+                if len(docs) != len(rows):
+                    raise InputError(f"{self._chunks_file()} has fewer lines than {self.path} has rows")
+                yield rows, block, docs
+
+    def _chunks_file(self) -> Path:
+        path = self.path.with_name(str(self.sidecar.get("chunks_file") or ""))
+        if not self.sidecar.get("chunks_file") or not path.is_file():
+            raise InputError(f"the chunk provenance of {self.path} ({path.name}) is missing")
+        return path
+
+    def provenance(self, rows: set[int]) -> dict[int, tuple[int, int, int, int]]:
+        """(doc_row, chunk, char_start, char_end) of a chunked index's rows."""
+        if not self.chunked or not rows:
+            return {}
+        if self._table is not None:
+            columns = [self._table.lookup(rows, name) for name in ("doc_row", "chunk", "char_start", "char_end")]
+            return {r: tuple(int(c[r]) for c in columns) for r in rows if r in columns[0]}  # type: ignore[misc]
+        found = {}
+        with open(self._chunks_file(), encoding="utf-8") as fh:
+            fh.readline()
+            for i, line in enumerate(fh):
+                if i in rows:
+                    found[i] = tuple(int(v) for v in line.split("\t")[1:5])
+        return found  # type: ignore[return-value]
+
     def ids(self, rows: set[int]) -> dict[int, str]:
         if self._table is not None:
-            return self._table.lookup(rows, "id")
+            return self._table.lookup(rows, "doc_id" if self.chunked else "id")
         name = self.sidecar.get("ids_file")
         if not name or not rows:
             return {}
@@ -189,7 +236,16 @@ class Index:
 
     def texts(self, rows: set[int], texts_file: str | Path | None = None) -> dict[int, str]:
         """Texts of hits: the Parquet `text` column, else `texts_file` (the input, read with the
-        index's recorded format options; it must have one record per row)."""
+        index's recorded format options; it must have one record per row, or for a chunked index
+        one per document, sliced by each chunk's span)."""
+        if self.chunked and texts_file is not None:
+            spans = self.provenance(rows)
+            docs = self._record_texts({d for d, _, _, _ in spans.values()}, texts_file,
+                                      int(self.sidecar.get("documents") or 0))
+            return {r: docs[d][a:b] for r, (d, _, a, b) in spans.items() if d in docs}
+        return self._record_texts(rows, texts_file, self.rows)
+
+    def _record_texts(self, rows: set[int], texts_file: str | Path | None, expect: int) -> dict[int, str]:
         if texts_file is None:
             return self._table.lookup(rows, "text") if self._table is not None else {}
         from hfenc.io.inputs import FORMATS, InputSpec, Tally, records
@@ -208,8 +264,9 @@ class Index:
         for n, record in enumerate(records(spec, tally), start=1):
             if n - 1 in rows:
                 found[n - 1] = record.text
-        if n != self.rows:
-            raise InputError(f"{texts_file} has {n:,} records; the index has {self.rows:,} rows",
+        if n != expect:
+            what = "records" if self.chunked else "rows"
+            raise InputError(f"{texts_file} has {n:,} records; the index has {expect:,} {what}",
                              hint="give the file the index was embedded from")
         if recorded.get("sha256") and tally.sha256 != recorded["sha256"]:
             raise InputError(f"{texts_file} is not the input the index was embedded from (its sha256 differs from "
@@ -238,9 +295,10 @@ def _float_rows(block: np.ndarray, index: Index) -> np.ndarray:
 
 
 def search_vectors(index: str | Path | Index, vectors: np.ndarray, k: int = 10,
-                   rescore: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                   rescore: int = 4, per_doc: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Top-k rows for each float query vector: (rows, scores, hamming or None), each (n_queries,
-    <=k), best first. Binary indexes: Hamming picks rescore*k candidates, rescored in float."""
+    <=k), best first. Binary indexes: Hamming picks rescore*k candidates, rescored in float.
+    `per_doc` (a chunked index): the best chunk of each of the top-k records."""
     idx = index if isinstance(index, Index) else Index(index)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
@@ -250,6 +308,13 @@ def search_vectors(index: str | Path | Index, vectors: np.ndarray, k: int = 10,
     if q.ndim != 2 or q.shape[1] != idx.dim:
         raise ConfigError(f"query vectors are {q.shape[-1]} wide; the index holds {idx.dim}-d embeddings")
     binary = idx.quantization is not None and idx.quantization.precision not in SCALAR
+    if per_doc:
+        if not idx.chunked:
+            raise ConfigError("--per-doc is for a chunked index (hfenc embed --chunk-tokens N)")
+        if binary:
+            raise ConfigError(f"--per-doc needs exact scores; this index is {idx.quantization.precision}",
+                              hint="embed it with --quantize int8 or without --quantize")
+        return _per_doc(idx, q, k)
     keep = min(idx.rows, k * rescore if binary else k)
     nq = len(q)
     best_key = [np.empty(0, np.float64) for _ in range(nq)]
@@ -290,6 +355,34 @@ def search_vectors(index: str | Path | Index, vectors: np.ndarray, k: int = 10,
     return out_rows, out_scores, out_ham
 
 
+def _per_doc(idx: Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """Each query's top-k records by their best chunk: per block, each record's best chunk (a
+    record's chunks are consecutive rows), merged into the running top-k, one entry per record."""
+    nq = len(q)
+    best = [(np.empty(0, np.float64), np.empty(0, np.int64), np.empty(0, np.int64)) for _ in range(nq)]
+    for rows, block, docs in idx.doc_blocks():
+        scores = q @ _float_rows(block, idx).T
+        starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(docs)]))
+        for i in range(nq):
+            # the best row of each record in the block: sort by (record, -score, row), first of each
+            order = np.lexsort((rows, -scores[i].astype(np.float64), segment))
+            first = order[np.r_[True, segment[order][1:] != segment[order][:-1]]]
+            key = np.concatenate((best[i][0], -scores[i][first].astype(np.float64)))
+            cand = np.concatenate((best[i][1], rows[first]))
+            doc = np.concatenate((best[i][2], docs[first]))
+            order = np.lexsort((cand, key))  # best first; a record kept once, with its best chunk
+            _, once = np.unique(doc[order], return_index=True)
+            keep = order[np.sort(once)][:k]
+            best[i] = (key[keep], cand[keep], doc[keep])
+    width = min(k, max(len(b[1]) for b in best) if best else 0)
+    out_rows = np.zeros((nq, width), np.int64)
+    out_scores = np.zeros((nq, width), np.float32)
+    for i, (key, cand, _) in enumerate(best):
+        out_rows[i, :len(cand)], out_scores[i, :len(cand)] = cand[:width], -key[:width]
+    return out_rows, out_scores, None
+
+
 def _scoring(idx: Index) -> str:
     normalized = bool(idx.sidecar.get("normalize"))
     dot = "cosine" if normalized else "dot product"
@@ -302,7 +395,7 @@ def _scoring(idx: Index) -> str:
 
 def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, texts: str | Path | None = None,
            rescore: int = 4, device: str = "auto", prompt: str | None = None, prompt_name: str | None = None,
-           embedder: Any = None) -> SearchResult:
+           embedder: Any = None, per_doc: bool = False) -> SearchResult:
     """Embed `queries` as the index was embedded (with the model's "query" prompt where it
     defines one), and return the exact top-k rows of the index for each. `texts`: the input the
     index was made from, to show the hits' texts (a Parquet index with a text column has them).
@@ -329,14 +422,14 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
     t0 = time.perf_counter()
     vectors = embedder.encode(queries)
     t1 = time.perf_counter()
-    rows, scores, ham = search_vectors(idx, vectors, k, rescore)
+    rows, scores, ham = search_vectors(idx, vectors, k, rescore, per_doc)
     t2 = time.perf_counter()
     wanted = set(rows.ravel().tolist())
-    ids, found_texts = idx.ids(wanted), idx.texts(wanted, texts)
+    ids, found_texts, spans = idx.ids(wanted), idx.texts(wanted, texts), idx.provenance(wanted)
     results = []
     for i, query in enumerate(queries):
         hits = [Hit(rank + 1, int(r), float(scores[i, rank]), ids.get(int(r)), found_texts.get(int(r)),
-                    None if ham is None else int(ham[i, rank]))
+                    None if ham is None else int(ham[i, rank]), *spans.get(int(r), ()))
                 for rank, r in enumerate(rows[i])]
         results.append(QueryHits(query, hits))
     settings = embedder.settings
