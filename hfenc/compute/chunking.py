@@ -18,6 +18,7 @@ states in that pass, so a chunk's vector sees the words around it.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,9 +98,16 @@ class Chunker:
         tok = self.tokenizer([text])
         return int(tok.lengths[0]) + int(tok.truncated[0])
 
-    def spans(self, text: str) -> list[Span]:
-        """The chunks of `text`, in order (one empty chunk for a text with no tokens)."""
-        offsets = self.bare.encode(text, add_special_tokens=False).offsets
+    def spans_many(self, texts: list[str]) -> list[list[Span]]:
+        """spans() of each text; the texts are tokenized together (in parallel, in Rust)."""
+        encodings = self.bare.encode_batch(texts, add_special_tokens=False)
+        return [self.spans(text, e.offsets) for text, e in zip(texts, encodings)]
+
+    def spans(self, text: str, offsets: list[tuple[int, int]] | None = None) -> list[Span]:
+        """The chunks of `text`, in order (one empty chunk for a text with no tokens).
+        `offsets`: the text's tokens' character offsets, when spans_many has them."""
+        if offsets is None:
+            offsets = self.bare.encode(text, add_special_tokens=False).offsets
         n = len(offsets)
         if n == 0:
             return [Span(0, 0, 0, 0, 0)]
@@ -117,7 +125,7 @@ class Chunker:
     def _end(self, text: str, offsets: list[tuple[int, int]], cuts: list[int], start: int, room: int) -> int:
         """The furthest cut after `start` whose chunk fits (checked by tokenizing it); with
         by=sentences, the furthest sentence end in the second half of that, where there is one."""
-        candidates = [c for c in cuts if start < c <= start + room]
+        candidates = cuts[bisect_right(cuts, start):bisect_right(cuts, start + room)]
         if not candidates:  # one word longer than a chunk: it is cut inside (the only such cut)
             candidates = [min(start + room, cuts[-1])]
         fitting = None
@@ -140,8 +148,12 @@ class Chunker:
         if self.overlap == 0:
             return end
         target = end - self.overlap
-        options = [c for c in cuts if start < c < end] or [end]
-        return min(options, key=lambda c: (abs(c - target), -c))
+        lo, hi = bisect_right(cuts, start), bisect_left(cuts, end)  # the cuts strictly inside the chunk
+        if lo == hi:
+            return end
+        at = min(max(bisect_left(cuts, target, lo, hi), lo), hi - 1)
+        near = cuts[max(at - 1, lo):min(at + 2, hi)]  # the cut nearest the target is one of these
+        return min(near, key=lambda c: (abs(c - target), -c))
 
 
     def windows(self, text: str, spans: list[Span]) -> list[Window]:

@@ -14,6 +14,7 @@ and the vectors of whole documents (--doc-vectors) are made as each chunk of wor
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from hfenc.compute.chunking import PLAN_FIELDS, ChunkOptions, Chunker, Span
-from hfenc.compute.engine import Tokenized
+from hfenc.compute.engine import Progress, Tokenized
 from hfenc.errors import ConfigError, ResumeError
 from hfenc.io.inputs import InputSpec, Scan, chunks
 from hfenc.io.outputs import OutputPaths
@@ -68,10 +69,9 @@ def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids
     with open(path, "wb") as out, \
             open(doc_ids, encoding="utf-8") if doc_ids is not None else _nothing() as ids_in, \
             open(ids_path, "w", encoding="utf-8") if ids_path is not None else _nothing() as ids_out:
-        for start, texts in chunks(spec, 4096, 0, expected=info):
+        for start, texts in chunks(spec, 512, 0, expected=info):
             records = []
-            for i, text in enumerate(texts):
-                spans = chunker.spans(text)
+            for i, (text, spans) in enumerate(zip(texts, chunker.spans_many(texts))):
                 records.extend((start + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end)
                                for s in spans)
                 if ids_out is not None:
@@ -241,10 +241,17 @@ class ChunkedJob:
     tokenize step, the documents' vectors, and the side files."""
 
     def __init__(self, options: ChunkOptions, model: Any, spec: InputSpec, info: Scan, paths: OutputPaths,
-                 doc_ids: Path | None) -> None:
+                 doc_ids: Path | None, progress: Callable[[Progress], None] | None = None) -> None:
         self.options, self.spec, self.info, self.paths, self.doc_ids = options, spec, info, paths, doc_ids
         self.chunker = chunker_for(model, options)
-        self.plan = make_plan(spec, info, self.chunker, paths.hidden(paths.chunks, "scan"), doc_ids)
+        t0 = time.perf_counter()
+
+        def cutting(docs: int) -> None:  # the job's progress, before any row: records cut so far
+            if progress is not None:
+                progress(Progress(0, None, 0, time.perf_counter() - t0, docs_done=docs, docs_total=info.rows,
+                                  phase="chunking"))
+
+        self.plan = make_plan(spec, info, self.chunker, paths.hidden(paths.chunks, "scan"), doc_ids, cutting)
         self.vectors: DocVectors | None = None
         self._blocks: dict[int, np.ndarray] = {}  # the float rows of the chunks of work in flight
 
