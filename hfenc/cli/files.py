@@ -24,6 +24,9 @@ class _Line(ProgressColumn):
 
     def render(self, task: Any) -> Text:
         f = task.fields
+        if f.get("phase") == "chunking":
+            return Text(f"Cutting records into chunks: {f.get('docs') or 0:,}/{f.get('docs_total') or 0:,} records",
+                        style="cyan")
         return Text(progress_line(int(task.completed), f.get("rows_total"), f.get("texts_s"), f.get("tokens_s"),
                                   f.get("eta"), err.width - 1, f.get("docs"), f.get("docs_total")), style="cyan")
 
@@ -187,7 +190,8 @@ def embed(
             def tick(p: Any) -> None:
                 elapsed = p.elapsed or float("inf")
                 bar.update(task, visible=True, completed=p.rows_done, rows_total=p.rows_total, texts_s=p.rate,
-                           tokens_s=p.tokens_done / elapsed, eta=p.eta, docs=p.docs_done, docs_total=p.docs_total)
+                           tokens_s=p.tokens_done / elapsed, eta=p.eta, docs=p.docs_done, docs_total=p.docs_total,
+                           phase=p.phase)
 
             result = run(job, load, progress=tick)
     else:

@@ -285,6 +285,7 @@ class Progress:
     tokens_left: float | None = None  # tokens this run has still to embed (known or estimated)
     docs_done: int | None = None  # a chunked job (rows are chunks): its documents
     docs_total: int | None = None
+    phase: str = "embed"  # or "chunking": a chunked job cutting its records, before any row
 
     @property
     def rate(self) -> float:

@@ -194,7 +194,7 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
 def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, ids_tmp: Path,
          lines_tmp: Path, progress: Callable[[Progress], None] | None, t0: float) -> JobResult:
     chunked = None if job.chunking is None else \
-        ChunkedJob(job.chunking, model, spec, info, paths, ids_tmp if spec.id_field else None)
+        ChunkedJob(job.chunking, model, spec, info, paths, ids_tmp if spec.id_field else None, progress)
     plan = chunked.plan if chunked is not None else None
     rows, row_ids = (plan.rows, plan.ids or ids_tmp) if plan is not None else (info.rows, ids_tmp)
     fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, rows, asdict(model.settings),
@@ -207,11 +207,7 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
                          provenance=plan.table() if plan is not None and fmt == "parquet" else None)
     writer = output.writer
     if writer.publishing is not None:  # the earlier run had finished its rows: publish them
-        metadata = writer.finish_publication()
-        return JobResult(paths.npy, paths.sidecar, rows, model.dim, time.perf_counter() - t0,
-                         metadata.get("truncated_rows", 0), info.blank, metadata.get("tokens", 0),
-                         writer.rows_done, metadata, warnings=["the interrupted run had finished; its output is now published"],
-                         documents=plan.docs if plan is not None else None)
+        return _finish_earlier(paths, writer, rows, model.dim, info.blank, plan, t0)
     resumed_from, saved = writer.rows_done, writer.stats
     stats = RunStats(rows=0, tokens=saved.get("tokens", 0), truncated=saved.get("truncated", 0),
                      first_truncated=saved.get("first_truncated"))
@@ -271,6 +267,16 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
     return _publish(job, spec, paths, info, model, output, stats, chunked,
                     (row_ids, lines_tmp), RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from,
                                                     time.perf_counter() - t0, embed_seconds))
+
+
+def _finish_earlier(paths: OutputPaths, writer: Any, rows: int, dim: int, blank: int, plan: Any,
+                    t0: float) -> JobResult:
+    """--resume after a crash during publication: carry out the rest of it."""
+    metadata = writer.finish_publication()
+    return JobResult(paths.npy, paths.sidecar, rows, dim, time.perf_counter() - t0, metadata.get("truncated_rows", 0),
+                     blank, metadata.get("tokens", 0), writer.rows_done, metadata,
+                     warnings=["the interrupted run had finished; its output is now published"],
+                     documents=plan.docs if plan is not None else None)
 
 
 def _publish(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, output: Any,
