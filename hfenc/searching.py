@@ -105,13 +105,14 @@ class SearchResult:
     embed_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     vectors: np.ndarray | None = field(default=None, repr=False)  # the float query embeddings
+    documents: int | None = None  # a chunked index: the records its rows (chunks) came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index, "rows": self.rows, "dim": self.dim, "stored": self.stored, "scoring": self.scoring,
             "model": self.model, "prompt_name": self.prompt_name, "prompt": self.prompt,
             "seconds": round(self.seconds, 4), "embed_seconds": round(self.embed_seconds, 4),
-            "warnings": self.warnings,
+            "warnings": self.warnings, **({"documents": self.documents} if self.documents is not None else {}),
             "results": [{"query": r.query, "hits": [{k: v for k, v in vars(h).items()
                                                      if v is not None or k in ("id", "text")}
                                                     for h in r.hits]} for r in self.results],
@@ -435,4 +436,5 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
     settings = embedder.settings
     return SearchResult(str(index), idx.rows, idx.dim, idx.stored, _scoring(idx), settings.model,
                         settings.prompt_name, settings.prompt, results, seconds=t2 - t1, embed_seconds=t1 - t0,
-                        warnings=list(embedder.notes), vectors=vectors)
+                        warnings=list(embedder.notes), vectors=vectors,
+                        documents=idx.sidecar.get("documents") if idx.chunked else None)

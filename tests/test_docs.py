@@ -28,7 +28,7 @@ What is masked before comparing (`mask`, applied to the page's lines and to the 
 alike; everything else must match exactly, trailing spaces and trailing blank lines aside):
 
 - durations: a decimal number followed by ` s` (`in 5.8 s`, `start-up 4.1 s`, `searched in
-  0.004 s`) -> `<t> s`; throughput: `N texts/s` -> `<n> texts/s`;
+  0.004 s`) -> `<t> s`; throughput: `N texts/s` -> `<n> texts/s` (and `chunks/s`);
 - in JSON: the values of "seconds", "embed_seconds", "elapsed_seconds" (timings), "created" (a
   timestamp), "threads" (the machine's cores) and of the package versions under "versions"
   ("hfenc", "torch", "transformers", "ray", "openvino", "nncf", "pyarrow");
@@ -90,6 +90,7 @@ FENCE = re.compile(r"^(```+)\s*([\w+-]*)\s*$")
 _MASKS = [
     (re.compile(r"\b\d+\.\d+ s\b"), "<t> s"),
     (re.compile(r"\b\d[\d,]* texts/s\b"), "<n> texts/s"),
+    (re.compile(r"\b\d[\d,]* chunks/s\b"), "<n> chunks/s"),
     (re.compile(r'"(seconds|embed_seconds|elapsed_seconds)": [0-9.eE+-]+'), r'"\1": <t>'),
     (re.compile(r'"created": "[^"]*"'), '"created": <time>'),
     (re.compile(r'"threads": \d+'), '"threads": <cores>'),

@@ -307,7 +307,9 @@ def search(
         return
     shown = "none" if not result.prompt else (f"{result.prompt_name} ({result.prompt!r})" if result.prompt_name
                                               else repr(result.prompt))
-    say(f"{result.rows:,} rows of {result.stored}, {result.scoring}; query prompt: {shown}; "
+    what = f"{result.rows:,} rows" if result.documents is None else \
+        f"{result.rows:,} chunks of {result.documents:,} records"
+    say(f"{what} of {result.stored}, {result.scoring}; query prompt: {shown}; "
         f"searched in {result.seconds:.3f} s")
     with_ids = any(h.id is not None for r in result.results for h in r.hits)
     with_texts = any(h.text is not None for r in result.results for h in r.hits)
