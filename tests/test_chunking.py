@@ -112,3 +112,32 @@ def test_bad_settings_are_one_clear_error(tokenizers):
         Chunker(tok, 1000)
     with pytest.raises(UnknownChoiceError):
         Chunker(tok, 32, 0, "paragraphs")
+
+
+@pytest.mark.parametrize("name", ["minilm", "qwen2-bpe"])
+@pytest.mark.parametrize("prefix", ["", "passage: "])
+def test_late_chunking_windows_fit_the_model_and_hold_every_chunk_once(tokenizers, documents, name, prefix):
+    """Chunker.windows: each pass is a row the model takes whole (prompt and special tokens
+    included), each chunk is pooled in exactly one pass, from the tokens of its own text, and a
+    document longer than the model's window gets several passes that overlap."""
+    tok = tokenizers[name](prefix)
+    chunker = Chunker(tok, 64, 8)
+    several = 0
+    for doc in documents:
+        spans = chunker.spans(doc)
+        windows = chunker.windows(doc, spans)
+        assert sum(len(w.positions) for w in windows) == len(spans)  # in order: window by window
+        for window in windows:
+            assert len(window.ids) <= tok.max_length
+        pooled = [(w, p) for w in windows for p in w.positions]
+        for span, (window, (start, end)) in zip(spans, pooled):
+            piece = doc[span.char_start:span.char_end]
+            got = tok.fast.decode(window.ids[start:end].tolist()).strip()
+            if name == "minilm":  # WordPiece: a word's tokens do not depend on what is around it
+                assert window.ids[start:end].tolist() == chunker.bare.encode(piece, add_special_tokens=False).ids
+            else:  # byte-level BPE: the chunk's own text, whatever its first token
+                assert got == piece.strip(), (got[:40], piece[:40])
+        if len(windows) > 1:
+            several += 1
+            assert len(chunker.bare.encode(doc, add_special_tokens=False).ids) > tok.max_length - chunker.overhead
+    assert several >= 3
