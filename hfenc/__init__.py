@@ -20,7 +20,7 @@ _EXPORTS = {
     "Embedder": "compute.embedder", "encode": "compute.embedder",
     "HFTextEncoder": "model.encoder",
     "HfencError": "errors",
-    "JobOptions": "jobs.local", "embed_file": "jobs.local",
+    "JobOptions": "jobs.local", "embed_file": "jobs.local", "ChunkOptions": "compute.chunking",
     "InputSpec": "io.inputs",
     "LockPlan": "plans.lock", "apply_lock": "plans.lock", "plan_lock": "plans.lock",
     "MemoryEstimate": "plans.memory", "estimate_memory": "plans.memory",
