@@ -290,3 +290,15 @@ def test_bad_chunk_settings_are_one_line_exit_1_and_nothing_written(args, messag
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_int8_ranges_of_a_chunked_job_are_calibrated_on_its_chunks(records, embedder, tmp_path):
+    from hfenc.io.quantize import ranges_from
+
+    result = embed_file(_tiny_job(records, tmp_path / "q.npy", ChunkOptions(24), quantize="int8"), embedder)
+    how = result.metadata["quantization"]
+    assert how["calibration"]["of_rows"] == result.rows  # every chunk: fewer than the sample's size
+    rows = _provenance(tmp_path / "q.npy")
+    texts = [json.loads(line)["text"] for line in (records / "docs.jsonl").read_text().splitlines()]
+    chunks = [texts[r["doc_row"]][r["char_start"]:r["char_end"]] for r in rows]
+    np.testing.assert_allclose(np.array(how["ranges"]), ranges_from(embedder.encode(chunks)), atol=1e-6)

@@ -94,12 +94,16 @@ def fingerprint_of(fmt: str, quantize: str | None, ranges: Any, keep_text: bool)
     return extra
 
 
-def calibrate(model: Any, spec: InputSpec, rows: int) -> tuple[np.ndarray, dict[str, Any]]:
+def calibrate(model: Any, spec: InputSpec, rows: int,
+              texts_of: Callable[[np.ndarray], list[str]] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """int8/uint8 ranges from the rows `sample_rows(rows)` picks, embedded with `model` (the
-    embedding pipeline truncates and normalizes, so the ranges are of what gets quantized)."""
+    embedding pipeline truncates and normalizes, so the ranges are of what gets quantized).
+    `texts_of(rows)`: the rows' texts, where a row is not a record (a chunked job's chunks)."""
     picks = sample_rows(rows)
     texts: list[str] = []
-    for i, record in enumerate(records(spec)):
+    if texts_of is not None:
+        texts = texts_of(picks)
+    for i, record in enumerate(records(spec) if texts_of is None else ()):
         if len(texts) == len(picks):
             break
         if i == picks[len(texts)]:
@@ -190,7 +194,7 @@ class Output:
 def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: str, fingerprint: dict,
                 resume: bool, *, quantize: str | None = None, ranges: Any = None, keep_text: bool = False,
                 ids: Path | None = None, model: Any = None, spec: InputSpec | None = None,
-                provenance: Any = None) -> Output:
+                provenance: Any = None, texts_of: Callable[[np.ndarray], list[str]] | None = None) -> Output:
     """Open (or, with `resume`, reopen) the writer; for int8/uint8 without `ranges`, calibrate on
     a sample of the input unless the interrupted run had (its ranges are in the resume state)."""
     fingerprint = {**fingerprint, **fingerprint_of(fmt, quantize, ranges, keep_text)}
@@ -221,7 +225,7 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
         else:
             try:
                 assert ranges is not None or (model is not None and spec is not None)
-                values, how = scalar_ranges(dim, ranges, lambda: calibrate(model, spec, rows))
+                values, how = scalar_ranges(dim, ranges, lambda: calibrate(model, spec, rows, texts_of))
             except BaseException:
                 if inner.rows_done == 0:
                     inner.abandon()  # nothing was embedded yet: leave nothing behind

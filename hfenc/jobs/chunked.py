@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from numpy.lib.format import open_memmap
 from hfenc.compute.chunking import PLAN_FIELDS, ChunkOptions, Chunker, Span
 from hfenc.compute.engine import Progress, Tokenized
 from hfenc.errors import ConfigError, ResumeError
-from hfenc.io.inputs import InputSpec, Scan, chunks
+from hfenc.io.inputs import InputSpec, Scan, chunks, records
 from hfenc.io.outputs import OutputPaths
 
 PLAN = np.dtype([(name, "<i8") for name in PLAN_FIELDS])
@@ -67,8 +68,8 @@ def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids
     ids_path = path.with_name(path.name + ".ids") if doc_ids is not None else None
     rows = 0
     with open(path, "wb") as out, \
-            open(doc_ids, encoding="utf-8") if doc_ids is not None else _nothing() as ids_in, \
-            open(ids_path, "w", encoding="utf-8") if ids_path is not None else _nothing() as ids_out:
+            open(doc_ids, encoding="utf-8") if doc_ids is not None else nullcontext() as ids_in, \
+            open(ids_path, "w", encoding="utf-8") if ids_path is not None else nullcontext() as ids_out:
         for start, texts in chunks(spec, 512, 0, expected=info):
             records = []
             for i, (text, spans) in enumerate(zip(texts, chunker.spans_many(texts))):
@@ -81,14 +82,6 @@ def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids
             if progress is not None:
                 progress(start + len(texts))
     return ChunkPlan(path, rows, info.rows, ids_path)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _doc_chunks(table: np.ndarray, start_row: int) -> Iterator[np.ndarray]:
@@ -277,6 +270,16 @@ class ChunkedJob:
         """A chunk of work is done (before its rows are claimed saved)."""
         if self.vectors is not None:
             self.vectors.add(self.plan.table()[start:start + n], self._blocks.pop(start))
+
+    def texts_of(self, rows: np.ndarray) -> list[str]:
+        """The texts of the chunks at `rows` (ascending): int8/uint8 calibration samples chunks."""
+        table, wanted, texts = self.plan.table(), {}, []
+        for row in rows.tolist():
+            wanted.setdefault(int(table[row]["doc_row"]), []).append(row)
+        for doc, record in enumerate(records(self.spec)):
+            for row in wanted.get(doc, ()):
+                texts.append(record.text[int(table[row]["char_start"]):int(table[row]["char_end"])])
+        return texts
 
     def work(self, chunk_size: int, start_row: int) -> Iterator[tuple[int, Any]]:
         return work(self.spec, self.info, self.plan, chunk_size, start_row, self.options.late)

@@ -204,7 +204,8 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
     output = open_output(paths, fmt, rows, model.dim, job.out_dtype, fingerprint, job.resume,
                          quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
                          ids=row_ids if spec.id_field and fmt == "parquet" else None, model=model, spec=spec,
-                         provenance=plan.table() if plan is not None and fmt == "parquet" else None)
+                         provenance=plan.table() if plan is not None and fmt == "parquet" else None,
+                         texts_of=chunked.texts_of if chunked is not None else None)
     writer = output.writer
     if writer.publishing is not None:  # the earlier run had finished its rows: publish them
         return _finish_earlier(paths, writer, rows, model.dim, info.blank, plan, t0)
