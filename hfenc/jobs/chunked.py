@@ -32,6 +32,7 @@ from hfenc.io.outputs import OutputPaths
 
 PLAN = np.dtype([(name, "<i8") for name in PLAN_FIELDS])
 _BLOCK = 65536  # plan records read at a time
+_READ_RECORDS = 256  # records read at a time: a document may be long, so few, whatever --chunk-size says
 
 
 def chunker_for(model: Any, options: ChunkOptions) -> Chunker:
@@ -70,15 +71,14 @@ def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids
     with open(path, "wb") as out, \
             open(doc_ids, encoding="utf-8") if doc_ids is not None else nullcontext() as ids_in, \
             open(ids_path, "w", encoding="utf-8") if ids_path is not None else nullcontext() as ids_out:
-        for start, texts in chunks(spec, 512, 0, expected=info):
-            records = []
+        for start, texts in chunks(spec, _READ_RECORDS, 0, expected=info):
+            found = []
             for i, (text, spans) in enumerate(zip(texts, chunker.spans_many(texts))):
-                records.extend((start + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end)
-                               for s in spans)
+                found.extend((start + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end) for s in spans)
                 if ids_out is not None:
                     ids_out.write(ids_in.readline() * len(spans))
-            out.write(np.array(records, dtype=PLAN).tobytes())
-            rows += len(records)
+            out.write(np.array(found, dtype=PLAN).tobytes())
+            rows += len(found)
             if progress is not None:
                 progress(start + len(texts))
     return ChunkPlan(path, rows, info.rows, ids_path)
@@ -134,17 +134,17 @@ def work(spec: InputSpec, info: Scan, plan: ChunkPlan, chunk_size: int, start_ro
                           hint="use --force to start over")
     pieces = _doc_chunks(table, start_row)
     row, first, texts, late_docs = start_row, start_row, [], LateDocs([], [])
-    for doc_start, doc_texts in chunks(spec, chunk_size, int(table[start_row]["doc_row"]), expected=info):
+    for doc_start, doc_texts in chunks(spec, _READ_RECORDS, int(table[start_row]["doc_row"]), expected=info):
         for i, text in enumerate(doc_texts):
-            records = next(pieces)
-            assert records[0]["doc_row"] == doc_start + i  # the plan was made from these bytes
+            mine = next(pieces)
+            assert mine[0]["doc_row"] == doc_start + i  # the plan was made from these bytes
             if late:
                 late_docs.texts.append(text)
                 late_docs.spans.append([Span(int(r["chunk"]), int(r["char_start"]), int(r["char_end"]),
-                                             int(r["token_start"]), int(r["token_end"])) for r in records])
+                                             int(r["token_start"]), int(r["token_end"])) for r in mine])
             else:
-                texts.extend(text[s:e] for s, e in zip(records["char_start"].tolist(), records["char_end"].tolist()))
-            row += len(records)
+                texts.extend(text[s:e] for s, e in zip(mine["char_start"].tolist(), mine["char_end"].tolist()))
+            row += len(mine)
             if row - first >= chunk_size:
                 yield first, (late_docs if late else texts)
                 first, texts, late_docs = row, [], LateDocs([], [])
