@@ -92,7 +92,9 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
     """As hfenc.io.outputs.check_writable, for the Ray job's output (a .npy, or a directory)."""
     paths = out.paths
     if out.kind == "npy":
-        writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines)) if made)
+        chunked, docs = job.chunking is not None, job.chunking is not None and job.chunking.doc_vectors
+        writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines),
+                                         (chunked, paths.chunks), (docs, paths.docs)) if made)
         check_writable(paths, job.force, job.resume, writes)
         return
     check_directory(out.path.parent)
@@ -174,7 +176,7 @@ def verify(out: RayOutput, rows: int) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     metas = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in out.meta.glob("*.json")}
-    data = {p.stem: p for p in out.shards.glob("*.parquet")}
+    data = {p.stem: p for p in out.shards.glob("*.parquet") if not p.name.startswith("_")}  # not _docs.parquet
     if set(metas) != set(data):
         raise RuntimeError(f"shards and their descriptions disagree in {out.shards}: "
                            f"{sorted(set(metas) ^ set(data))[:5]}")

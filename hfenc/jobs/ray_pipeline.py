@@ -50,11 +50,12 @@ def run_pipeline(plan: JobPlan, resumed: int, progress: Callable[[Progress], Non
     from hfenc.io.parquet import schema as parquet_schema
 
     tasks = ray_modules().tasks
-    layout, out = plan.layout, plan.out
-    schema = parquet_schema(layout.width, layout.dtype, plan.with_id, plan.keep_text)
+    layout, out, chunks = plan.layout, plan.out, plan.chunks
+    schema = parquet_schema(layout.width, layout.dtype, plan.with_id, plan.keep_text, provenance=chunks is not None)
     with _data_context(plan):
         ds = _dataset(plan)
-        sink = tasks.ShardSink(str(out.shards.resolve()), schema, layout.sidecar(out), min_rows=plan.job.chunk_size)
+        sink = tasks.ShardSink(str(out.shards.resolve()), schema, layout.sidecar(out), min_rows=plan.job.chunk_size,
+                               doc_vectors=_doc_vectors(plan))
         with Tracker(plan, resumed, progress):
             try:
                 ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
@@ -83,8 +84,9 @@ def _data_context(plan: JobPlan) -> Iterator[None]:
     # default, a million short texts: one block, one actor busy). Bigger map outputs are cut to
     # it too; the sink gathers them back into shards of at least a chunk.
     inp = plan.input
-    text_bytes = sum(s["text_bytes"] for s in inp.scans) / max(1, inp.rows)
-    ctx.target_max_block_size = int(min(128 << 20, max(4096, plan.job.chunk_size * (text_bytes + 16 + 16 * plan.with_id))))
+    text_bytes = sum(s["text_bytes"] for s in inp.scans) / max(1, plan.rows)  # a row's: a record's, or a chunk's
+    row_bytes = text_bytes + 16 + 16 * plan.with_id + (48 if plan.chunks is not None else 0)  # + provenance
+    ctx.target_max_block_size = int(min(128 << 20, max(4096, plan.job.chunk_size * row_bytes)))
     try:
         yield
     finally:
@@ -94,21 +96,30 @@ def _data_context(plan: JobPlan) -> Iterator[None]:
 
 def _dataset(plan: JobPlan) -> Dataset:
     """hfenc's readers (one task per file) -> one Embedder per actor, batch by batch."""
+    from hfenc.io.parquet import PROVENANCE
+
     r = ray_modules()
     tasks, data = r.tasks, r.data
-    job, inp, replicas = plan.job, plan.input, plan.replicas
+    job, inp, replicas, chunks = plan.job, plan.input, plan.replicas, plan.chunks
     source = tasks.InputSource(inp.spec, list(inp.files), list(inp.starts), inp.for_readers(), job.chunk_size,
-                               plan.with_id)
+                               plan.with_id, chunks.for_readers() if chunks is not None else None)
+    # a chunk's id (doc_id: its record's) and provenance go through the replicas as they came
+    carry = (*(["doc_id"] if plan.with_id else []), *PROVENANCE) if chunks is not None else ()
     ds = data.read_datasource(source, override_num_blocks=max(1, len(inp.files)), num_cpus=IO_CPUS)
     return ds.map_batches(
         tasks.EmbedWorker, batch_size=job.chunk_size, batch_format="pyarrow", zero_copy_batch=True,
         fn_constructor_kwargs={"model": plan.model.load_name, "options": plan.model.options, "out_dtype": job.out_dtype,
-                               "quantization": plan.layout.extra["quantization"], "with_id": plan.with_id,
+                               "quantization": plan.layout.extra["quantization"],
                                "keep_text": plan.keep_text, "on_overflow": job.on_overflow,
-                               "faults": faults_from_env()},
+                               "faults": faults_from_env(), "with_id": plan.with_id and chunks is None,
+                               "carry": carry, "doc_vectors": _doc_vectors(plan)},
         compute=data.ActorPoolStrategy(size=replicas.workers, max_concurrent_calls_per_actor=2 if replicas.gpu else 1),
         num_cpus=replicas.cpus_per_worker, num_gpus=1 if replicas.gpu else None,
     )
+
+
+def _doc_vectors(plan: JobPlan) -> bool:
+    return plan.chunks is not None and plan.chunks.options.doc_vectors
 
 
 class Tracker:
@@ -141,7 +152,7 @@ class Tracker:
                     write_state(out.paths, layout.fingerprint, rows, layout.stats)
                     self.saved_rows = rows
                 if self.progress is not None:
-                    self.progress(Progress(rows, self.plan.input.rows, tokens, time.perf_counter() - self.t0,
+                    self.progress(Progress(rows, self.plan.rows, tokens, time.perf_counter() - self.t0,
                                            self.resumed))
             except Exception:  # progress must never break the job
                 if debug():

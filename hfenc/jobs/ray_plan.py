@@ -23,6 +23,7 @@ from hfenc.errors import ConfigError
 from hfenc.io.inputs import InputSpec
 from hfenc.io.quantize import Quantization
 from hfenc.jobs.local import JobOptions, RunTotals, input_metadata, job_fingerprint, job_sidecar
+from hfenc.jobs.ray_chunks import RayChunks, columns as chunk_columns
 from hfenc.jobs.ray_inputs import ScannedInput
 from hfenc.jobs.ray_output import DATASET_FORMAT, ENGINE, RayOutput
 from hfenc.jobs.ray_session import RayOptions, get, ray_modules
@@ -125,10 +126,11 @@ class ModelPlan:
 
 
 def scan_and_probe(spec: InputSpec, files: list[InputFile], want_lines: bool, load_name: str,
-                   options: dict[str, Any], replicas: Replicas, cluster: RayOptions
+                   options: dict[str, Any], replicas: Replicas, cluster: RayOptions, want_tokenizer: bool = False
                    ) -> tuple[ScannedInput, dict[str, Any], Embedder | None]:
     """Scan every file and load the model once, at the same time: (the scanned input, the
-    probe's description, the driver's own model when it loaded one instead of a probe task)."""
+    probe's description, the driver's own model when it loaded one instead of a probe task).
+    `want_tokenizer`: the description holds the model's tokenizer too (a chunked job's)."""
     r = ray_modules()
     ray, tasks = r.ray, r.tasks
     scan = ray.remote(tasks.scan_file).options(num_cpus=IO_CPUS)
@@ -138,11 +140,11 @@ def scan_and_probe(spec: InputSpec, files: list[InputFile], want_lines: bool, lo
         from hfenc.compute.embedder import Embedder
 
         local = Embedder(load_name, **{**options, "threads": None})  # (torch threads are process-wide)
-        probed = tasks.described(local)
+        probed = tasks.described(local, want_tokenizer)
         probed["describe"]["threads"] = options.get("threads")
     else:  # max_calls=1: the probe's process exits after it, freeing the memory (and GPU) it held
         probe = ray.remote(max_calls=1)(tasks.probe).options(num_cpus=replicas.cpus_per_worker, **replicas.gpu_args)
-        probe_ref = probe.remote(load_name, options)
+        probe_ref = probe.remote(load_name, options, want_tokenizer)
     scans = get(scan_refs)
     if local is None:
         probed = get(probe_ref)
@@ -177,6 +179,16 @@ class Prepared:
     replicas: Replicas
     model: ModelPlan
     cluster: RayOptions
+    chunks: RayChunks | None  # a chunked job's plan (hfenc.jobs.ray_chunks): a row per chunk
+
+    @property
+    def rows(self) -> int:
+        """The output's rows: the input's records, or a chunked job's chunks."""
+        return self.chunks.rows if self.chunks is not None else self.input.rows
+
+    @property
+    def documents(self) -> int | None:
+        return self.chunks.docs if self.chunks is not None else None
 
     @property
     def with_id(self) -> bool:
@@ -193,10 +205,11 @@ class Prepared:
         job, inp, describe = self.job, self.input, self.model.describe
         settings = {f.name: describe.get(f.name) for f in fields(EmbedSettings)}
         return job_fingerprint(
-            job, inp.spec, inp.format, inp.hashed()[0], inp.rows, settings, describe.get("weights_sha256"),
+            job, inp.spec, inp.format, inp.hashed()[0], self.rows, settings, describe.get("weights_sha256"),
             describe.get("config_sha256"), engine=ENGINE, output_kind=self.out.kind, keep_text=self.keep_text,
             files=[[f.name, s["sha256"], s["bytes"], s["rows"]] for f, s in zip(inp.files, inp.scans)],
-            **fingerprint_of("npy", job.quantize, job.ranges, self.keep_text))  # its quantization keys
+            **fingerprint_of("npy", job.quantize, job.ranges, self.keep_text),  # its quantization keys
+            **(self.chunks.fingerprint() if self.chunks is not None else {}))
 
     def input_meta(self) -> dict[str, Any]:
         inp = self.input
@@ -233,13 +246,14 @@ def sampler(prepared: Prepared, local: Embedder | None) -> Callable[[], tuple[np
     """The calibration sample, embedded by the model the driver holds, or by a task of its own."""
     r = ray_modules()
     inp, model, replicas = prepared.input, prepared.model, prepared.replicas
+    rows = prepared.rows  # the output's rows, as the local path passes them (a chunked job: its chunks)
 
     def sample() -> tuple[np.ndarray, dict[str, Any]]:
         if local is not None:
-            return r.tasks.calibrate(local, inp.spec, list(inp.files), inp.rows)
+            return r.tasks.calibrate(local, inp.spec, list(inp.files), rows)
         calibrate = r.ray.remote(max_calls=1)(r.tasks.calibrate_with).options(
             num_cpus=replicas.cpus_per_worker, **replicas.gpu_args)
-        return get(calibrate.remote(model.load_name, model.options, inp.spec, list(inp.files), inp.rows))
+        return get(calibrate.remote(model.load_name, model.options, inp.spec, list(inp.files), rows))
 
     return sample
 
@@ -288,13 +302,16 @@ class JobPlan(Prepared):
     @classmethod
     def of(cls, prepared: Prepared, fingerprint: dict[str, Any], stats: dict[str, Any],
            quantization: Quantization | None) -> JobPlan:
-        job, out = prepared.job, prepared.out
+        job, out, chunks = prepared.job, prepared.out, prepared.chunks
         columns = ["row", *(["id"] if prepared.with_id else []), *(["text"] if prepared.keep_text else []), "embedding"]
+        if chunks is not None:
+            columns = chunk_columns(prepared.with_id, prepared.keep_text)
         extra = {
             "out_format": "npy" if out.kind == "npy" else DATASET_FORMAT,
             "quantization": None if quantization is None else quantization.record(),
             **({"columns": columns} if out.kind == "dataset" else {}),
             "engine": ENGINE, "workers": prepared.replicas.workers, "ray": prepared.ray_meta(),
+            **(chunks.fingerprint() if chunks is not None else {}),
         }
         layout = Layout(prepared.model.dim, quantization, job.out_dtype, job.chunk_size, fingerprint, stats, extra,
                         prepared.input_meta(), prepared.model.describe)

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hfenc.errors import OutputError
-from hfenc.io.outputs import (OutputPaths, directory_entries, finish_publication, fsync_dir, left_alone, publish,
-                              read_sidecar, remove_path, stale_files, write_state)
+from hfenc.io.outputs import (OutputPaths, directory_entries, file_sha256, finish_publication, fsync_dir, left_alone,
+                              publish, read_sidecar, remove_path, stale_files, write_state)
+from hfenc.jobs.chunked import chunk_counts, write_chunks_tsv
+from hfenc.jobs.ray_chunks import DOCS_IN_DATASET, doc_ids, doc_vectors
 from hfenc.jobs.ray_output import MANIFEST, RayOutput
 from hfenc.jobs.ray_plan import JobPlan
 
@@ -38,9 +40,29 @@ def publish_dataset(plan: JobPlan) -> tuple[dict[str, Any], list[str]]:
     shutil.rmtree(out.meta, ignore_errors=True)
     shutil.rmtree(out.checkpoint, ignore_errors=True)
     journal = _dataset_journal(out)
-    write_state(out.paths, layout.fingerprint, plan.input.rows, layout.stats, publishing=journal)
+    write_state(out.paths, layout.fingerprint, plan.rows, layout.stats, publishing=journal)
     left = complete_dataset(out.paths, journal)
     return json.loads((out.path / MANIFEST).read_text(encoding="utf-8")), left
+
+
+def dataset_docs(plan: JobPlan, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """--doc-vectors of a shard directory: `_docs.parquet` among the shards (doc_row, doc_id,
+    chunks, embedding, as the local path's OUT.docs.parquet), and the manifest keys naming it."""
+    chunks, out = plan.chunks, plan.out
+    if chunks is None or not chunks.options.doc_vectors:
+        return {}
+    from hfenc.io.parquet import write_vectors
+
+    vectors, ids = out.paths.partial / "docs.npy", out.paths.partial / "docs.ids"
+    target = out.shards / DOCS_IN_DATASET
+    doc_vectors(chunks, out, shards, plan.layout.dim, bool(plan.model.describe.get("normalize")), vectors)
+    if plan.with_id:
+        doc_ids(out, shards, chunks.docs, ids)
+    write_vectors(vectors, target, ids if plan.with_id else None, chunk_counts(chunks.plan))
+    vectors.unlink()
+    ids.unlink(missing_ok=True)
+    return {"docs_file": DOCS_IN_DATASET,
+            "files": {DOCS_IN_DATASET: {"bytes": target.stat().st_size, "sha256": file_sha256(target)}}}
 
 
 def _dataset_journal(out: RayOutput) -> dict[str, Any]:
@@ -91,13 +113,16 @@ def _move_into(dataset: Path, output: Path) -> None:
 
 # ---- one .npy -----------------------------------------------------------------------------------
 
-def assemble(plan: JobPlan, metadata: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The shards as one .npy in input order (+ OUT.ids.txt, OUT.lines.npy), published with the
-    local path's journaled step: (the sidecar, the warnings for side files left alone)."""
-    paths, spec = plan.out.paths, plan.input.spec
+def assemble(plan: JobPlan, metadata: dict[str, Any], shards: list[dict[str, Any]]
+             ) -> tuple[dict[str, Any], list[str]]:
+    """The shards as one .npy in input order (+ OUT.ids.txt, OUT.lines.npy; a chunked job's
+    OUT.chunks.tsv and OUT.docs.npy), published with the local path's journaled step: (the
+    sidecar, the warnings for side files left alone)."""
+    paths, spec, chunks = plan.out.paths, plan.input.spec, plan.chunks
     staged = paths.staged(paths.npy)
     side_files: list[tuple[Path, Path]] = []
     extra: dict[str, Any] = {}
+    docs = chunks is not None and chunks.options.doc_vectors
     try:
         parts = _write_array(plan, staged)
         if plan.with_id:
@@ -109,11 +134,21 @@ def assemble(plan: JobPlan, metadata: dict[str, Any]) -> tuple[dict[str, Any], l
                 np.save(fh, np.concatenate([s["lines"] for s in plan.input.scans]).astype("<i8"))
             side_files.append((paths.staged(paths.lines), paths.lines))
             extra["lines_file"] = paths.lines.name
+        if chunks is not None:  # the rows' provenance, and --doc-vectors (hfenc.jobs.chunked.ChunkedJob.side_files)
+            write_chunks_tsv(chunks.plan, paths.staged(paths.chunks))
+            side_files.append((paths.staged(paths.chunks), paths.chunks))
+            extra["chunks_file"] = paths.chunks.name
+        if docs:
+            doc_vectors(chunks, plan.out, shards, plan.layout.dim,
+                        bool(plan.model.describe.get("normalize")), paths.staged(paths.docs))
+            side_files.append((paths.staged(paths.docs), paths.docs))
+            extra["docs_file"] = paths.docs.name
     except OSError as exc:
         raise OutputError(f"cannot write {staged}: {exc.strerror or exc}") from None
-    unused = [final for made, final in ((plan.with_id, paths.ids), (spec.skip_blank, paths.lines)) if not made]
+    unused = [final for made, final in ((plan.with_id, paths.ids), (spec.skip_blank, paths.lines),
+                                        (chunks is not None, paths.chunks), (docs, paths.docs)) if not made]
     stale, theirs = stale_files(paths, unused)
-    layout, rows = plan.layout, plan.input.rows
+    layout, rows = plan.layout, plan.rows
 
     def journal(publishing: dict[str, Any]) -> None:
         write_state(paths, layout.fingerprint, rows, layout.stats, publishing=publishing)
@@ -130,17 +165,18 @@ def _write_array(plan: JobPlan, staged: Path) -> tuple[list[np.ndarray], list[pa
     from numpy.lib.format import open_memmap
 
     layout = plan.layout
-    array = open_memmap(staged, mode="w+", dtype=layout.dtype, shape=(plan.input.rows, layout.width))
+    array = open_memmap(staged, mode="w+", dtype=layout.dtype, shape=(plan.rows, layout.width))
     index_parts: list[np.ndarray] = []
     id_parts: list[pa.ChunkedArray] = []
+    id_column = "doc_id" if plan.chunks is not None else "id"  # a chunk's id is its record's
     for path in sorted(plan.out.shards.glob("*.parquet")):
-        table = pq.read_table(path, columns=["row", *(["id"] if plan.with_id else []), "embedding"])
+        table = pq.read_table(path, columns=["row", *([id_column] if plan.with_id else []), "embedding"])
         index = table.column("row").to_numpy()
         values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         array[index] = values.reshape(-1, layout.width)
         if plan.with_id:
             index_parts.append(index)
-            id_parts.append(table.column("id"))
+            id_parts.append(table.column(id_column))
     array.flush()
     del array
     with open(staged, "rb+") as fh:

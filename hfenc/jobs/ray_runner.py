@@ -8,6 +8,9 @@ A job, in the order it runs (issue 13), and the module that does each part:
                                     hashed (hfenc's own parser), so every record has its global
                                     row; the model loaded as a worker loads it: the settings,
                                     width and hashes the sidecar records
+  a chunked job's plan (ray_chunks) --chunk-tokens: one task per file cuts its records with the
+                                    probe's tokenizer, so each file knows its first chunk row; the
+                                    read tasks then hand out a row per chunk, with its provenance
   the claim (ray_output)            `.OUT.resume.json` claims `.OUT.partial/`, or --resume picks
                                     up the interrupted run's (refused if a row would change)
   the pipeline (ray_pipeline)       read tasks -> map_batches(EmbedWorker) -> ShardSink, Parquet
@@ -57,13 +60,14 @@ from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec
 from hfenc.io.outputs import write_json_atomic, write_state
 from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, sigterm_as_interrupt
+from hfenc.jobs.ray_chunks import check_chunking, plan_chunks, plan_path
 from hfenc.jobs.ray_inputs import job_inputs
 from hfenc.jobs.ray_output import (ENGINE, MANIFEST, RayOutput, abandon, check_output, choose_output, reserve_partial,
                                    committed_rows, verify)
 from hfenc.jobs.ray_pipeline import run_pipeline
 from hfenc.jobs.ray_plan import (JobPlan, Prepared, model_name, plan_replicas, quantization, quantization_stats,
                                  sampler, scan_and_probe, settle_model, worker_options)
-from hfenc.jobs.ray_publish import assemble, finish_interrupted, publish_dataset
+from hfenc.jobs.ray_publish import assemble, dataset_docs, finish_interrupted, publish_dataset
 from hfenc.jobs.ray_session import RayOptions, get, quiet, ray_modules, session
 
 if TYPE_CHECKING:
@@ -85,6 +89,7 @@ def embed_ray(job: JobOptions, model: str | ModelSpec, options: dict[str, Any], 
     cluster = cluster or RayOptions()
     ray_modules()  # no Ray: one line naming the extra, before anything else
     check_job(job)
+    check_chunking(job)
     from hfenc.io.writers import check_quantize
 
     check_quantize(job.quantize, job.ranges, job.out_dtype)
@@ -104,9 +109,11 @@ def embed_ray(job: JobOptions, model: str | ModelSpec, options: dict[str, Any], 
                     try:
                         return _embed_and_publish(planned, progress, t0)
                     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is committed stays, for --resume
-                        raise _Stopped(out, planned.input.rows, getattr(exc, "signum", signal.SIGINT)) from None
+                        raise _Stopped(out, planned.rows, getattr(exc, "signum", signal.SIGINT)) from None
             except _Stopped as stopped:
                 raise stopped.interrupted() from None
+            finally:  # a chunked job's plan is made again by a resumed run (as the local path's)
+                plan_path(out.paths).unlink(missing_ok=True)
 
 
 def _through_client(job: JobOptions, model: str | ModelSpec, options: dict[str, Any],
@@ -151,9 +158,13 @@ def _prepare(job: JobOptions, spec: InputSpec, files: list[InputFile], out: RayO
     load_name, shown_name = model_name(model)
     chosen = worker_options(options, replicas)
     want_lines = spec.skip_blank and out.kind == "npy"
-    scanned, probed, local = scan_and_probe(spec, files, want_lines, load_name, chosen, replicas, cluster)
+    chunking = job.chunking
+    scanned, probed, local = scan_and_probe(spec, files, want_lines, load_name, chosen, replicas, cluster,
+                                            want_tokenizer=chunking is not None)
     model_plan = settle_model(load_name, shown_name, chosen, probed)
-    return Prepared(job, scanned, out, replicas, model_plan, cluster), local
+    chunks = None if chunking is None else \
+        plan_chunks(chunking, local.tokenizer if local is not None else probed["tokenizer"], scanned, out.paths)
+    return Prepared(job, scanned, out, replicas, model_plan, cluster, chunks), local
 
 
 def _plan(prepared: Prepared, local: Embedder | None, t0: float) -> JobPlan | JobResult:
@@ -179,11 +190,12 @@ def _plan(prepared: Prepared, local: Embedder | None, t0: float) -> JobPlan | Jo
 
 def _finish_interrupted(prepared: Prepared, publishing: dict[str, Any], t0: float) -> JobResult:
     """--resume after a crash during publication: carry out the rest of it."""
-    out, inp = prepared.out, prepared.input
+    out, inp, rows = prepared.out, prepared.input, prepared.rows
     metadata, sidecar, left = finish_interrupted(out, publishing)
-    return JobResult(out.path, sidecar, inp.rows, prepared.model.dim, time.perf_counter() - t0,
-                     metadata.get("truncated_rows", 0), inp.blank, metadata.get("tokens", 0), inp.rows, metadata,
-                     warnings=["the interrupted run had finished; its output is now published", *left])
+    return JobResult(out.path, sidecar, rows, prepared.model.dim, time.perf_counter() - t0,
+                     metadata.get("truncated_rows", 0), inp.blank, metadata.get("tokens", 0), rows, metadata,
+                     warnings=["the interrupted run had finished; its output is now published", *left],
+                     documents=prepared.documents)
 
 
 class _Stopped(Exception):
@@ -203,37 +215,42 @@ class _Stopped(Exception):
 
 def _embed_and_publish(plan: JobPlan, progress: Callable[[Progress], None] | None, t0: float) -> JobResult:
     """The pipeline (unless an earlier run finished it), every row verified, then publication."""
-    out, inp, layout = plan.out, plan.input, plan.layout
+    out, inp, layout, rows = plan.out, plan.input, plan.layout, plan.rows
     t_embed = time.perf_counter()
     if out.done.exists():  # an earlier run embedded every row; only its publication is left
         manifest = json.loads(out.done.read_text(encoding="utf-8"))
-        shards, resumed, embed_seconds = manifest["shards"], inp.rows, 0.0
+        shards, resumed, embed_seconds = manifest["shards"], rows, 0.0
+        side = {k: manifest[k] for k in ("docs_file", "files") if k in manifest}
     else:
         resumed = committed_rows(out)
         _embed(plan, resumed, progress)
         embed_seconds = time.perf_counter() - t_embed
-        shards = verify(out, inp.rows)
+        shards = verify(out, rows)
+        side = dataset_docs(plan, shards) if out.kind == "dataset" else {}
     tokens = sum(s["tokens"] for s in shards)
     truncated = sum(s["truncated_rows"] for s in shards)
     metadata = layout.sidecar(out, RunTotals(truncated, inp.blank, tokens, resumed, time.perf_counter() - t0,
                                              embed_seconds))
-    write_json_atomic(out.done, {**metadata, "shards": shards})  # written last: the Ray part is done
+    write_json_atomic(out.done, {**metadata, **side, "shards": shards})  # written last: the Ray part is done
     if out.kind == "npy":
-        metadata, left = assemble(plan, metadata)
+        metadata, left = assemble(plan, metadata, shards)
         sidecar = out.paths.sidecar
     else:
         metadata, left = publish_dataset(plan)
         sidecar = out.path / MANIFEST
-    return JobResult(out.path, sidecar, inp.rows, layout.dim, time.perf_counter() - t0, truncated, inp.blank, tokens,
-                     resumed, metadata, embed_seconds=embed_seconds, warnings=[*_warnings(plan, truncated), *left])
+    return JobResult(out.path, sidecar, rows, layout.dim, time.perf_counter() - t0, truncated, inp.blank, tokens,
+                     resumed, metadata, embed_seconds=embed_seconds, warnings=[*_warnings(plan, truncated), *left],
+                     documents=plan.documents)
 
 
 def _embed(plan: JobPlan, resumed: int, progress: Callable[[Progress], None] | None) -> None:
     try:
         run_pipeline(plan, resumed, progress)
     except (OverflowRefused, InputChanged) as exc:  # a refusal, or rows of other bytes: nothing stays
-        abandon(plan.out.paths)
         row = getattr(exc, "row", None)
+        if row is not None and plan.chunks is not None:  # a chunk's record (read before abandon drops the plan)
+            row = plan.chunks.doc_row(row)
+        abandon(plan.out.paths)
         if isinstance(exc, OverflowRefused) and row is not None:  # named by its line, as the local path names it
             raise OverflowRefused(f"{plan.input.where(row)} is longer than the maximum of {plan.model.max_length} "
                                   "tokens", hint=exc.hint) from None

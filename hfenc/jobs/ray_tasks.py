@@ -1,5 +1,5 @@
-"""What runs inside Ray: the scan and probe tasks, the read tasks, the embedding actor and the
-shard writer. Imported only after `hfenc.jobs.ray_session.ray_modules()` found Ray installed.
+"""What runs inside Ray: the scan, probe and chunk plan tasks, the read tasks, the embedding actor
+and the shard writer. Imported only after `hfenc.jobs.ray_session.ray_modules()` found Ray installed.
 
 Every input file is read by hfenc's own record parser (hfenc.io.inputs; hfenc.io.parquet for tables),
 inside a Ray read task, so a record means exactly what it means to the single-process path. A
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import posixpath
@@ -36,11 +37,15 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.data.datasource import BlockBasedFileDatasink
 
+from hfenc.compute.chunking import PLAN_FIELDS
 from hfenc.errors import ConfigError, HfencError, InputChanged, OverflowRefused
 from hfenc.io.inputs import InputSpec, Tally, records  # the parser the single-process scan uses
-from hfenc.io.parquet import METADATA_KEY, embedding_array
+from hfenc.io.parquet import METADATA_KEY, PROVENANCE, embedding_array
 
 META_DIR = "_meta"  # beside the shards: one JSON per shard (rows, tokens, bytes, sha256)
+DOCS_SUFFIX = ".docs.npy"  # --doc-vectors: beside a shard's JSON, its documents' sums (doc_sums)
+# A chunked job's plan records (hfenc.jobs.chunked.PLAN, which imports torch: read tasks do not)
+PLAN = np.dtype([(name, "<i8") for name in PLAN_FIELDS])
 
 
 @dataclass(frozen=True)
@@ -108,18 +113,44 @@ def scan_file(spec: InputSpec, f: InputFile, several: bool, want_lines: bool) ->
             "lines": np.asarray(lines, dtype=np.int64) if want_lines else None}
 
 
-def probe(model: str, options: dict[str, Any]) -> dict[str, Any]:
+def probe(model: str, options: dict[str, Any], tokenizer: bool = False) -> dict[str, Any]:
     """Load the model as a worker does (its device, its dtype, its threads): the settings, width
     and hashes that the sidecar records, and any bad option that needs the model, before the
-    job starts."""
+    job starts. `tokenizer`: the model's tokenizer too (a chunked job cuts records with it)."""
     from hfenc.compute.embedder import Embedder
 
-    return described(Embedder(model, **options))
+    return described(Embedder(model, **options), tokenizer)
 
 
-def described(embedder: Any) -> dict[str, Any]:
+def described(embedder: Any, tokenizer: bool = False) -> dict[str, Any]:
     return {"describe": embedder.describe(), "dim": embedder.dim, "notes": list(embedder.notes),
-            "max_length": embedder.max_length}
+            "max_length": embedder.max_length, **({"tokenizer": embedder.tokenizer} if tokenizer else {})}
+
+
+def plan_file(spec: InputSpec, f: InputFile, first_doc: int, expect: dict[str, Any], chunker: Any,
+              several: bool) -> np.ndarray:
+    """A chunked job's plan of one file (hfenc.jobs.chunked.make_plan, file by file): a PLAN
+    record per chunk of each record, in order, the file's records counted from global row
+    `first_doc`; the bytes are checked to be those the scan counted."""
+    with local_copy(f) as path, naming(f, path, several):
+        tally, parts, texts, n = Tally(), [], [], 0
+        for record in records(_one(spec, path), tally, again=True):
+            if n >= expect["rows"]:
+                raise _changed(f.name, f"has more than the {expect['rows']} records it had")
+            texts.append(record.text)
+            n += 1
+            if len(texts) == 512:
+                parts.append(_cut(chunker, texts, first_doc + n - len(texts)))
+                texts = []
+        if texts:
+            parts.append(_cut(chunker, texts, first_doc + n - len(texts)))
+        _same_file(f, expect, n, tally)
+    return np.concatenate(parts) if parts else np.empty(0, PLAN)
+
+
+def _cut(chunker: Any, texts: list[str], first_doc: int) -> np.ndarray:
+    return np.array([(first_doc + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end)
+                     for i, spans in enumerate(chunker.spans_many(texts)) for s in spans], dtype=PLAN)
 
 
 def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int) -> tuple[np.ndarray, dict]:
@@ -141,40 +172,104 @@ def calibrate_with(model: str, options: dict[str, Any], spec: InputSpec, files: 
 
 
 def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any], block_rows: int,
-              with_id: bool, several: bool) -> Iterator[pa.Table]:
-    """Blocks of {row, text[, id]}: record k of this file is global row `start + k`. The pass
-    hashes the bytes again as it streams; a file that changed since the scan fails before its
-    last block is handed out (as hfenc.io.inputs.chunks does)."""
+              with_id: bool, several: bool, chunks: dict[str, Any] | None = None) -> Iterator[pa.Table]:
+    """Blocks of {row, text[, id]}: record k of this file is global row `start + k`; with `chunks`
+    (a chunked job: where this file's part of the plan is), a row per chunk (_ChunkRows). The
+    pass hashes the bytes again as it streams; a file that changed since the scan fails before
+    its last block is handed out (as hfenc.io.inputs.chunks does)."""
     with local_copy(f) as path, naming(f, path, several):
         tally = Tally()
-        texts: list[str] = []
-        ids: list[str | None] = []
+        rows = _Rows(start, with_id) if chunks is None else _ChunkRows(chunks, start, with_id, f.name)
         n = 0
-
-        def block() -> pa.Table:
-            first = start + n - len(texts)
-            columns = {"row": pa.array(np.arange(first, first + len(texts), dtype=np.int64)),
-                       "text": pa.array(texts, pa.string())}
-            if with_id:
-                columns["id"] = pa.array(ids, pa.string())
-            return pa.table(columns)
-
         for record in records(_one(spec, path), tally, again=True):
             if n >= expect["rows"]:
                 raise _changed(f.name, f"has more than the {expect['rows']} records it had")
-            if len(texts) == block_rows:
-                yield block()
-                texts, ids = [], []
-            texts.append(record.text)
-            ids.append(record.id)
+            if len(rows) >= block_rows:
+                yield rows.block()
+            rows.add(n, record.text, record.id)
             n += 1
-        if n != expect["rows"]:
-            raise _changed(f.name, f"has {n} records, not the {expect['rows']} it had")
-        if (tally.sha256, tally.bytes) != (expect["sha256"], expect["bytes"]):
-            raise _changed(f.name, f"no longer has the bytes it was checked with ({tally.bytes} bytes, "
-                                   f"it had {expect['bytes']})")
-        if texts:
-            yield block()
+        _same_file(f, expect, n, tally)
+        rows.check()
+        if len(rows):
+            yield rows.block()
+
+
+class _Rows:
+    """The rows a read task hands out, a block at a time: a record's each, record k at global
+    row `start + k`."""
+
+    def __init__(self, start: int, with_id: bool) -> None:
+        self.next, self.with_id = start, with_id
+        self.texts: list[str] = []
+        self.ids: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def add(self, k: int, text: str, record_id: str | None) -> None:
+        self.texts.append(text)
+        self.ids.append(record_id)
+
+    def check(self) -> None:
+        """After the last record: nothing to check (the record count is the scan's)."""
+
+    def block(self) -> pa.Table:
+        n = len(self.texts)
+        columns = {"row": pa.array(np.arange(self.next, self.next + n, dtype=np.int64)),
+                   "text": pa.array(self.texts, pa.string())}
+        if self.with_id:
+            columns["id"] = pa.array(self.ids, pa.string())
+        self.next += n
+        self.texts, self.ids = [], []
+        return pa.table(columns)
+
+
+class _ChunkRows(_Rows):
+    """A chunked job's rows: a row per chunk of each record, numbered and cut as the plan says
+    (`chunks`: the plan file, the global row of this file's first chunk and its count), with the
+    record's id as `doc_id` and the chunk's provenance columns (hfenc.io.parquet's schema)."""
+
+    def __init__(self, chunks: dict[str, Any], first_doc: int, with_id: bool, name: str) -> None:
+        super().__init__(chunks["first"], with_id)
+        self.name, self.first_doc, n = name, first_doc, chunks["rows"]
+        self.plan = np.memmap(chunks["plan"], dtype=PLAN, mode="r", offset=chunks["first"] * PLAN.itemsize,
+                              shape=(n,)) if n else np.empty(0, PLAN)
+        self.docs = np.asarray(self.plan["doc_row"])  # sorted: the plan is in output order
+        self.at = self.block_at = 0  # the plan's next record; the block's first
+
+    def add(self, k: int, text: str, record_id: str | None) -> None:
+        end = int(np.searchsorted(self.docs, self.first_doc + k, side="right"))
+        if end <= self.at:  # every record has a chunk: the plan was made from other bytes
+            raise _changed(self.name, "has other records than when it was cut into chunks")
+        records = np.array(self.plan[self.at:end])
+        self.texts.extend(text[s:e] for s, e in zip(records["char_start"].tolist(), records["char_end"].tolist()))
+        self.ids.extend([record_id] * len(records))
+        self.at = end
+
+    def check(self) -> None:
+        if self.at != len(self.plan):
+            raise _changed(self.name, "has other records than when it was cut into chunks")
+
+    def block(self) -> pa.Table:
+        records = np.array(self.plan[self.block_at:self.at])
+        columns = {"row": pa.array(np.arange(self.next, self.next + len(records), dtype=np.int64)),
+                   "text": pa.array(self.texts, pa.string())}
+        if self.with_id:
+            columns["doc_id"] = pa.array(self.ids, pa.string())
+        columns.update((name, pa.array(records[name])) for name in PROVENANCE)
+        self.next += len(records)
+        self.block_at = self.at
+        self.texts, self.ids = [], []
+        return pa.table(columns)
+
+
+def _same_file(f: InputFile, expect: dict[str, Any], n: int, tally: Tally) -> None:
+    """The records and bytes the scan counted, or InputChanged."""
+    if n != expect["rows"]:
+        raise _changed(f.name, f"has {n} records, not the {expect['rows']} it had")
+    if (tally.sha256, tally.bytes) != (expect["sha256"], expect["bytes"]):
+        raise _changed(f.name, f"no longer has the bytes it was checked with ({tally.bytes} bytes, "
+                               f"it had {expect['bytes']})")
 
 
 def _changed(name: str, detail: str) -> InputChanged:
@@ -187,9 +282,10 @@ class InputSource(Datasource):
     gzip is one stream); each task streams blocks of `block_rows` rows."""
 
     def __init__(self, spec: InputSpec, files: list[InputFile], starts: list[int], scans: list[dict[str, Any]],
-                 block_rows: int, with_id: bool) -> None:
+                 block_rows: int, with_id: bool, chunks: list[dict[str, Any]] | None = None) -> None:
         self.spec, self.files, self.starts, self.scans = spec, files, starts, scans
         self.block_rows, self.with_id = block_rows, with_id
+        self.chunks = chunks  # a chunked job: each file's part of the plan (read_file)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(s["bytes"] for s in self.scans)
@@ -198,12 +294,15 @@ class InputSource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         several = len(self.files) > 1
         tasks = []
-        for f, start, s in zip(self.files, self.starts, self.scans):
+        for k, (f, start, s) in enumerate(zip(self.files, self.starts, self.scans)):
             if s["rows"] == 0:
                 continue
-            expect = {k: s[k] for k in ("rows", "sha256", "bytes")}
-            read = functools.partial(read_file, self.spec, f, start, expect, self.block_rows, self.with_id, several)
-            meta = BlockMetadata(num_rows=s["rows"], size_bytes=s["bytes"], exec_stats=None, input_files=(f.name,))
+            expect = {key: s[key] for key in ("rows", "sha256", "bytes")}
+            chunks = self.chunks[k] if self.chunks is not None else None
+            read = functools.partial(read_file, self.spec, f, start, expect, self.block_rows, self.with_id, several,
+                                     chunks)
+            rows = chunks["rows"] if chunks is not None else s["rows"]
+            meta = BlockMetadata(num_rows=rows, size_bytes=s["bytes"], exec_stats=None, input_files=(f.name,))
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -219,7 +318,7 @@ class EmbedWorker:
 
     def __init__(self, model: str, options: dict[str, Any], out_dtype: str, with_id: bool, keep_text: bool,
                  on_overflow: str, quantization: dict[str, Any] | None = None,
-                 faults: dict[str, Any] | None = None) -> None:
+                 faults: dict[str, Any] | None = None, carry: tuple[str, ...] = (), doc_vectors: bool = False) -> None:
         from hfenc.compute.embedder import Embedder
         from hfenc.io.quantize import Quantization
 
@@ -231,7 +330,9 @@ class EmbedWorker:
                               hint="give --dtype float32, or run on nodes of one kind")
         self.out_dtype = np.dtype(out_dtype)
         self.quantization = None if quantization is None else Quantization.from_record(quantization)
-        self.with_id, self.keep_text, self.on_overflow = with_id, keep_text, on_overflow
+        self.keep_text, self.on_overflow = keep_text, on_overflow
+        self.carry = (("id",) if with_id else ()) + tuple(carry)  # handed on as they came (a chunk's provenance)
+        self.doc_vectors = doc_vectors
         self.lock = threading.Lock()
         self.calls = 0
         self.faults = faults or {}
@@ -252,12 +353,13 @@ class EmbedWorker:
         self.calls += 1
         self._fault()
         columns: dict[str, Any] = {"row": batch.column("row")}
-        if self.with_id:
-            columns["id"] = batch.column("id")
+        columns.update((name, batch.column(name)) for name in self.carry)
         if self.keep_text:
             columns["text"] = batch.column("text")
         stored = self.quantization(dest) if self.quantization is not None else dest.astype(self.out_dtype, copy=False)
         columns["embedding"] = embedding_array(stored)
+        if self.doc_vectors and stored is not dest:  # documents' vectors are of the float32 rows (ShardSink)
+            columns["_float"] = embedding_array(dest)
         columns["_tokens"] = pa.array(tok.lengths.astype(np.int64))
         columns["_truncated"] = pa.array(tok.truncated)
         return pa.table(columns)
@@ -287,9 +389,10 @@ class ShardSink(BlockBasedFileDatasink):
     the shards. Both carry the shard's name, so Ray's checkpoint recovery removes both when a
     write was cut short."""
 
-    def __init__(self, path: str, schema: pa.Schema, sidecar: dict[str, Any], min_rows: int | None = None) -> None:
+    def __init__(self, path: str, schema: pa.Schema, sidecar: dict[str, Any], min_rows: int | None = None,
+                 doc_vectors: bool = False) -> None:
         super().__init__(path, file_format="parquet", min_rows_per_file=min_rows)
-        self.schema, self.sidecar = schema, sidecar
+        self.schema, self.sidecar, self.doc_vectors = schema, sidecar, doc_vectors
         self._path: str | None = None
 
     def open_output_stream(self, path: str) -> Any:
@@ -312,6 +415,24 @@ class ShardSink(BlockBasedFileDatasink):
         assert self._path is not None
         name = posixpath.basename(self._path)
         info = {"file": name, **shard, "bytes": data.size, "sha256": "sha256:" + hashlib.sha256(data).hexdigest()}
-        meta = posixpath.join(posixpath.dirname(self._path), META_DIR, name.removesuffix(".parquet") + ".json")
-        with self.filesystem.open_output_stream(meta) as fh:
+        meta = posixpath.join(posixpath.dirname(self._path), META_DIR, name.removesuffix(".parquet"))
+        if self.doc_vectors:  # before the description: a described shard has its sums
+            buffer = io.BytesIO()
+            np.save(buffer, doc_sums(table))
+            with self.filesystem.open_output_stream(meta + DOCS_SUFFIX) as fh:
+                fh.write(buffer.getvalue())
+        with self.filesystem.open_output_stream(meta + ".json") as fh:
             fh.write(json.dumps(info).encode())
+
+
+def doc_sums(table: pa.Table) -> np.ndarray:
+    """--doc-vectors, a shard's part: per document with chunks in it, a float64 row of its
+    doc_row, its chunks here, and the sum of their float32 vectors (the replica's `_float`
+    column when the stored rows are quantized or float16)."""
+    column = table.column("_float" if "_float" in table.column_names else "embedding").combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1)
+    docs = table.column("doc_row").to_numpy()
+    order = np.argsort(docs, kind="stable")
+    unique, starts, counts = np.unique(docs[order], return_index=True, return_counts=True)
+    sums = np.add.reduceat(values[order].astype(np.float64), starts, axis=0) if len(docs) else values[:0]
+    return np.column_stack([unique, counts, sums]).astype(np.float64)
