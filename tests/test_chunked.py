@@ -302,3 +302,12 @@ def test_int8_ranges_of_a_chunked_job_are_calibrated_on_its_chunks(records, embe
     texts = [json.loads(line)["text"] for line in (records / "docs.jsonl").read_text().splitlines()]
     chunks = [texts[r["doc_row"]][r["char_start"]:r["char_end"]] for r in rows]
     np.testing.assert_allclose(np.array(how["ranges"]), ranges_from(embedder.encode(chunks)), atol=1e-6)
+
+
+def test_float16_rows_get_document_vectors_of_their_float32_rows(records, embedder, tmp_path):
+    chunking = ChunkOptions(24, doc_vectors=True)
+    embed_file(_tiny_job(records, tmp_path / "f32.npy", chunking), embedder)
+    embed_file(_tiny_job(records, tmp_path / "f16.npy", chunking, out_dtype="float16"), embedder)
+    assert np.load(tmp_path / "f16.npy").dtype == np.float16
+    assert np.array_equal(np.load(tmp_path / "f16.npy"), np.load(tmp_path / "f32.npy").astype(np.float16))
+    assert np.array_equal(np.load(tmp_path / "f16.docs.npy"), np.load(tmp_path / "f32.docs.npy"))

@@ -212,3 +212,12 @@ def test_cli_chunked_ray_job_says_chunks_of_records(bert, corpus, tmp_path):
     rows = len(_tsv(tmp_path / "cli.chunks.tsv")) - 1
     assert np.load(out).shape == (rows, tiny_models.HIDDEN) and rows > 70
     assert f"{rows:,} chunks of 70 records" in done.stderr, done.stderr
+
+
+def test_int8_ranges_are_calibrated_on_the_same_chunks_as_the_local_run(bert, corpus, tmp_path):
+    chunking = ChunkOptions(24)
+    local = _local(bert, corpus, tmp_path / "local.npy", chunking, quantize="int8")
+    result = _ray(bert, corpus, tmp_path / "ray.npy", chunking, quantize="int8")
+    mine, theirs = result.metadata["quantization"], local.metadata["quantization"]
+    assert mine["calibration"] == theirs["calibration"] and theirs["calibration"]["of_rows"] == local.rows
+    assert np.abs(np.array(mine["ranges"]) - np.array(theirs["ranges"])).max() <= TOL

@@ -84,6 +84,19 @@ def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids
     return ChunkPlan(path, rows, info.rows, ids_path)
 
 
+def chunk_texts(table: np.ndarray, spec: InputSpec, rows: np.ndarray) -> list[str]:
+    """The texts of the plan's chunks at `rows` (ascending), in one pass over the input: int8/uint8
+    calibration samples chunks, not records (hfenc.io.writers.calibrate)."""
+    wanted: dict[int, list[int]] = {}
+    for row in rows.tolist():
+        wanted.setdefault(int(table[row]["doc_row"]), []).append(row)
+    texts = []
+    for doc, record in enumerate(records(spec)):
+        for row in wanted.get(doc, ()):
+            texts.append(record.text[int(table[row]["char_start"]):int(table[row]["char_end"])])
+    return texts
+
+
 def _doc_chunks(table: np.ndarray, start_row: int) -> Iterator[np.ndarray]:
     """The plan's records from `start_row` on, a document's at a time."""
     row = start_row
@@ -246,7 +259,7 @@ class ChunkedJob:
 
         self.plan = make_plan(spec, info, self.chunker, paths.hidden(paths.chunks, "scan"), doc_ids, cutting)
         self.vectors: DocVectors | None = None
-        self._blocks: dict[int, np.ndarray] = {}  # the float rows of the chunks of work in flight
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chunks of work in flight: (float32, stored)
 
     def fingerprint(self) -> dict[str, Any]:
         """What the resume fingerprint and the sidecar add."""
@@ -261,7 +274,9 @@ class ChunkedJob:
                                   resume=resumed)
 
         def kept(start: int, n: int) -> np.ndarray:
-            self._blocks[start] = block = rows(start, n)
+            stored = rows(start, n)  # float16 (--out-dtype) would round the rows the mean is of
+            block = stored if stored.dtype == np.float32 else np.zeros(stored.shape, np.float32)
+            self._blocks[start] = (block, stored)
             return block
 
         return kept
@@ -269,17 +284,13 @@ class ChunkedJob:
     def saved(self, start: int, n: int) -> None:
         """A chunk of work is done (before its rows are claimed saved)."""
         if self.vectors is not None:
-            self.vectors.add(self.plan.table()[start:start + n], self._blocks.pop(start))
+            block, stored = self._blocks.pop(start)
+            if stored is not block:
+                stored[...] = block
+            self.vectors.add(self.plan.table()[start:start + n], block)
 
     def texts_of(self, rows: np.ndarray) -> list[str]:
-        """The texts of the chunks at `rows` (ascending): int8/uint8 calibration samples chunks."""
-        table, wanted, texts = self.plan.table(), {}, []
-        for row in rows.tolist():
-            wanted.setdefault(int(table[row]["doc_row"]), []).append(row)
-        for doc, record in enumerate(records(self.spec)):
-            for row in wanted.get(doc, ()):
-                texts.append(record.text[int(table[row]["char_start"]):int(table[row]["char_end"])])
-        return texts
+        return chunk_texts(self.plan.table(), self.spec, rows)
 
     def work(self, chunk_size: int, start_row: int) -> Iterator[tuple[int, Any]]:
         return work(self.spec, self.info, self.plan, chunk_size, start_row, self.options.late)

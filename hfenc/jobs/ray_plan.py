@@ -247,13 +247,14 @@ def sampler(prepared: Prepared, local: Embedder | None) -> Callable[[], tuple[np
     r = ray_modules()
     inp, model, replicas = prepared.input, prepared.model, prepared.replicas
     rows = prepared.rows  # the output's rows, as the local path passes them (a chunked job: its chunks)
+    plan = str(prepared.chunks.plan.path.resolve()) if prepared.chunks is not None else None  # chunks are sampled
 
     def sample() -> tuple[np.ndarray, dict[str, Any]]:
         if local is not None:
-            return r.tasks.calibrate(local, inp.spec, list(inp.files), rows)
+            return r.tasks.calibrate(local, inp.spec, list(inp.files), rows, plan)
         calibrate = r.ray.remote(max_calls=1)(r.tasks.calibrate_with).options(
             num_cpus=replicas.cpus_per_worker, **replicas.gpu_args)
-        return get(calibrate.remote(model.load_name, model.options, inp.spec, list(inp.files), rows))
+        return get(calibrate.remote(model.load_name, model.options, inp.spec, list(inp.files), rows, plan))
 
     return sample
 

@@ -153,22 +153,31 @@ def _cut(chunker: Any, texts: list[str], first_doc: int) -> np.ndarray:
                      for i, spans in enumerate(chunker.spans_many(texts)) for s in spans], dtype=PLAN)
 
 
-def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int) -> tuple[np.ndarray, dict]:
+def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int,
+              plan: str | None = None) -> tuple[np.ndarray, dict]:
     """int8/uint8 ranges from the local path's sample of the input (hfenc.io.writers.calibrate),
-    over every file in order (remote ones copied here first)."""
+    over every file in order (remote ones copied here first). `plan`: a chunked job's plan file
+    (of `rows` chunks), whose chunks are sampled as the local path samples them."""
     from hfenc.io.writers import calibrate as calibrate_on
 
     with ExitStack() as stack:
         paths = [stack.enter_context(local_copy(f)) for f in files]
-        return calibrate_on(embedder, replace(spec, path=paths[0], more=tuple(paths[1:])), rows)
+        whole = replace(spec, path=paths[0], more=tuple(paths[1:]))
+        texts_of = None
+        if plan is not None:
+            from hfenc.jobs.chunked import PLAN, chunk_texts
+
+            table = np.memmap(plan, dtype=PLAN, mode="r", shape=(rows,))
+            texts_of = lambda picks: chunk_texts(table, whole, picks)  # noqa: E731
+        return calibrate_on(embedder, whole, rows, texts_of)
 
 
 def calibrate_with(model: str, options: dict[str, Any], spec: InputSpec, files: list[InputFile],
-                   rows: int) -> tuple[np.ndarray, dict]:
+                   rows: int, plan: str | None = None) -> tuple[np.ndarray, dict]:
     """calibrate, in a task of its own on a worker node (the model loaded as a replica loads it)."""
     from hfenc.compute.embedder import Embedder
 
-    return calibrate(Embedder(model, **options), spec, files, rows)
+    return calibrate(Embedder(model, **options), spec, files, rows, plan)
 
 
 def read_file(spec: InputSpec, f: InputFile, start: int, expect: dict[str, Any], block_rows: int,
