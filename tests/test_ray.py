@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import random
 import signal
@@ -27,6 +26,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+import ray_runtime as ray_runtime_module  # noqa: E402
 import tiny_models  # noqa: E402
 from hfenc.cli import app  # noqa: E402
 from hfenc.jobs.ray_runner import MANIFEST, RayOptions, embed_ray  # noqa: E402
@@ -43,16 +43,7 @@ CHUNK = 100  # rows per batch and per shard: a few batches per job, for both wor
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
-    """A local runtime of 2 CPUs for the whole module (what the runner would start itself)."""
-    assert not ray.is_initialized()
-    _init_runtime()
-    yield
-    ray.shutdown()
-
-
-def _init_runtime() -> None:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000})
+    yield from ray_runtime_module.for_module()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +96,7 @@ def _restart_runtime() -> None:
     finish their batches; one sometimes never exits and keeps its CPUs, and a resume started
     beside it waits forever for them."""
     ray.shutdown()
-    _init_runtime()
+    ray_runtime_module.start()
 
 
 def _assert_same(ray_rows: np.ndarray, local_rows: np.ndarray) -> None:

@@ -12,7 +12,6 @@ One Ray runtime of 2 CPUs serves the module (starting one costs ~20 s on 2 cores
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import signal
@@ -25,7 +24,9 @@ import ray  # a test dependency (pyproject's `test` extra): fail, never skip
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
+import ray_runtime as ray_runtime_module
 import tiny_models
+from refusals import refused_embed
 from hfenc.cli import app
 from hfenc.compute.chunking import ChunkOptions
 from hfenc.compute.embedder import Embedder
@@ -42,20 +43,7 @@ WORKERS = RayOptions(workers=2)
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
-    assert not ray.is_initialized()
-    _init_runtime()
-    yield
-    ray.shutdown()
-
-
-def _init_runtime() -> None:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             _system_config={"num_workers_soft_limit": 8, "idle_worker_killing_time_threshold_ms": 60_000})
-
-
-@pytest.fixture(scope="module")
-def bert(tiny_model_dir) -> Path:
-    return tiny_model_dir("bert")
+    yield from ray_runtime_module.for_module()
 
 
 def _document(rng: random.Random) -> str:
@@ -172,7 +160,7 @@ def test_an_interrupted_chunked_run_resumes_only_with_its_chunk_settings(bert, c
     with pytest.raises(Interrupted) as info:
         _ray(bert, corpus, out, chunking, chunk_size=40, progress=ctrl_c)
     ray.shutdown()  # as tests/test_ray.py: a replica left after Ctrl-C may hold its CPUs
-    _init_runtime()
+    ray_runtime_module.start()
     assert seen and {p.rows_total for p in seen} == {local.rows}  # progress counts chunks
     assert 0 < info.value.rows_done < local.rows
     monkeypatch.delenv(ray_pipeline.DELAY_ENV)
@@ -194,14 +182,7 @@ def test_an_interrupted_chunked_run_resumes_only_with_its_chunk_settings(bert, c
     (["--chunk-tokens", "2"], "leaves no room for text"),
 ])
 def test_what_ray_cannot_chunk_is_one_line_exit_1_and_nothing_written(args, message, bert, tmp_path):
-    (tmp_path / "in.txt").write_text("one long record of words\nanother\n")
-    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-m", str(bert), "-o",
-                                      str(tmp_path / "out.npy"), "--ray", "--workers", "2", "-q", *args])
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], result.output
-    assert "Traceback" not in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+    assert message in refused_embed(tmp_path, bert, "--ray", "--workers", "2", *args)
 
 
 def test_cli_chunked_ray_job_says_chunks_of_records(bert, corpus, tmp_path):
