@@ -303,3 +303,15 @@ def test_float16_rows_get_document_vectors_of_their_float32_rows(records, embedd
     assert np.load(tmp_path / "f16.npy").dtype == np.float16
     assert np.array_equal(np.load(tmp_path / "f16.npy"), np.load(tmp_path / "f32.npy").astype(np.float16))
     assert np.array_equal(np.load(tmp_path / "f16.docs.npy"), np.load(tmp_path / "f32.docs.npy"))
+
+
+def test_per_doc_is_refused_where_it_cannot_be_exact(records, embedder, tmp_path):
+    from hfenc.errors import ConfigError
+
+    plain = JobOptions(InputSpec(str(records / "docs.jsonl")), tmp_path / "plain.npy")
+    embed_file(plain, embedder)
+    with pytest.raises(ConfigError, match="--per-doc is for a chunked index"):
+        search(tmp_path / "plain.npy", ["a query"], per_doc=True, embedder=embedder)
+    embed_file(_tiny_job(records, tmp_path / "bits.npy", ChunkOptions(24), quantize="ubinary"), embedder)
+    with pytest.raises(ConfigError, match="--per-doc needs exact scores; this index is ubinary"):
+        search(tmp_path / "bits.npy", ["a query"], per_doc=True, embedder=embedder)
