@@ -17,7 +17,6 @@ states in that pass, so a chunk's vector sees the words around it.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,10 @@ class ChunkOptions:
         """The sidecar's and the resume fingerprint's "chunking"."""
         return {"tokens": self.tokens, "overlap": self.overlap, "by": self.by, "late": self.late,
                 "doc_vectors": self.doc_vectors}
-_SENTENCE_END = re.compile(r"[.!?…。！？]['\")\]]*$")
+# A sentence ends with one of _STOPS, then up to three of _CLOSERS (`end."` `end.)`); a paragraph
+# with a blank line.
+_STOPS = np.array([ord(c) for c in ".!?…。！？"], dtype=np.uint32)
+_CLOSERS = np.array([ord(c) for c in "'\")]"], dtype=np.uint32)
 
 
 @dataclass(frozen=True)
@@ -95,52 +97,87 @@ class Chunker:
     def _count(self, text: str) -> int:
         """Tokens of `text` as a row of the model: the prompt and special tokens included (one more
         than the model's maximum for a text it would truncate)."""
-        tok = self.tokenizer([text])
-        return int(tok.lengths[0]) + int(tok.truncated[0])
+        return int(self._counts([text])[0])
+
+    def _counts(self, texts: list[str]) -> np.ndarray:
+        """_count of each text, in one call to the tokenizer (in parallel, in Rust)."""
+        tok = self.tokenizer(texts)
+        return tok.lengths + tok.truncated
+
+    def spans(self, text: str) -> list[Span]:
+        """The chunks of `text`, in order (one empty chunk for a text with no tokens)."""
+        return self.spans_many([text])[0]
 
     def spans_many(self, texts: list[str]) -> list[list[Span]]:
-        """spans() of each text; the texts are tokenized together (in parallel, in Rust)."""
+        """spans() of each text. Made together, for speed: the texts are tokenized in one call
+        (in parallel, in Rust), and so are the checks of the chunks' counts. Each record's chunks
+        are first proposed as if a chunk's text took the tokens it has in the record (each ends
+        at the furthest cut within the room); all proposals are then tokenized at once, and the
+        first one of a record that does not fit after all (a BPE may tokenize a word differently
+        at the start of a text) is cut again check by check, its record's later chunks proposed
+        again from there. The chunks are those of checking each chunk on its own."""
         encodings = self.bare.encode_batch(texts, add_special_tokens=False)
-        return [self.spans(text, e.offsets) for text, e in zip(texts, encodings)]
-
-    def spans(self, text: str, offsets: list[tuple[int, int]] | None = None) -> list[Span]:
-        """The chunks of `text`, in order (one empty chunk for a text with no tokens).
-        `offsets`: the text's tokens' character offsets, when spans_many has them."""
-        if offsets is None:
-            offsets = self.bare.encode(text, add_special_tokens=False).offsets
-        n = len(offsets)
-        if n == 0:
-            return [Span(0, 0, 0, 0, 0)]
-        cuts = [i for i in range(1, n) if _between_words(text, offsets[i - 1], offsets[i])] + [n]
+        records = [_Record(text, e.offsets) for text, e in zip(texts, encodings)]
+        chunks: list[list[Span]] = [[] if r.n else [Span(0, 0, 0, 0, 0)] for r in records]
         room = self.max_tokens - self.overhead
-        spans: list[Span] = []
-        start = 0
-        while True:
-            end = self._end(text, offsets, cuts, start, room)
-            spans.append(Span(len(spans), offsets[start][0], offsets[end - 1][1], start, end))
-            if end >= n:
-                return spans
-            start = self._next_start(cuts, start, end)
+        starts = {i: 0 for i, r in enumerate(records) if r.n}
+        while starts:
+            proposals = []  # (record, start, the furthest cut that fits by the record's count)
+            for i, start in starts.items():
+                r = records[i]
+                while True:
+                    fitting = self._candidates(r.cuts, start, room)[-1]
+                    proposals.append((i, start, fitting))
+                    end = self._sentence_end(r, start, room, fitting)
+                    if end >= r.n:
+                        break
+                    start = self._next_start(r.cuts, start, end)
+            counts = self._counts([records[i].text[records[i].offsets[start][0]:records[i].offsets[fitting - 1][1]]
+                                   for i, start, fitting in proposals])
+            again: dict[int, int] = {}
+            finished: set[int] = set()
+            for (i, start, fitting), count in zip(proposals, counts.tolist()):
+                if i in again or i in finished:
+                    continue
+                r = records[i]
+                over = count > self.max_tokens
+                if over:
+                    fitting = self._fitting(r, start, room)
+                end = self._sentence_end(r, start, room, fitting)
+                chunks[i].append(Span(len(chunks[i]), r.offsets[start][0], r.offsets[end - 1][1], start, end))
+                if end >= r.n:
+                    finished.add(i)
+                elif over:
+                    again[i] = self._next_start(r.cuts, start, end)
+            starts = again
+        return chunks
 
-    def _end(self, text: str, offsets: list[tuple[int, int]], cuts: list[int], start: int, room: int) -> int:
-        """The furthest cut after `start` whose chunk fits (checked by tokenizing it); with
-        by=sentences, the furthest sentence end in the second half of that, where there is one."""
-        candidates = cuts[bisect_right(cuts, start):bisect_right(cuts, start + room)]
-        if not candidates:  # one word longer than a chunk: it is cut inside (the only such cut)
-            candidates = [min(start + room, cuts[-1])]
-        fitting = None
-        for end in reversed(candidates):
+    @staticmethod
+    def _candidates(cuts: list[int], start: int, room: int) -> list[int]:
+        """The cuts a chunk from `start` may end at: those within the room by the record's count;
+        for one word longer than a chunk, a cut inside it (the only such cut)."""
+        return cuts[bisect_right(cuts, start):bisect_right(cuts, start + room)] or [min(start + room, cuts[-1])]
+
+    def _fitting(self, r: _Record, start: int, room: int) -> int:
+        """The furthest cut after `start` whose chunk fits, checked cut by cut from the furthest."""
+        text, offsets = r.text, r.offsets
+        for end in reversed(self._candidates(r.cuts, start, room)):
             if self._count(text[offsets[start][0]:offsets[end - 1][1]]) <= self.max_tokens:
-                fitting = end
-                break
-        if fitting is None:  # even the shortest run of whole words is over: take tokens one by one
-            fitting, limit = start + 1, min(start + room, len(offsets))
-            while fitting < limit and self._count(text[offsets[start][0]:offsets[fitting][1]]) <= self.max_tokens:
-                fitting += 1
-        if self.by == "sentences" and fitting < cuts[-1]:
-            sentence_ends = [c for c in candidates if start + room // 2 < c <= fitting and _ends_sentence(text, offsets, c)]
-            if sentence_ends:
-                return sentence_ends[-1]
+                return end
+        # even the shortest run of whole words is over: take tokens one by one
+        fitting, limit = start + 1, min(start + room, r.n)
+        while fitting < limit and self._count(text[offsets[start][0]:offsets[fitting][1]]) <= self.max_tokens:
+            fitting += 1
+        return fitting
+
+    def _sentence_end(self, r: _Record, start: int, room: int, fitting: int) -> int:
+        """With by=sentences, the furthest sentence end in the second half of the room up to
+        `fitting`, where there is one; else `fitting`."""
+        if self.by == "sentences" and fitting < r.cuts[-1]:
+            ends = r.sentence_cuts()
+            at = bisect_right(ends, fitting) - 1
+            if at >= 0 and ends[at] > start + room // 2:
+                return ends[at]
         return fitting
 
     def _next_start(self, cuts: list[int], start: int, end: int) -> int:
@@ -161,42 +198,73 @@ class Chunker:
         them). One pass when the whole document fits the model; else windows of the model's
         maximum length, each holding whole chunks, every one after the first starting a quarter
         window before its first chunk so that chunk has words before it too."""
-        tok = self.tokenizer
-        offsets = self.bare.encode(text, add_special_tokens=False).offsets
-        room = tok.max_length - self.overhead
-        windows: list[Window] = []
-        first = 0
-        while first < len(spans):
-            length = spans[first].token_end - spans[first].token_start
-            # shrink until the window tokenizes whole (a BPE may take more tokens for a text on its own)
-            for fit in [*range(room, length, -max(1, room // 16)), length]:
-                back = max(0, min(fit // 4, fit - length)) if windows else 0
-                start = max(0, spans[first].token_start - back)
-                end = min(len(offsets), start + fit)
-                last = first + 1
-                while last < len(spans) and spans[last].token_end <= end:
-                    last += 1
-                window = self._window(text, offsets, start, end, spans[first:last])
-                if window is not None:
-                    break
-            else:  # not even the chunk alone: cannot happen, a chunk fits by construction
-                raise ConfigError(f"late chunking: chunk {first} does not fit the model's window")
-            windows.append(window)
-            first = last
-        return windows
+        return self.windows_many([text], [spans])[0]
 
-    def _window(self, text: str, offsets: list[tuple[int, int]], start: int, end: int,
-                spans: list[Span]) -> Window | None:
-        """The window over document tokens [start, end) as a row of the model (prompt and special
-        tokens added, as every row), and each chunk's token positions in it; None when that row
-        would be truncated."""
+    def windows_many(self, texts: list[str], spans_list: list[list[Span]]) -> list[list[Window]]:
+        """windows() of each text, made together (as spans_many: one tokenizer call for the
+        texts, one for every window of the model's full length; a window that does not tokenize
+        whole after all is shrunk check by check, and its document's later windows with it)."""
         tok = self.tokenizer
-        c0 = offsets[start][0] if offsets else 0
-        c1 = offsets[end - 1][1] if offsets else 0
-        encoding = tok.fast.encode(tok.prefix + text[c0:c1])
-        if encoding.overflowing:
-            return None
-        shift = c0 - len(tok.prefix)  # window offsets -> document offsets
+        room = tok.max_length - self.overhead
+        encodings = self.bare.encode_batch(texts, add_special_tokens=False)
+        proposals = []  # (document, window over its tokens [start, end) holding chunks [first, last))
+        for i, (spans, e) in enumerate(zip(spans_list, encodings)):
+            first = 0
+            while first < len(spans):
+                start, end, last = self._place(spans, len(e.offsets), first, room)
+                proposals.append((i, start, end, first, last))
+                first = last
+        rows = [tok.prefix + self._window_text(texts[i], encodings[i].offsets, start, end)
+                for i, start, end, _, _ in proposals]
+        found: list[list[Window]] = [[] for _ in texts]
+        shrunk: set[int] = set()
+        for (i, start, end, first, last), encoding in zip(proposals, tok.fast.encode_batch(rows)):
+            if i in shrunk:
+                continue
+            offsets, spans = encodings[i].offsets, spans_list[i]
+            if not encoding.overflowing:
+                found[i].append(self._window(encoding, offsets[start][0] if offsets else 0, spans[first:last]))
+                continue
+            shrunk.add(i)  # a BPE took more tokens for the window on its own: from here, one by one
+            while first < len(spans):
+                window, first = self._shrunk(texts[i], offsets, spans, first, room)
+                found[i].append(window)
+        return found
+
+    @staticmethod
+    def _place(spans: list[Span], n: int, first: int, fit: int) -> tuple[int, int, int]:
+        """A window of `fit` document tokens from chunk `first` on: (start, end, the chunk after
+        the last it holds whole)."""
+        length = spans[first].token_end - spans[first].token_start
+        back = max(0, min(fit // 4, fit - length)) if first else 0
+        start = max(0, spans[first].token_start - back)
+        end = min(n, start + fit)
+        last = first + 1
+        while last < len(spans) and spans[last].token_end <= end:
+            last += 1
+        return start, end, last
+
+    def _shrunk(self, text: str, offsets: list[tuple[int, int]], spans: list[Span], first: int,
+                room: int) -> tuple[Window, int]:
+        """The window from chunk `first`, shrunk until it tokenizes whole; and the next chunk."""
+        tok = self.tokenizer
+        length = spans[first].token_end - spans[first].token_start
+        for fit in [*range(room, length, -max(1, room // 16)), length]:
+            start, end, last = self._place(spans, len(offsets), first, fit)
+            encoding = tok.fast.encode(tok.prefix + self._window_text(text, offsets, start, end))
+            if not encoding.overflowing:
+                return self._window(encoding, offsets[start][0] if offsets else 0, spans[first:last]), last
+        # not even the chunk alone: cannot happen, a chunk fits by construction
+        raise ConfigError(f"late chunking: chunk {first} does not fit the model's window")
+
+    @staticmethod
+    def _window_text(text: str, offsets: list[tuple[int, int]], start: int, end: int) -> str:
+        return text[offsets[start][0]:offsets[end - 1][1]] if offsets else ""
+
+    def _window(self, encoding: Any, c0: int, spans: list[Span]) -> Window:
+        """A window's row (prompt and special tokens added, as every row; it starts at document
+        character `c0`), and each of its chunks' token positions in it."""
+        shift = c0 - len(self.tokenizer.prefix)  # window offsets -> document offsets
         ends = np.array([e for _, e in encoding.offsets], np.int64) + shift
         real = np.array(encoding.special_tokens_mask, bool) == 0
         positions = []
@@ -210,6 +278,60 @@ class Chunker:
         return Window(np.asarray(encoding.ids, np.int64), positions)
 
 
+class _Record:
+    """A text, its tokens' character offsets, and where a chunk may end (between words)."""
+
+    def __init__(self, text: str, offsets: list[tuple[int, int]]) -> None:
+        self.text, self.offsets, self.n = text, offsets, len(offsets)
+        self._sentence_cuts: list[int] | None = None
+        if not offsets:
+            self.cuts = [0]
+            return
+        # _between_words for every pair of tokens at once: a space between them, or a character
+        # that is not a letter or digit on either side of the cut
+        self.at = at = np.asarray(offsets, dtype=np.int64)
+        self.codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        between = at[1:, 0] > at[:-1, 1]
+        touch = np.flatnonzero(~between)
+        if len(touch):
+            before = _alnum(self.codes[np.maximum(at[touch, 1] - 1, 0)])
+            after = _alnum(self.codes[np.minimum(at[touch + 1, 0], len(self.codes) - 1)])
+            between[touch] = ~(before & after)
+        self.cuts = (np.flatnonzero(between) + 1).tolist() + [self.n]
+
+    def sentence_cuts(self) -> list[int]:
+        """The cuts after which a sentence or a paragraph ends (by=sentences), found once."""
+        if self._sentence_cuts is None:
+            cuts = np.array(self.cuts[:-1], dtype=np.int64)
+            ends = self.at[cuts - 1, 1]  # where the text before each cut ends
+            codes = np.concatenate((np.zeros(4, np.uint32), self.codes))  # codes[ends + 3] is text[ends - 1]
+            closed = np.ones(len(cuts), bool)  # only closers so far, looking back from the end
+            sentence = np.zeros(len(cuts), bool)
+            for back in range(4):
+                char = codes[ends + 3 - back]
+                sentence |= closed & np.isin(char, _STOPS)
+                closed &= np.isin(char, _CLOSERS)
+            blank = (self.codes[:-1] == 10) & (self.codes[1:] == 10)  # "\n\n" starting at each position
+            seen = np.concatenate(([0], np.cumsum(blank)))
+            nexts = self.at[cuts, 0]  # a blank line in the gap [end, next token's start)
+            sentence |= seen[np.maximum(nexts - 1, ends)] > seen[ends]
+            self._sentence_cuts = cuts[sentence].tolist()
+        return self._sentence_cuts
+
+
+_ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)])
+
+
+def _alnum(codes: np.ndarray) -> np.ndarray:
+    """str.isalnum of each code point: ASCII by table, the rest one by one."""
+    found = np.zeros(len(codes), bool)
+    ascii_ = codes < 128
+    found[ascii_] = _ASCII_ALNUM[codes[ascii_]]
+    for i in np.flatnonzero(~ascii_).tolist():
+        found[i] = chr(int(codes[i])).isalnum()
+    return found
+
+
 @dataclass(frozen=True)
 class Window:
     """One pass of late chunking: the row's token ids and, for each of its chunks in order, the
@@ -217,13 +339,6 @@ class Window:
 
     ids: np.ndarray
     positions: list[tuple[int, int]]
-
-
-def _ends_sentence(text: str, offsets: list[tuple[int, int]], cut: int) -> bool:
-    """Whether the text before the cut ends a sentence (.!? and closing quotes) or a paragraph."""
-    before = text[:offsets[cut - 1][1]]
-    gap = text[offsets[cut - 1][1]:offsets[cut][0] if cut < len(offsets) else len(text)]
-    return bool(_SENTENCE_END.search(before[-4:])) or "\n\n" in gap
 
 
 def _between_words(text: str, left: tuple[int, int], right: tuple[int, int]) -> bool:

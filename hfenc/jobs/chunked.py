@@ -171,8 +171,8 @@ def late_tokenizer(chunker: Chunker) -> Callable[[LateDocs], Tokenized]:
 
     def tokenize(docs: LateDocs) -> Tokenized:
         ids, spans = [], []
-        for text, doc_spans in zip(docs.texts, docs.spans):
-            for window in chunker.windows(text, doc_spans):
+        for windows in chunker.windows_many(docs.texts, docs.spans):
+            for window in windows:
                 spans.extend((len(ids), start, end) for start, end in window.positions)
                 ids.append(window.ids)
         lengths = np.array([len(i) for i in ids], np.int64)
