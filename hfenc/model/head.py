@@ -169,8 +169,13 @@ class Pipeline(nn.Module):
         if self.token_stage is not None:
             out = self.token_stage(out)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        pooled = torch.stack([hidden[row, start:end].float().mean(dim=0) for row, start, end in spans.tolist()])
-        return self._after_pooling(pooled)
+        # every span's mean at once, from running sums (float64: a difference of two sums loses
+        # nothing a float32 mean keeps; MPS has no float64); sums[:, i]: a row's first i states
+        wide = torch.float32 if hidden.device.type == "mps" else torch.float64
+        sums = nn.functional.pad(hidden.to(wide).cumsum(dim=1), (0, 0, 1, 0))
+        row, start, end = spans.to(hidden.device).unbind(dim=1)
+        pooled = (sums[row, end] - sums[row, start]) / (end - start).clamp(min=1)[:, None]
+        return self._after_pooling(pooled.float())
 
     def _after_pooling(self, pooled: torch.Tensor) -> torch.Tensor:
         x = self.head(self.encoder.project(pooled).float())
