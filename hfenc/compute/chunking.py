@@ -206,60 +206,60 @@ class Chunker:
         whole after all is shrunk check by check, and its document's later windows with it)."""
         tok = self.tokenizer
         room = tok.max_length - self.overhead
-        encodings = self.bare.encode_batch(texts, add_special_tokens=False)
+        records = [_Record(text, e.offsets) for text, e in zip(texts, self.bare.encode_batch(texts, add_special_tokens=False))]
         proposals = []  # (document, window over its tokens [start, end) holding chunks [first, last))
-        for i, (spans, e) in enumerate(zip(spans_list, encodings)):
+        for i, (spans, r) in enumerate(zip(spans_list, records)):
             first = 0
             while first < len(spans):
-                start, end, last = self._place(spans, len(e.offsets), first, room)
+                start, end, last = self._place(spans, r, first, room)
                 proposals.append((i, start, end, first, last))
                 first = last
-        rows = [tok.prefix + self._window_text(texts[i], encodings[i].offsets, start, end)
-                for i, start, end, _, _ in proposals]
+        rows = [tok.prefix + self._window_text(records[i], start, end) for i, start, end, _, _ in proposals]
         found: list[list[Window]] = [[] for _ in texts]
         shrunk: set[int] = set()
         for (i, start, end, first, last), encoding in zip(proposals, tok.fast.encode_batch(rows)):
             if i in shrunk:
                 continue
-            offsets, spans = encodings[i].offsets, spans_list[i]
+            r, spans = records[i], spans_list[i]
             if not encoding.overflowing:
-                found[i].append(self._window(encoding, offsets[start][0] if offsets else 0, spans[first:last]))
+                found[i].append(self._window(encoding, r.offsets[start][0] if r.n else 0, spans[first:last]))
                 continue
             shrunk.add(i)  # a BPE took more tokens for the window on its own: from here, one by one
             while first < len(spans):
-                window, first = self._shrunk(texts[i], offsets, spans, first, room)
+                window, first = self._shrunk(r, spans, first, room)
                 found[i].append(window)
         return found
 
     @staticmethod
-    def _place(spans: list[Span], n: int, first: int, fit: int) -> tuple[int, int, int]:
-        """A window of `fit` document tokens from chunk `first` on: (start, end, the chunk after
-        the last it holds whole)."""
-        length = spans[first].token_end - spans[first].token_start
-        back = max(0, min(fit // 4, fit - length)) if first else 0
-        start = max(0, spans[first].token_start - back)
-        end = min(n, start + fit)
+    def _place(spans: list[Span], r: _Record, first: int, fit: int) -> tuple[int, int, int]:
+        """A window of at most `fit` document tokens from chunk `first` on, starting and ending
+        between words: (start, end, the chunk after the last it holds whole)."""
+        chunk = spans[first]
+        back = max(0, min(fit // 4, fit - (chunk.token_end - chunk.token_start))) if first else 0
+        at = bisect_left(r.cuts, chunk.token_start - back)
+        start = min(r.cuts[at], chunk.token_start) if chunk.token_start - back > 0 else 0
+        at = bisect_right(r.cuts, min(r.n, start + fit)) - 1
+        end = max(r.cuts[at] if at >= 0 else 0, chunk.token_end)
         last = first + 1
         while last < len(spans) and spans[last].token_end <= end:
             last += 1
         return start, end, last
 
-    def _shrunk(self, text: str, offsets: list[tuple[int, int]], spans: list[Span], first: int,
-                room: int) -> tuple[Window, int]:
+    def _shrunk(self, r: _Record, spans: list[Span], first: int, room: int) -> tuple[Window, int]:
         """The window from chunk `first`, shrunk until it tokenizes whole; and the next chunk."""
         tok = self.tokenizer
         length = spans[first].token_end - spans[first].token_start
         for fit in [*range(room, length, -max(1, room // 16)), length]:
-            start, end, last = self._place(spans, len(offsets), first, fit)
-            encoding = tok.fast.encode(tok.prefix + self._window_text(text, offsets, start, end))
+            start, end, last = self._place(spans, r, first, fit)
+            encoding = tok.fast.encode(tok.prefix + self._window_text(r, start, end))
             if not encoding.overflowing:
-                return self._window(encoding, offsets[start][0] if offsets else 0, spans[first:last]), last
+                return self._window(encoding, r.offsets[start][0] if r.n else 0, spans[first:last]), last
         # not even the chunk alone: cannot happen, a chunk fits by construction
         raise ConfigError(f"late chunking: chunk {first} does not fit the model's window")
 
     @staticmethod
-    def _window_text(text: str, offsets: list[tuple[int, int]], start: int, end: int) -> str:
-        return text[offsets[start][0]:offsets[end - 1][1]] if offsets else ""
+    def _window_text(r: _Record, start: int, end: int) -> str:
+        return r.text[r.offsets[start][0]:r.offsets[end - 1][1]] if r.n else ""
 
     def _window(self, encoding: Any, c0: int, spans: list[Span]) -> Window:
         """A window's row (prompt and special tokens added, as every row; it starts at document
