@@ -146,10 +146,11 @@ def test_chunk_vectors_equal_sentence_transformers_on_the_chunk_texts(outputs, d
 
 
 def test_late_chunks_are_mean_pooled_spans_of_one_transformers_pass(outputs, documents, minilm_dir, hf_tokenizer):
-    """Each chunk of a document that fits the model (and each chunk inside a long document's first
-    window: the first 254 tokens, which is what the model sees of the document truncated) equals
-    the mean of its tokens' hidden states in one forward pass of transformers' own BertModel over
-    the document, normalized as the model's Normalize module does."""
+    """Each chunk of a document that fits the model equals the mean of its tokens' hidden states
+    in one forward pass of transformers' own BertModel over the document, normalized as the
+    model's Normalize module does. So does each chunk of a long document's first window: its
+    first 254 tokens (the model's 256 less [CLS] and [SEP]), less the piece of a word cut there
+    (a window ends between words: before a token that does not continue a word, `##...`)."""
     from transformers import AutoModel
 
     out, _, _ = outputs["parquet-96-0-late"]
@@ -158,15 +159,19 @@ def test_late_chunks_are_mean_pooled_spans_of_one_transformers_pass(outputs, doc
     checked = 0
     for doc_row, doc in enumerate(documents):
         text = doc["text"]
-        enc = hf_tokenizer(text, truncation=True, max_length=256, return_offsets_mapping=True,
-                           return_special_tokens_mask=True, return_tensors="pt")
-        whole = len(hf_tokenizer(text)["input_ids"]) <= 256
+        bare = hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        pieces = hf_tokenizer.convert_ids_to_tokens(bare["input_ids"])
+        window = len(pieces)
+        if window > 254:  # the first window: up to the last start of a word at or before token 254
+            window = max(i for i in range(1, 255) if not pieces[i].startswith("##"))
+            text = text[:bare["offset_mapping"][window - 1][1]]
+        enc = hf_tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
         with torch.no_grad():
             hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state[0]
         ends = enc["offset_mapping"][0][:, 1].numpy()
         real = enc["special_tokens_mask"][0].numpy() == 0
         for r in rows:
-            if r["doc_row"] != doc_row or not (whole or r["token_end"] <= 254) or not text:
+            if r["doc_row"] != doc_row or r["token_end"] > window or not text:
                 continue
             inside = real & (ends > r["char_start"]) & (ends <= r["char_end"])
             expected = torch.nn.functional.normalize(hidden[torch.from_numpy(inside)].mean(0), dim=0).numpy()
