@@ -251,6 +251,10 @@ def test_an_interrupted_chunked_run_resumes_bit_for_bit_and_refuses_other_settin
     assert not out.exists()
     with pytest.raises(ResumeError, match="chunking"):
         embed_file(_tiny_job(folder, out, ChunkOptions(24, 5, doc_vectors=True), chunk_size=40, resume=True), embedder)
+    (tmp_path / ".out.docs.npy.partial").rename(tmp_path / "aside")
+    with pytest.raises(ResumeError, match="partial document vectors"):  # never zeros for the saved records
+        embed_file(_tiny_job(folder, out, chunking, chunk_size=40, resume=True), embedder)
+    (tmp_path / "aside").rename(tmp_path / ".out.docs.npy.partial")
     result = embed_file(_tiny_job(folder, out, chunking, chunk_size=40, resume=True), embedder)
     assert result.resumed_from > 0
     fresh = tmp_path / "fresh.npy"

@@ -189,7 +189,10 @@ class DocVectors:
 
     def __init__(self, path: Path, docs: int, dim: int, normalize: bool, resume: bool) -> None:
         self.path, self.normalize = path, normalize
-        if resume and path.is_file():
+        if resume and not path.is_file():
+            raise ResumeError(f"cannot resume: the partial document vectors {path} are missing",
+                              hint="use --force to start over")
+        if resume:
             self.array = open_memmap(path, mode="r+")
             if self.array.shape != (docs, dim):
                 raise ResumeError(f"cannot resume: {path} does not hold {docs:,} x {dim} document vectors",
