@@ -20,7 +20,7 @@ import torch
 
 from hfenc import Embedder
 from hfenc.compute.chunking import ChunkOptions
-from hfenc.errors import Interrupted, ResumeError
+from hfenc.errors import Interrupted, OutputError, ResumeError
 from hfenc.io.inputs import InputSpec
 from hfenc.jobs.local import JobOptions, embed_file
 from hfenc.searching import search
@@ -324,3 +324,53 @@ def test_per_doc_is_refused_where_it_cannot_be_exact(records, embedder, tmp_path
     embed_file(_tiny_job(records, tmp_path / "bits.npy", ChunkOptions(24), quantize="ubinary"), embedder)
     with pytest.raises(ConfigError, match="--per-doc needs exact scores; this index is ubinary"):
         search(tmp_path / "bits.npy", ["a query"], per_doc=True, embedder=embedder)
+
+
+def test_plan_blocks_end_between_documents_or_inside_one(tmp_path, monkeypatch):
+    """The plan is read a block at a time; a block may end at a document's end or inside it:
+    each document's chunks and counts come out whole either way."""
+    import hfenc.jobs.chunked as chunked
+
+    monkeypatch.setattr(chunked, "_BLOCK", 4)
+    sizes = [1, 1, 1, 1, 2, 5, 1, 3, 4, 1, 1, 9, 1]  # documents of 1 to 9 chunks
+    records = [(d, c, 0, 0, 0, 0) for d, n in enumerate(sizes) for c in range(n)]
+    path = tmp_path / "plan"
+    path.write_bytes(np.array(records, dtype=chunked.PLAN).tobytes())
+    plan = chunked.ChunkPlan(path, len(records), len(sizes), None)
+    assert np.concatenate(list(chunked.chunk_counts(plan))).tolist() == sizes
+    for start in (0, 4, 6, 11, 20):  # a document's first chunk, resumed from
+        docs = [block["doc_row"].tolist() for block in chunked._doc_chunks(plan.table(), start)]
+        first = records[start][0]
+        assert docs == [[d] * n for d, n in enumerate(sizes)][first:]
+
+
+def test_a_run_stopped_while_publishing_resumes_with_its_document_vectors(records, embedder, tmp_path, monkeypatch):
+    from hfenc.io.parquet import ParquetWriter
+
+    merge = ParquetWriter._merge
+
+    def stopped(self, *args):  # Ctrl-C while the Parquet file is being assembled: every row saved
+        monkeypatch.setattr(ParquetWriter, "_merge", merge)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ParquetWriter, "_merge", stopped)
+    job = _tiny_job(records, tmp_path / "out.parquet", ChunkOptions(24, doc_vectors=True))
+    with pytest.raises(KeyboardInterrupt):
+        embed_file(job, embedder)
+    assert (tmp_path / ".out.docs.parquet.partial").is_file()
+    result = embed_file(_tiny_job(records, tmp_path / "out.parquet", ChunkOptions(24, doc_vectors=True),
+                                  resume=True), embedder)
+    assert result.resumed_from == result.rows
+    embed_file(_tiny_job(records, tmp_path / "fresh.parquet", ChunkOptions(24, doc_vectors=True)), embedder)
+    assert pq.read_table(tmp_path / "out.docs.parquet").equals(pq.read_table(tmp_path / "fresh.docs.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{s}{x}" for s in ("out", "fresh") for x in (".parquet", ".parquet.json", ".docs.parquet"))
+
+
+def test_a_partial_of_document_vectors_no_run_claims_is_left_alone(records, embedder, tmp_path):
+    (tmp_path / ".out.docs.npy.partial").write_bytes(b"someone's")
+    with pytest.raises(OutputError, match="no interrupted hfenc run claims it"):
+        embed_file(_tiny_job(records, tmp_path / "out.npy", ChunkOptions(24, doc_vectors=True)), embedder)
+    assert (tmp_path / ".out.docs.npy.partial").read_bytes() == b"someone's"
+    embed_file(_tiny_job(records, tmp_path / "out.npy", ChunkOptions(24), force=True), embedder)  # --force: ours
+    assert not (tmp_path / ".out.docs.npy.partial").exists()

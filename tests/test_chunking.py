@@ -141,3 +141,15 @@ def test_late_chunking_windows_fit_the_model_and_hold_every_chunk_once(tokenizer
             several += 1
             assert len(chunker.bare.encode(doc, add_special_tokens=False).ids) > tok.max_length - chunker.overhead
     assert several >= 3
+
+
+def test_paragraph_ends_are_found_where_the_tokenizer_makes_tokens_of_newlines(tokenizers):
+    from hfenc.compute.chunking import _Record
+
+    text = "Heading one\n\nsome body text here\n\nanother paragraph. Final words here"
+    for name in ("minilm", "qwen2-bpe"):
+        fast = tokenizers[name]().fast
+        offsets = fast.encode(text, add_special_tokens=False).offsets
+        ends = {offsets[c - 1][1] for c in _Record(text, offsets).sentence_cuts()}
+        # the text before each found cut ends a paragraph or a sentence (blank lines may follow)
+        assert {text[:e].rstrip()[-4:] for e in ends} == {" one", "here", "aph."}, name

@@ -292,7 +292,9 @@ class _Record:
         self.at = at = np.asarray(offsets, dtype=np.int64)
         self.codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         between = at[1:, 0] > at[:-1, 1]
-        touch = np.flatnonzero(~between)
+        # tokens that touch: a cut unless inside a word (tokens that overlap, the bytes of one
+        # character, never are)
+        touch = np.flatnonzero(at[1:, 0] == at[:-1, 1])
         if len(touch):
             before = _alnum(self.codes[np.maximum(at[touch, 1] - 1, 0)])
             after = _alnum(self.codes[np.minimum(at[touch + 1, 0], len(self.codes) - 1)])
@@ -311,15 +313,33 @@ class _Record:
                 char = codes[ends + 3 - back]
                 sentence |= closed & np.isin(char, _STOPS)
                 closed &= np.isin(char, _CLOSERS)
+            # a blank line in the whitespace before the next token, whether or not the tokenizer
+            # makes tokens of it: between the last other character and the next token's start
             blank = (self.codes[:-1] == 10) & (self.codes[1:] == 10)  # "\n\n" starting at each position
             seen = np.concatenate(([0], np.cumsum(blank)))
-            nexts = self.at[cuts, 0]  # a blank line in the gap [end, next token's start)
-            sentence |= seen[np.maximum(nexts - 1, ends)] > seen[ends]
+            visible = np.flatnonzero(~_space(self.codes))
+            nexts = self.at[cuts, 0]
+            after = np.searchsorted(visible, nexts) - 1  # the last other character before the next token
+            since = np.where(after >= 0, visible[np.maximum(after, 0)] + 1, 0)
+            sentence |= seen[np.maximum(nexts - 1, since)] > seen[since]
             self._sentence_cuts = cuts[sentence].tolist()
         return self._sentence_cuts
 
 
 _ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)])
+
+
+def _space(codes: np.ndarray) -> np.ndarray:
+    """str.isspace of each code point: ASCII by table, the rest one by one."""
+    found = np.zeros(len(codes), bool)
+    ascii_ = codes < 128
+    found[ascii_] = _ASCII_SPACE[codes[ascii_]]
+    for i in np.flatnonzero(~ascii_).tolist():
+        found[i] = chr(int(codes[i])).isspace()
+    return found
+
+
+_ASCII_SPACE = np.array([chr(c).isspace() for c in range(128)])
 
 
 def _alnum(codes: np.ndarray) -> np.ndarray:

@@ -233,9 +233,10 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[
                     f"{final} exists and hfenc did not write it (no hfenc sidecar lists it)",
                     hint="move it away, choose another output with -o, or pass --force to overwrite it",
                 )
-        if _present(paths.partial) and not paths.state.exists():
-            raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
-                              hint="move it away, or pass --force to overwrite it")
+        for partial in (paths.partial, paths.hidden(paths.docs, "partial")):
+            if _present(partial) and not paths.state.exists():
+                raise OutputError(f"{partial} exists but no interrupted hfenc run claims it",
+                                  hint="move it away, or pass --force to overwrite it")
     if paths.state.exists() and not resume and not force:
         raise OutputError(
             f"an interrupted run of {paths.npy} can be resumed",

@@ -14,6 +14,7 @@ and the vectors of whole documents (--doc-vectors) are made as each chunk of wor
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -220,12 +221,15 @@ class DocVectors:
 
 def chunk_counts(plan: ChunkPlan) -> Iterator[np.ndarray]:
     """The number of chunks of each document, in order, a block of documents at a time."""
-    table, carried = plan.table(), 0
+    table, last, carried = plan.table(), -1, 0  # the previous block's last document, its chunks so far
     for at in range(0, plan.rows, _BLOCK):
         docs = np.array(table[at:at + _BLOCK]["doc_row"])
         counts = np.bincount(docs - docs[0])  # every document has a chunk: no gaps
-        counts[0] += carried
-        carried = int(counts[-1])  # the last document may go on in the next block
+        if docs[0] == last:  # it goes on in this block
+            counts[0] += carried
+        elif carried:
+            yield np.array([carried])
+        last, carried = int(docs[-1]), int(counts[-1])  # the last document may go on in the next block
         if len(counts) > 1:
             yield counts[:-1]
     if plan.rows:
@@ -314,15 +318,24 @@ class ChunkedJob:
             write_chunks_tsv(self.plan, paths.staged(paths.chunks))
             files.append((paths.staged(paths.chunks), paths.chunks))
             side["chunks_file"] = paths.chunks.name
-        if self.vectors is not None:
+        if self.vectors is not None:  # the partial stays until the output is published: a --resume needs it
             self.vectors.close()
+            staged = paths.staged(paths.docs)
+            staged.unlink(missing_ok=True)
             if fmt == "parquet":
                 from hfenc.io.parquet import write_vectors
 
-                write_vectors(self.vectors.path, paths.staged(paths.docs), self.doc_ids, chunk_counts(self.plan))
-                self.vectors.path.unlink()
+                write_vectors(self.vectors.path, staged, self.doc_ids, chunk_counts(self.plan))
             else:
-                os.replace(self.vectors.path, paths.staged(paths.docs))
-            files.append((paths.staged(paths.docs), paths.docs))
+                try:
+                    os.link(self.vectors.path, staged)
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile(self.vectors.path, staged)
+            files.append((staged, paths.docs))
             side["docs_file"] = paths.docs.name
         return side, files
+
+
+def published(paths: OutputPaths) -> None:
+    """After publication (or before a fresh run): the partial document vectors go."""
+    paths.hidden(paths.docs, "partial").unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, defau
                               read_state, saved_rows)
 from hfenc.io.writers import check_options, default_path, open_output, out_format
 from hfenc.jobs.checkpoint import Checkpoints
-from hfenc.jobs.chunked import ChunkedJob
+from hfenc.jobs.chunked import ChunkedJob, published
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -193,6 +193,8 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
 
 def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, ids_tmp: Path,
          lines_tmp: Path, progress: Callable[[Progress], None] | None, t0: float) -> JobResult:
+    if not job.resume:  # a fresh run (check_writable let it replace what an earlier one left)
+        published(paths)
     chunked = None if job.chunking is None else \
         ChunkedJob(job.chunking, model, spec, info, paths, ids_tmp if spec.id_field else None, progress)
     plan = chunked.plan if chunked is not None else None
@@ -274,6 +276,7 @@ def _finish_earlier(paths: OutputPaths, writer: Any, rows: int, dim: int, blank:
                     t0: float) -> JobResult:
     """--resume after a crash during publication: carry out the rest of it."""
     metadata = writer.finish_publication()
+    published(paths)
     return JobResult(paths.npy, paths.sidecar, rows, dim, time.perf_counter() - t0, metadata.get("truncated_rows", 0),
                      blank, metadata.get("tokens", 0), writer.rows_done, metadata,
                      warnings=["the interrupted run had finished; its output is now published"],
@@ -297,6 +300,7 @@ def _publish(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, m
     metadata = job_sidecar(paths.npy, rows, model.dim, output.out_dtype, input_meta, model.describe(), job.chunk_size,
                            {**output.metadata(), **(chunked.fingerprint() if chunked else {}), **side}, totals)
     metadata = output.writer.finish(metadata, side_files, stale)
+    published(paths)
     return JobResult(paths.npy, paths.sidecar, rows, model.dim, totals.elapsed, stats.truncated, info.blank,
                      stats.tokens, totals.resumed_from, metadata, embed_seconds=totals.embed_seconds,
                      warnings=warnings, documents=chunked.plan.docs if chunked is not None else None)
