@@ -50,9 +50,12 @@ class ChunkOptions:
                               f"{self.tokens}")
 
     def record(self) -> dict[str, Any]:
-        """The sidecar's and the resume fingerprint's "chunking"."""
+        """The sidecar's and the resume fingerprint's "chunking": the settings, and the version of
+        the library that cut the chunks (a resumed run must cut them the same)."""
+        import tokenizers
+
         return {"tokens": self.tokens, "overlap": self.overlap, "by": self.by, "late": self.late,
-                "doc_vectors": self.doc_vectors}
+                "doc_vectors": self.doc_vectors, "tokenizers_version": tokenizers.__version__}
 # A sentence ends with one of _STOPS, then up to three of _CLOSERS (`end."` `end.)`); a paragraph
 # with a blank line.
 _STOPS = np.array([ord(c) for c in ".!?…。！？"], dtype=np.uint32)
