@@ -329,30 +329,23 @@ class _Record:
         return self._sentence_cuts
 
 
-_ASCII_ALNUM = np.array([chr(c).isalnum() for c in range(128)])
-
-
-def _space(codes: np.ndarray) -> np.ndarray:
-    """str.isspace of each code point: ASCII by table, the rest one by one."""
+def _each(codes: np.ndarray, test: Any) -> np.ndarray:
+    """`test` (str.isalnum, str.isspace) of each code point: ASCII by a table, the rest one by one."""
+    table = np.array([test(chr(c)) for c in range(128)])
     found = np.zeros(len(codes), bool)
     ascii_ = codes < 128
-    found[ascii_] = _ASCII_SPACE[codes[ascii_]]
+    found[ascii_] = table[codes[ascii_]]
     for i in np.flatnonzero(~ascii_).tolist():
-        found[i] = chr(int(codes[i])).isspace()
+        found[i] = test(chr(int(codes[i])))
     return found
-
-
-_ASCII_SPACE = np.array([chr(c).isspace() for c in range(128)])
 
 
 def _alnum(codes: np.ndarray) -> np.ndarray:
-    """str.isalnum of each code point: ASCII by table, the rest one by one."""
-    found = np.zeros(len(codes), bool)
-    ascii_ = codes < 128
-    found[ascii_] = _ASCII_ALNUM[codes[ascii_]]
-    for i in np.flatnonzero(~ascii_).tolist():
-        found[i] = chr(int(codes[i])).isalnum()
-    return found
+    return _each(codes, str.isalnum)
+
+
+def _space(codes: np.ndarray) -> np.ndarray:
+    return _each(codes, str.isspace)
 
 
 @dataclass(frozen=True)
