@@ -73,16 +73,30 @@ def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids
             open(doc_ids, encoding="utf-8") if doc_ids is not None else nullcontext() as ids_in, \
             open(ids_path, "w", encoding="utf-8") if ids_path is not None else nullcontext() as ids_out:
         for start, texts in chunks(spec, _READ_RECORDS, 0, expected=info):
-            found = []
-            for i, (text, spans) in enumerate(zip(texts, chunker.spans_many(texts))):
-                found.extend((start + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end) for s in spans)
-                if ids_out is not None:
-                    ids_out.write(ids_in.readline() * len(spans))
-            out.write(np.array(found, dtype=PLAN).tobytes())
+            found = plan_records(chunker, texts, start)
+            if ids_out is not None:
+                for n in np.bincount(found["doc_row"] - start, minlength=len(texts)).tolist():
+                    ids_out.write(ids_in.readline() * n)
+            out.write(found.tobytes())
             rows += len(found)
             if progress is not None:
                 progress(start + len(texts))
     return ChunkPlan(path, rows, info.rows, ids_path)
+
+
+def plan_records(chunker: Chunker, texts: list[str], first_doc: int) -> np.ndarray:
+    """The PLAN records of `texts`, records `first_doc`, `first_doc + 1`, ... of the input."""
+    return np.array([(first_doc + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end)
+                     for i, spans in enumerate(chunker.spans_many(texts)) for s in spans], dtype=PLAN)
+
+
+def doc_means(sums: np.ndarray, counts: np.ndarray, normalize: bool) -> np.ndarray:
+    """Documents' vectors from the sums of their chunks' vectors and their counts: the means,
+    L2-normalized when the model normalizes."""
+    means = sums / counts[:, None]
+    if normalize:
+        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return means
 
 
 def chunk_texts(table: np.ndarray, spec: InputSpec, rows: np.ndarray) -> list[str]:
@@ -205,11 +219,8 @@ class DocVectors:
         """The documents of one saved chunk of work: its plan `records` and their `rows`."""
         docs = records["doc_row"]
         starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
-        counts = np.diff(np.r_[starts, len(docs)])[:, None]
-        means = np.add.reduceat(rows.astype(np.float32, copy=False), starts, axis=0) / counts
-        if self.normalize:
-            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-        self.array[docs[starts]] = means
+        sums = np.add.reduceat(rows.astype(np.float32, copy=False), starts, axis=0)
+        self.array[docs[starts]] = doc_means(sums, np.diff(np.r_[starts, len(docs)]), self.normalize)
         self.array.flush()
 
     def close(self) -> None:

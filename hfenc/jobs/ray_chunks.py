@@ -45,7 +45,7 @@ import numpy as np
 from hfenc.compute.chunking import ChunkOptions
 from hfenc.errors import ConfigError
 from hfenc.io.outputs import OutputPaths
-from hfenc.jobs.chunked import PLAN, ChunkPlan, chunk_counts
+from hfenc.jobs.chunked import PLAN, ChunkPlan, chunk_counts, doc_means
 from hfenc.jobs.local import JobOptions
 from hfenc.jobs.ray_inputs import ScannedInput
 from hfenc.jobs.ray_session import get, ray_modules
@@ -150,10 +150,7 @@ def doc_vectors(chunks: RayChunks, out: RayOutput, shards: list[dict[str, Any]],
     if not np.array_equal(counts, expected):  # verify() saw every row once: a sum is missing or doubled
         raise RuntimeError(f"the documents' sums in {out.meta} do not count every chunk once")
     for at in range(0, chunks.docs, 65536):
-        block = vectors[at:at + 65536] / counts[at:at + 65536, None]
-        if normalize:
-            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-        vectors[at:at + 65536] = block
+        vectors[at:at + 65536] = doc_means(vectors[at:at + 65536], counts[at:at + 65536], normalize)
     vectors.flush()
     del vectors
     with open(target, "rb+") as fh:

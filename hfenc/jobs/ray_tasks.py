@@ -132,6 +132,8 @@ def plan_file(spec: InputSpec, f: InputFile, first_doc: int, expect: dict[str, A
     """A chunked job's plan of one file (hfenc.jobs.chunked.make_plan, file by file): a PLAN
     record per chunk of each record, in order, the file's records counted from global row
     `first_doc`; the bytes are checked to be those the scan counted."""
+    from hfenc.jobs.chunked import plan_records  # a plan task holds a tokenizer: torch is loaded anyway
+
     with local_copy(f) as path, naming(f, path, several):
         tally, parts, texts, n = Tally(), [], [], 0
         for record in records(_one(spec, path), tally, again=True):
@@ -140,17 +142,12 @@ def plan_file(spec: InputSpec, f: InputFile, first_doc: int, expect: dict[str, A
             texts.append(record.text)
             n += 1
             if len(texts) == 512:
-                parts.append(_cut(chunker, texts, first_doc + n - len(texts)))
+                parts.append(plan_records(chunker, texts, first_doc + n - len(texts)))
                 texts = []
         if texts:
-            parts.append(_cut(chunker, texts, first_doc + n - len(texts)))
+            parts.append(plan_records(chunker, texts, first_doc + n - len(texts)))
         _same_file(f, expect, n, tally)
     return np.concatenate(parts) if parts else np.empty(0, PLAN)
-
-
-def _cut(chunker: Any, texts: list[str], first_doc: int) -> np.ndarray:
-    return np.array([(first_doc + i, s.chunk, s.char_start, s.char_end, s.token_start, s.token_end)
-                     for i, spans in enumerate(chunker.spans_many(texts)) for s in spans], dtype=PLAN)
 
 
 def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int,
@@ -165,7 +162,7 @@ def calibrate(embedder: Any, spec: InputSpec, files: list[InputFile], rows: int,
         whole = replace(spec, path=paths[0], more=tuple(paths[1:]))
         texts_of = None
         if plan is not None:
-            from hfenc.jobs.chunked import PLAN, chunk_texts
+            from hfenc.jobs.chunked import chunk_texts
 
             table = np.memmap(plan, dtype=PLAN, mode="r", shape=(rows,))
             texts_of = lambda picks: chunk_texts(table, whole, picks)  # noqa: E731
