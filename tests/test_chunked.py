@@ -263,7 +263,7 @@ def test_an_interrupted_chunked_run_resumes_bit_for_bit_and_refuses_other_settin
     assert np.array_equal(np.load(tmp_path / "out.docs.npy"), np.load(tmp_path / "fresh.docs.npy"))
     assert (tmp_path / "out.chunks.tsv").read_text() == (tmp_path / "fresh.chunks.tsv").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{s}.{x}" for s in ("out", "fresh") for x in ("npy", "npy.json", "ids.txt", "chunks.tsv", "docs.npy"))
+        f"{s}.{x}" for s in ("out", "fresh") for x in ("npy", "npy.json", "ids.txt", "chunks.tsv", "docs.npy", "sha256.npy"))
 
 
 def test_quantized_chunked_output_has_a_code_row_per_chunk(records, embedder, tmp_path):

@@ -150,4 +150,4 @@ def test_two_runs_on_one_output_one_publishes_the_other_is_refused(tmp_path, ber
     assert published in inputs
     assert start(published, tmp_path / "lone.npy").wait(timeout=300) == 0  # the same command, alone
     assert np.array_equal(np.load(out), np.load(tmp_path / "lone.npy"))
-    assert sorted(p.name for p in work.iterdir()) == ["a.txt", "b.txt", "out.npy", "out.npy.json"]
+    assert sorted(p.name for p in work.iterdir()) == ["a.txt", "b.txt", "out.npy", "out.npy.json", "out.sha256.npy"]

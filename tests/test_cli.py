@@ -117,7 +117,7 @@ def test_embed_writes_the_library_encode_rows_and_summarises_on_stderr(data, ber
     np.testing.assert_allclose(got, _encode(texts, bert), rtol=0, atol=1e-6)
     meta = json.loads((data / "out.npy.json").read_text())
     assert meta["complete"] is True and meta["rows"] == 30 and meta["device"] == "cpu"
-    assert sorted(p.name for p in data.iterdir()) == ["in.txt", "out.npy", "out.npy.json"]
+    assert sorted(p.name for p in data.iterdir()) == ["in.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_embed_json_summary_on_stdout(data, bert):
@@ -190,7 +190,7 @@ def test_embed_stdin_with_output(tmp_path, bert):
     result = _run("embed", "-", "-o", out, "-m", bert, "--device", "cpu", input="the cat\na big dog\n")
     _assert_ok(result)
     np.testing.assert_allclose(np.load(out), _encode(["the cat", "a big dog"], bert), rtol=0, atol=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.npy.json"]  # spool removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.npy.json", "out.sha256.npy"]  # spool removed
 
 
 def test_embed_encoding_errors_replace_goes_on(tmp_path, bert):

@@ -31,7 +31,8 @@ alike; everything else must match exactly, trailing spaces and trailing blank li
   0.004 s`) -> `<t> s`; throughput: `N texts/s` -> `<n> texts/s` (and `chunks/s`);
 - in JSON: the values of "seconds", "embed_seconds", "elapsed_seconds" (timings), "created" (a
   timestamp), "threads" (the machine's cores) and of the package versions under "versions"
-  ("hfenc", "torch", "transformers", "ray", "openvino", "nncf", "pyarrow");
+  ("hfenc", "torch", "transformers", "ray", "openvino", "nncf", "pyarrow"); a sidecar's seal
+  ("sidecar_sha256", which covers the timings) and the sha256 of an array in its "files";
 - floats printed with 7 or more decimals are compared on their first 5 decimals (float32 sums
   differ in the last bits between CPUs' kernels);
 - the working directory's absolute path is shown as `$PWD`.
@@ -102,6 +103,9 @@ _MASKS = [
     (re.compile(r"^Note: other processes kept cores busy.*\n?", re.MULTILINE), ""),
     (re.compile(r'"(hfenc|torch|transformers|ray|openvino|nncf|pyarrow)": "\d[^"]*"'), r'"\1": <version>'),
     (re.compile(r"(?<![\d.])(-?\d+\.\d{5})\d{2,}"), r"\1"),
+    # the sidecar's seal covers the timings above; an array's hash, its numbers (issue 24)
+    (re.compile(r'"sidecar_sha256": "[^"]*"'), '"sidecar_sha256": <seal>'),
+    (re.compile(r'("[^"\n]+\.(?:npy|parquet)": \{\n\s*"bytes": \d+,\n\s*"sha256": )"[^"]*"'), r"\1<array hash>"),
 ]
 
 

@@ -56,7 +56,7 @@ def test_text_arguments_and_stdout_refusals(tmp_path, bert, monkeypatch):
     assert json.loads(Path("t.npy.json").read_text())["input"]["path"] == "(--text)"
     _one_error(_run("embed", "--text", "x", "-m", bert, "-o", "-"), "-o - (standard output) is not supported")
     _one_error(_run("embed", "--text", "x", "-m", bert, "-o", "out.txt"), "unknown output type '.txt'")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npy", "t.npy.json"]  # never a file named -
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npy", "t.npy.json", "t.sha256.npy"]  # never a file named -
     usage = _run("embed", "in.txt", "--text", "x", "-m", bert)
     assert usage.exit_code == 2 and "not both" in usage.stderr
 

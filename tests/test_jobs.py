@@ -120,7 +120,7 @@ def test_sidecar_records_how_the_output_was_made(data, embedder, bert):
 
 def test_success_leaves_no_hidden_files(data, embedder):
     embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7), embedder)
-    assert _names(data) == ["in.txt", "out.npy", "out.npy.json"]
+    assert _names(data) == ["in.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_default_output_is_beside_the_input_without_gz(tmp_path, embedder, texts):
@@ -202,7 +202,7 @@ def test_skip_blank_writes_kept_line_numbers(tmp_path, embedder):
                                embedder.encode(["the cat", "a dog", "the sea", "red car"]), rtol=0, atol=1e-6)
     meta = json.loads((tmp_path / "out.npy.json").read_text())
     assert meta["lines_file"] == "out.lines.npy"
-    assert _names(tmp_path) == ["in.txt", "out.lines.npy", "out.npy", "out.npy.json"]
+    assert _names(tmp_path) == ["in.txt", "out.lines.npy", "out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_id_field_writes_ids_aligned_with_rows(tmp_path, embedder, texts):
@@ -215,7 +215,7 @@ def test_id_field_writes_ids_aligned_with_rows(tmp_path, embedder, texts):
     assert (tmp_path / "out.ids.txt").read_text().splitlines() == ids
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), embedder.encode(texts[:12]), rtol=0, atol=1e-6)
     assert result.metadata["ids_file"] == "out.ids.txt"
-    assert _names(tmp_path) == ["in.jsonl", "out.ids.txt", "out.npy", "out.npy.json"]
+    assert _names(tmp_path) == ["in.jsonl", "out.ids.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_id_column_of_a_csv(tmp_path, embedder):
@@ -283,7 +283,7 @@ def test_interrupt_keeps_finished_chunks_and_resume_is_bit_for_bit(data, embedde
     result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, resume=True), embedder)
     assert result.resumed_from == 14 and result.rows == 50
     assert result.metadata["resumed_from_row"] == 14
-    assert _names(data) == ["in.txt", "out.npy", "out.npy.json"]
+    assert _names(data) == ["in.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
 
     reference = tmp_path / "reference.npy"
     embed_file(_job(data / "in.txt", reference, chunk_size=7), embedder)
@@ -309,7 +309,7 @@ def test_batches_finished_inside_a_chunk_survive_and_resume_bit_for_bit(data, be
     monkeypatch.setattr(small.engine.module, "forward", lambda *a, **k: calls.append(len(a[0])) or original(*a, **k))
     result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=50, resume=True), small)
     assert result.resumed_from == 0 and sum(calls) == 50 - kept["rows"]  # only the unfinished rows ran
-    assert _names(data) == ["in.txt", "out.npy", "out.npy.json"]
+    assert _names(data) == ["in.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
     embed_file(_job(data / "in.txt", tmp_path / "reference.npy", chunk_size=50), small)
     assert np.array_equal(np.load(data / "out.npy"), np.load(tmp_path / "reference.npy"))
 
@@ -395,7 +395,7 @@ def test_rerun_without_resume_or_force_after_an_interrupt_is_refused(data, embed
     # --force starts over and cleans up
     result = embed_file(_job(data / "in.txt", data / "out.npy", chunk_size=7, force=True), embedder)
     assert result.resumed_from == 0
-    assert _names(data) == ["in.txt", "out.npy", "out.npy.json"]
+    assert _names(data) == ["in.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_resume_refuses_a_changed_input(data, embedder, texts):
@@ -634,7 +634,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, sub_i
     assert np.array_equal(np.load(out), sub_reference.get())
     meta = json.loads((tmp_path / "out.npy.json").read_text())
     assert meta["complete"] is True and meta["resumed_from_row"] == saved
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.npy.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_sigterm_exits_143_says_rows_saved_and_prints_the_resume_command(tmp_path, sub_input, bert):

@@ -205,7 +205,7 @@ def test_odd_input_and_output_names_work(tmp_path, tiny_model_dir, name, monkeyp
     result = CliRunner().invoke(app, ["embed", "-m", str(tiny_model_dir("bert")), "-o", out, "-q", "--", name])
     assert result.exit_code == 0, result.stderr
     assert np.load(tmp_path / out).shape[0] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, out, out + ".json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, out, out + ".json", out[:-len(".npy")] + ".sha256.npy"])
 
 
 def test_nothing_is_written_outside_the_outputs_directory(tmp_path, tiny_model_dir, monkeypatch):
@@ -217,7 +217,7 @@ def test_nothing_is_written_outside_the_outputs_directory(tmp_path, tiny_model_d
                                       "-o", str(dest / "o.npy"), "--id-field", "id", "-q"], input="")
     assert result.exit_code == 0, result.stderr
     assert list(work.iterdir()) == []
-    assert sorted(p.name for p in dest.iterdir()) == ["o.ids.txt", "o.npy", "o.npy.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["o.ids.txt", "o.npy", "o.npy.json", "o.sha256.npy"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "in.jsonl", "work"]
 
 

@@ -96,7 +96,7 @@ def test_parquet_output_equals_the_npy_output_rows_order_and_ids(data, embedder,
     embed_file(_job(data / "in.jsonl", data / "a.npy", id_field="id", chunk_size=7), embedder)
     embed_file(_job(data / "in.jsonl", data / "out.parquet", id_field="id", chunk_size=7), embedder)
     table = pq.read_table(data / "out.parquet")
-    assert table.schema.names == ["row", "id", "embedding"]
+    assert table.schema.names == ["row", "id", "tokens", "truncated", "text_sha256", "embedding"]
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), WIDTH)
     assert table.column("row").to_pylist() == list(range(50))
     assert table.column("id").to_pylist() == [f"doc-{i * 3}" for i in range(50)]
@@ -106,18 +106,20 @@ def test_parquet_output_equals_the_npy_output_rows_order_and_ids(data, embedder,
     assert pq.ParquetFile(data / "out.parquet").metadata.num_row_groups == 8  # ceil(50 / 7)
     inside = json.loads(table.schema.metadata[b"hfenc"])
     sidecar = json.loads((data / "out.parquet.json").read_text())
-    assert inside == {k: v for k, v in sidecar.items() if k != "files"}
-    assert sidecar["out_format"] == "parquet" and sidecar["columns"] == ["row", "id", "embedding"]
+    assert inside == {k: v for k, v in sidecar.items() if k not in ("files", "sidecar_sha256")}
+    assert sidecar["out_format"] == "parquet" and sidecar["columns"] == ["row", "id", "tokens", "truncated",
+                                                                         "text_sha256", "embedding"]
     assert sidecar["files"]["out.parquet"]["bytes"] == (data / "out.parquet").stat().st_size
     assert "ids_file" not in sidecar  # the ids are in the file: no OUT.ids.txt
-    assert _names(data) == ["a.ids.txt", "a.npy", "a.npy.json", "in.jsonl", "out.parquet", "out.parquet.json"]
+    assert _names(data) == ["a.ids.txt", "a.npy", "a.npy.json", "a.sha256.npy", "in.jsonl", "out.parquet",
+                            "out.parquet.json"]  # Parquet has its hashes in a column
 
 
 def test_keep_text_and_float16(data, embedder, texts):
     embed_file(_job(data / "in.jsonl", data / "h.npy", out_dtype="float16"), embedder)
     embed_file(_job(data / "in.jsonl", data / "h.parquet", out_dtype="float16", keep_text=True), embedder)
     table = pq.read_table(data / "h.parquet")
-    assert table.schema.names == ["row", "text", "embedding"]
+    assert table.schema.names == ["row", "text", "tokens", "truncated", "text_sha256", "embedding"]
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), WIDTH)
     assert table.column("text").to_pylist() == texts
     got = _embedding(table)

@@ -35,6 +35,7 @@ from hfenc.compute.embedder import Embedder  # noqa: E402
 from hfenc.errors import Interrupted, OutputError  # noqa: E402
 from hfenc.io.inputs import InputSpec  # noqa: E402
 from hfenc.jobs.local import JobOptions, embed_file  # noqa: E402
+from hfenc.verify import verify  # noqa: E402
 
 TOL = 1e-6
 WORKERS = RayOptions(workers=2)
@@ -118,7 +119,9 @@ def test_txt_to_npy_equals_the_local_path_and_its_sidecar(bert, tmp_path):
     meta = json.loads((tmp_path / "ray.npy.json").read_text())
     assert meta == result.metadata
     # The local path's sidecar, key for key; what differs is how (and when) the job ran.
-    ran = {"elapsed_seconds", "embed_seconds", "created", "threads", "thread_policy", "files", "chunk_size", "output"}
+    ran = {"elapsed_seconds", "embed_seconds", "created", "threads", "thread_policy", "files", "chunk_size", "output",
+           "sidecar_sha256", "hashes_file"}
+    assert meta["hashes_file"] == "ray.sha256.npy"
     assert set(local_meta) - set(meta) == set()
     for key in set(local_meta) - ran:
         if key == "versions":
@@ -130,7 +133,8 @@ def test_txt_to_npy_equals_the_local_path_and_its_sidecar(bert, tmp_path):
     assert meta["thread_policy"]["mode"] == "ray workers"
     assert meta["blank_rows"] == 1 and meta["rows"] == 300
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["in.txt", "local.npy", "local.npy.json", "ray.npy", "ray.npy.json"]  # nothing hidden left
+    assert names == ["in.txt", "local.npy", "local.npy.json", "local.sha256.npy", "ray.npy", "ray.npy.json",
+                     "ray.sha256.npy"]  # nothing hidden left
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +171,7 @@ def test_jsonl_to_a_shard_directory_equals_the_local_path(jsonl_case):
         assert entry["sha256"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         assert entry["bytes"] == path.stat().st_size
         schema = pq.read_schema(path)
-        assert schema.names == ["row", "id", "embedding"]
+        assert schema.names == ["row", "id", "tokens", "truncated", "text_sha256", "embedding"]
         assert schema.field("row").type == pa.int64()
         assert schema.field("id").type == pa.string()
         assert schema.field("embedding").type.value_type == pa.float32()
@@ -176,7 +180,8 @@ def test_jsonl_to_a_shard_directory_equals_the_local_path(jsonl_case):
         assert stored["engine"] == "ray" and stored["model"] == manifest["model"]
         index = pq.read_table(path, columns=["row"]).column("row").to_numpy()
         assert (entry["rows"], entry["row_min"], entry["row_max"]) == (len(index), index.min(), index.max())
-    assert manifest["out_format"] == "parquet-dataset" and manifest["columns"] == ["row", "id", "embedding"]
+    assert manifest["out_format"] == "parquet-dataset" and manifest["columns"] == ["row", "id", "tokens", "truncated", "text_sha256",
+                                                                               "embedding"]
     assert manifest["input"]["field"] == "body" and manifest["tokens"] == jsonl_case["result"].tokens
 
 
@@ -446,3 +451,68 @@ def test_a_ray_job_on_an_output_another_job_holds_is_refused_naming_it(bert, tmp
             with pytest.raises(OutputError, match=f"in use by hfenc pid {os.getpid()} "):
                 _ray(bert, src, out)
         assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+# ---- --reuse (issue 24) ---------------------------------------------------------------------------
+
+def _reused_check(old_texts: list[str], new_texts: list[str], old_rows: np.ndarray, new_rows: np.ndarray,
+                  record: dict) -> None:
+    """Each new row whose text OLD has is OLD's row for it, bit for bit; the counts are the texts'."""
+    first: dict[str, int] = {}
+    for i, t in enumerate(old_texts):
+        first.setdefault(t, i)
+    reused = [i for i, t in enumerate(new_texts) if t in first]
+    assert all(np.array_equal(new_rows[i], old_rows[first[new_texts[i]]]) for i in reused)
+    dropped = [i for i, t in enumerate(old_texts) if t not in set(new_texts)]
+    assert (record["reused"], record["embedded"], record["dropped"]) == (len(reused), len(new_texts) - len(reused),
+                                                                         len(dropped))
+    assert [d["row"] for d in record["dropped_rows"]] == dropped
+
+
+def _changed(texts: list[str]) -> list[str]:
+    new = [t + " sky" if i % 9 == 0 else t for i, t in enumerate(texts)]
+    return new[:50] + ["one new text", "another new text"] + new[60:] + ["the last new text"]
+
+
+def test_ray_reuses_a_local_output_bit_for_bit_and_records_row_hashes(bert, tmp_path):
+    old = [t for t in _texts(300, seed=5) if t]
+    new = _changed(old)
+    (tmp_path / "old.txt").write_text("".join(t + "\n" for t in old), encoding="utf-8")
+    (tmp_path / "new.txt").write_text("".join(t + "\n" for t in new), encoding="utf-8")
+    _local(bert, tmp_path / "old.txt", tmp_path / "old.npy")
+    job = JobOptions(InputSpec(str(tmp_path / "new.txt")), tmp_path / "new.npy", chunk_size=CHUNK,
+                     reuse=tmp_path / "old.npy")
+    result = embed_ray(job, str(bert), {"device": "cpu"}, WORKERS)
+    rows = np.load(tmp_path / "new.npy")
+    _reused_check(old, new, np.load(tmp_path / "old.npy"), rows, result.reuse)
+    assert result.metadata["reuse"] == result.reuse
+    local, _ = _local(bert, tmp_path / "new.txt", tmp_path / "fresh.npy")
+    _assert_same(rows, local)
+    hashes = np.load(tmp_path / "new.sha256.npy")
+    assert [bytes(h) for h in hashes] == [hashlib.sha256(t.encode()).digest() for t in new]
+    report = verify(tmp_path / "new.npy", sample=16, device="cpu")
+    assert report.ok and report.sampled == 16, report.problems
+
+
+def test_ray_reuses_a_shard_directory_into_one_with_quantized_codes(bert, tmp_path):
+    old = [t for t in _texts(260, seed=6) if t]
+    new = _changed(old)
+    (tmp_path / "old.txt").write_text("".join(t + "\n" for t in old), encoding="utf-8")
+    (tmp_path / "new.txt").write_text("".join(t + "\n" for t in new), encoding="utf-8")
+    _ray(bert, tmp_path / "old.txt", tmp_path / "old", quantize="int8")
+    job = JobOptions(InputSpec(str(tmp_path / "new.txt")), tmp_path / "new", chunk_size=CHUNK, quantize="int8",
+                     reuse=tmp_path / "old")
+    result = embed_ray(job, str(bert), {"device": "cpu"}, WORKERS)
+    order_old, emb_old, _, _ = _read_dataset(tmp_path / "old")
+    order_new, emb_new, _, manifest = _read_dataset(tmp_path / "new")
+    assert order_old.tolist() == list(range(len(old))) and order_new.tolist() == list(range(len(new)))
+    _reused_check(old, new, emb_old, emb_new, result.reuse)
+    assert manifest["quantization"]["ranges"] == json.loads((tmp_path / "old" / MANIFEST).read_text())[
+        "quantization"]["ranges"]
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "new").glob("*.parquet"))])
+    table = table.sort_by("row")
+    assert table.column("text_sha256").to_pylist() == [hashlib.sha256(t.encode()).hexdigest() for t in new]
+    assert all(n > 0 for n in table.column("tokens").to_pylist())
+    assert not any(table.column("truncated").to_pylist())
+    report = verify(tmp_path / "new", sample=16, device="cpu")  # the manifest's seal, every shard, 16 rows
+    assert report.ok and report.sampled == 16 and report.files == len(manifest["shards"]), report.problems

@@ -108,7 +108,7 @@ def test_npy_output_equals_the_local_chunked_run(bert, corpus, tmp_path):
     _same_keys(meta, local.metadata, ("rows", "documents", "chunking", "truncated_rows"))
     assert (meta["chunks_file"], meta["docs_file"], meta["ids_file"]) == \
         ("ray.chunks.tsv", "ray.docs.npy", "ray.ids.txt")
-    assert set(meta["files"]) == {"ray.npy", "ray.chunks.tsv", "ray.docs.npy", "ray.ids.txt"}
+    assert set(meta["files"]) == {"ray.npy", "ray.chunks.tsv", "ray.docs.npy", "ray.ids.txt", "ray.sha256.npy"}
     # the first file's chunks come first, then the second's, numbered on from them
     lines = [line.split("\t") for line in _tsv(tmp_path / "ray.chunks.tsv")[1:]]
     assert [int(f[0]) for f in lines] == list(range(result.rows)) and int(lines[-1][1]) == 119
@@ -125,8 +125,9 @@ def test_a_shard_directory_equals_the_local_parquet_output(bert, corpus, tmp_pat
     expected = pq.read_table(tmp_path / "local.parquet")
     table = pq.read_table(tmp_path / "shards")  # pyarrow skips _hfenc_manifest.json and _docs.parquet
     table = table.take(np.argsort(table.column("row").to_numpy(), kind="stable"))
-    assert table.column_names == expected.column_names == ["row", "doc_id", *PROVENANCE, "text", "embedding"]
-    for name in ("row", "doc_id", *PROVENANCE, "text", "embedding"):
+    assert table.column_names == expected.column_names == ["row", "doc_id", *PROVENANCE, "text", "tokens", "truncated",
+                                                                          "text_sha256", "embedding"]
+    for name in ("row", "doc_id", *PROVENANCE, "text", "tokens", "truncated", "text_sha256", "embedding"):
         assert table.column(name).to_pylist() == expected.column(name).to_pylist(), name
     manifest = json.loads((tmp_path / "shards" / MANIFEST).read_text())
     _same_keys(manifest, local.metadata, ("rows", "documents", "chunking", "columns", "out_dtype", "quantization"))

@@ -123,7 +123,7 @@ def test_a_job_on_an_existing_cluster_equals_the_local_path(cluster, case, schem
     assert (tmp_path / "out.ids.txt").read_text(encoding="utf-8") == case["ids"]
     meta = json.loads((tmp_path / "out.npy.json").read_text())
     assert meta["engine"] == "ray" and meta["ray"]["address"] == address and meta["ray"]["workers"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ids.txt", "out.npy", "out.npy.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ids.txt", "out.npy", "out.npy.json", "out.sha256.npy"]
 
 
 def test_an_unreachable_cluster_is_one_line(case, tmp_path):

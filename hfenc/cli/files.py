@@ -110,6 +110,8 @@ def embed(
                                        help="Tokens per batch."),
     resume: bool = _opt(False, "--resume", rich_help_panel=_RESUME, help="Continue an interrupted run."),
     chunk_size: int = _opt(16384, metavar="N", rich_help_panel=_RESUME, help="Records per saved chunk (16384)."),
+    reuse: Optional[Path] = _opt(None, "--reuse", metavar="OLD", rich_help_panel=_RESUME,
+                                 help="Take unchanged rows from output OLD."),
     ray: bool = _opt(False, "--ray", rich_help_panel=_RAY, help="Run on Ray (hfenc\\[ray])."),
     ray_address: Optional[str] = _opt(None, "--ray-address", metavar="ADDR", rich_help_panel=_RAY,
                                       help="auto, ray://HOST:10001."),
@@ -164,7 +166,8 @@ def embed(
                      tsv_quoting=tsv_quoting, more=tuple(paths[1:]))
     chunking = _chunking(chunk_tokens, chunk_overlap, chunk_by, late_chunking, doc_vectors)
     job = JobOptions(spec, output, force, resume, out_dtype, chunk_size, on_overflow, tuple(text or ()),  # type: ignore[arg-type]
-                     out_format=out_format, quantize=quantize, ranges=ranges, keep_text=keep_text, chunking=chunking)
+                     out_format=out_format, quantize=quantize, ranges=ranges, keep_text=keep_text, chunking=chunking,
+                     reuse=reuse)
     show = not quiet and err.is_terminal
     run: Callable[..., Any] = embed_file
     if on_ray:
@@ -201,6 +204,8 @@ def embed(
         for warning in result.warnings:
             say(f"Warning: {warning}", "yellow")
         say(_summary(result, job.out_dtype))
+        if result.reuse is not None:
+            say(_reuse_line(result.reuse))
         note = _threads_note(result.metadata.get("thread_policy"))
         if note:
             say(f"Note: {note}")
@@ -209,6 +214,7 @@ def embed(
             "output": str(result.output), "sidecar": str(result.sidecar), "rows": result.rows, "dim": result.dim,
             "seconds": round(result.seconds, 3), "embed_seconds": round(result.embed_seconds, 3), "truncated": result.truncated, "blank": result.blank,
             "tokens": result.tokens, "resumed_from": result.resumed_from, "warnings": result.warnings,
+            **({"reuse": result.reuse} if result.reuse is not None else {}),
         })
 
 
@@ -230,8 +236,21 @@ def _chunking(tokens: int | None, overlap: int | None, by: str | None, late: boo
     return options
 
 
+def _reuse_line(reuse: dict[str, Any]) -> str:
+    """What --reuse did: rows taken, rows embedded, and OLD's rows no new row has (a few named)."""
+    line = f"Reused {reuse['reused']:,} rows of {reuse['from']}, embedded {reuse['embedded']:,}"
+    if not reuse["dropped"]:
+        return line + f"; every row of {Path(reuse['from']).name} has a counterpart"
+    named = [str(d.get("id", d["row"])) for d in reuse["dropped_rows"][:3]]
+    what = "ids" if any("id" in d for d in reuse["dropped_rows"][:3]) else "rows"
+    more = ", ..." if reuse["dropped"] > len(named) else ""
+    return line + (f"; {reuse['dropped']:,} rows of {Path(reuse['from']).name} have no counterpart "
+                   f"(dropped: {what} {', '.join(named)}{more}; listed in the sidecar)")
+
+
 def _summary(result: Any, out_dtype: str) -> str:
-    rate = (result.rows - result.resumed_from) / result.embed_seconds if result.embed_seconds else 0.0
+    computed = result.rows - result.resumed_from - ((result.reuse or {}).get("reused") or 0)
+    rate = max(computed, 0) / result.embed_seconds if result.embed_seconds else 0.0
     total = time.perf_counter() - START
     stored = (result.metadata.get("quantization") or {}).get("precision") or out_dtype
     computed = result.metadata.get("dtype")

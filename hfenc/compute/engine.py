@@ -114,6 +114,9 @@ class Tokenized:
     # Late chunking (hfenc.compute.chunking): the rows are passes over documents, and each output
     # row is a (pass, start, end) span of one pass's tokens, pooled by mean
     spans: np.ndarray | None = None
+    # Reuse (hfenc.jobs.reuse): rows whose vectors come from an earlier output; not computed, but
+    # tokenized all the same, so every row's token count and truncation are known
+    given: np.ndarray | None = None
 
     @cached_property  # once per chunk, not once per batch
     def offsets(self) -> np.ndarray:
@@ -123,6 +126,14 @@ class Tokenized:
     def rows(self) -> int:
         """Output rows: one per text, or one per span."""
         return len(self.lengths) if self.spans is None else len(self.spans)
+
+    def row_tokens(self) -> np.ndarray:
+        """Tokens of each output row: its text's, or a late chunk's span of its pass."""
+        return self.lengths if self.spans is None else self.spans[:, 2] - self.spans[:, 1]
+
+    def row_truncated(self) -> np.ndarray:
+        """Whether each output row's text was truncated (a late chunk never is)."""
+        return self.truncated if self.spans is None else np.zeros(len(self.spans), bool)
 
 
 class TextTokenizer:
@@ -391,6 +402,10 @@ class Engine:
         if tok.spans is not None:
             return self._embed_spans(tok, dest, on_batch)
         order = np.argsort(-tok.lengths, kind="stable")
+        if tok.given is not None:  # their rows are in dest already: batch the others as if alone
+            order = order[~tok.given[order]]
+            if on_batch is not None and tok.given.any():
+                on_batch(int(tok.given.sum()), int(tok.lengths[tok.given].sum()))
         plan = plan_batches(tok.lengths[order], self.batch_tokens)
         kept = self._reuse(done, order, plan, dest, on_batch, tok)
         results, positions = [], []
@@ -466,7 +481,7 @@ class Engine:
         self,
         chunks: Iterable[tuple[int, Sequence[str]]],
         dest: Callable[[int, int], np.ndarray],
-        on_chunk: Callable[[int, int, RunStats], None] | None = None,
+        on_chunk: Callable[[int, int, RunStats, Tokenized], None] | None = None,
         progress: Callable[[Progress], None] | None = None,
         rows_total: int | None = None,
         stats: RunStats | None = None,
@@ -479,7 +494,8 @@ class Engine:
 
         Tokenization of the next chunk overlaps the model's work on the current one. `done` and
         `checkpoint`: see embed_tokenized (`done` applies to the chunk it names). `tokenize`: how
-        a chunk's payload becomes a Tokenized (default: the payload is texts, tokenized as rows)."""
+        a chunk's payload becomes a Tokenized (default: the payload is texts, tokenized as rows).
+        `on_chunk(start, n, stats, tok)` after each chunk's rows are in dest."""
         stats = stats or RunStats()
         rows0, tokens0 = stats.rows, stats.tokens  # a resumed job passes in what was done before
         t0 = time.perf_counter()
@@ -520,7 +536,7 @@ class Engine:
                     stats.first_truncated = start + int(np.argmax(tok.truncated))
                 stats.truncated += n_trunc
                 if on_chunk is not None:
-                    on_chunk(start, n, stats)
+                    on_chunk(start, n, stats, tok)
         return stats
 
 

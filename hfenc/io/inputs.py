@@ -44,6 +44,7 @@ from typing import IO
 import numpy as np
 
 from hfenc.errors import InputError
+from hfenc.io.hashes import digest
 from hfenc.io.records import (FORMATS, InputSpec, Record, Tally, changed, id_text, one_line,  # noqa: F401 (API)
                                 open_raw, _TABLES, _format_of)
 
@@ -452,8 +453,10 @@ class Scan:
     files: tuple[tuple[str, int], ...] = ()  # (path, records) per input file, in order
 
 
-def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] | None = None) -> Scan:
-    """Validate and count every record; write ids (one per line) and kept line numbers (int64).
+def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] | None = None,
+         hashes_out: IO[bytes] | None = None) -> Scan:
+    """Validate and count every record; write ids (one per line), kept line numbers (int64) and
+    the texts' SHA-256 (32 bytes each, hfenc.io.hashes).
 
     The hash and size are of the raw bytes this pass parsed (for a .gz, the compressed file)."""
     rows = blank = 0
@@ -467,6 +470,8 @@ def scan(spec: InputSpec, ids_out: IO[str] | None = None, lines_out: IO[bytes] |
                 blank += 1
             if ids_out is not None:
                 ids_out.write((record.id or "") + "\n")
+            if hashes_out is not None:
+                hashes_out.write(digest(record.text))
             if lines_out is not None:
                 batch.append(record.line)
                 if len(batch) >= 65536:

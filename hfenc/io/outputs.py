@@ -67,6 +67,11 @@ class OutputPaths:
         """--doc-vectors: a vector per document, in the output's format."""
         return self.npy.with_name(self.npy.stem + ".docs" + (self.npy.suffix or ".npy"))
 
+    @property
+    def hashes(self) -> Path:
+        """A .npy output's per-row text hashes (hfenc.io.hashes; Parquet holds them in a column)."""
+        return self.npy.with_name(self.npy.stem + ".sha256.npy")
+
     def hidden(self, final: Path, tag: str) -> Path:
         return final.with_name(f".{final.name}.{tag}")
 
@@ -91,7 +96,7 @@ class OutputPaths:
         return [self.npy, self.sidecar, *self.side_files()]
 
     def side_files(self) -> list[Path]:
-        return [self.ids, self.lines, self.chunks, self.docs]
+        return [self.ids, self.lines, self.chunks, self.docs, self.hashes]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -187,6 +192,21 @@ def default_output(input_path: str) -> Path:
     return p.with_name(Path(name).stem + ".npy")
 
 
+SEAL = "sidecar_sha256"
+
+
+def seal_of(sidecar: dict) -> str:
+    """The SHA-256 of a sidecar's content without its seal (canonical JSON): `verify` recomputes it,
+    so a hand edit shows, whatever key it touched."""
+    body = {k: v for k, v in sidecar.items() if k != SEAL}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def sealed(sidecar: dict) -> dict:
+    return {**{k: v for k, v in sidecar.items() if k != SEAL}, SEAL: seal_of(sidecar)}
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -214,9 +234,11 @@ def _present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[Path, ...] = ()) -> None:
+def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[Path, ...] = (),
+                   replaces: bool = False) -> None:
     """Fail before any work when the output cannot be written, or a file this run would replace
-    exists and --force is absent (`writes`: the side files this run makes)."""
+    exists and --force is absent (`writes`: the side files this run makes; `replaces`: the user
+    named the output as the one this run replaces, `embed --reuse OUT -o OUT`)."""
     directory = paths.npy.parent
     check_directory(directory)
     if resume and not paths.state.exists():
@@ -224,7 +246,7 @@ def check_writable(paths: OutputPaths, force: bool, resume: bool, writes: tuple[
     for final in paths.finals():
         if final.is_dir():
             raise OutputError(f"output {final} is a directory")
-    if _present(paths.npy) and not force and not resume:
+    if _present(paths.npy) and not force and not resume and not (replaces and owns(paths, paths.sidecar)):
         raise OutputError(f"output {paths.npy} already exists", hint="pass --force to overwrite it")
     if not force and not resume:
         for final in (paths.sidecar, *writes):
@@ -411,14 +433,15 @@ def write_state(paths: OutputPaths, fingerprint: dict, rows_done: int, stats: di
 
 def publish(paths: OutputPaths, staged_output: Path, sidecar: dict, side_files: list[tuple[Path, Path]],
             stale: list[Path], journal: Any) -> dict:
-    """Stage the sidecar (with the "files" map of what it owns), journal the renames with
+    """Stage the sidecar (with the "files" map of what it owns, and its seal), journal the renames with
     `journal(plan)` (a resume state that records them), then carry them out. `staged_output` is
     the finished, fsynced output under its hidden name. Returns the sidecar."""
     try:
-        files = {paths.npy.name: {"bytes": staged_output.stat().st_size}}
+        # every file with its hash, the array too (read once more: `verify` finds a flipped bit)
+        files = {paths.npy.name: {"bytes": staged_output.stat().st_size, "sha256": file_sha256(staged_output)}}
         for staged, final in side_files:
             files[final.name] = {"bytes": staged.stat().st_size, "sha256": file_sha256(staged)}
-        sidecar = {**sidecar, "files": files}
+        sidecar = sealed({**sidecar, "files": files})
         write_json_atomic(paths.staged(paths.sidecar), sidecar)
     except OSError as exc:
         raise _output_error(staged_output, exc) from None
@@ -545,4 +568,5 @@ def claimed(paths: OutputPaths) -> list[Path]:
             paths.hidden(paths.inflight, "tmp"), paths.staged(paths.npy), paths.staged(paths.sidecar),
             *(paths.staged(p) for p in paths.side_files()), paths.hidden(paths.ids, "scan"),
             paths.hidden(paths.lines, "scan"), paths.hidden(paths.chunks, "scan"),
-            paths.hidden(paths.chunks, "scan.ids"), paths.hidden(paths.docs, "partial")]
+            paths.hidden(paths.chunks, "scan.ids"), paths.hidden(paths.docs, "partial"),
+            paths.hidden(paths.hashes, "scan"), paths.hidden(paths.hashes, "plan")]

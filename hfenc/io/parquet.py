@@ -20,12 +20,15 @@ A chunked output (--chunk-tokens, issue 23) has a row per chunk, `doc_id` for `i
 the chunk's provenance, int64 each: doc_row (its record), chunk (its index in the record),
 char_start, char_end (`text[char_start:char_end]` of the record is the chunk), token_start,
 token_end (of the record's own tokens); `text` is then the chunk's text.
+  tokens       int64                    the row's tokens as the model got them (prompt, special tokens)
+  truncated    bool                     the text was cut at --max-length
+  text_sha256  string                   SHA-256 of the row's text, 64 hex digits (hfenc.io.hashes)
   embedding  fixed_size_list<T>[w]      T = float32 | float16 (--out-dtype), w = d;
                                         --quantize int8|uint8:     T = int8 | uint8,  w = d;
                                         --quantize binary|ubinary: T = int8 | uint8,  w = ceil(d/8)
 
 and the file's key-value metadata key `hfenc` holds the sidecar JSON (all of it but its "files"
-map, which describes this very file), so the file stands alone. One row group per chunk
+map and its seal, which describe this very file), so the file stands alone. One row group per chunk
 (`--chunk-size`). pyarrow, numpy and `datasets.Dataset.from_parquet` read it without glue code:
 `pq.read_table(p).column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, w)`.
 
@@ -54,6 +57,7 @@ import numpy as np
 
 from hfenc import faults
 from hfenc.errors import ConfigError, HfencError, InputError, OutputError, ResumeError
+from hfenc.io.hashes import raw_rows, to_hex
 from hfenc.io.records import InputSpec, Record, Tally, changed, id_text, one_line, open_raw
 from hfenc.io.outputs import (OutputPaths, _output_error, finish_publication, fsync_dir, publish, remove_path, resume_state,
                       write_state)
@@ -223,9 +227,24 @@ def schema(width: int, dtype: np.dtype, with_id: bool, with_text: bool, metadata
         fields.extend(pa.field(name, pa.int64(), nullable=False) for name in PROVENANCE)
     if with_text:
         fields.append(pa.field("text", pa.string()))
+    fields.extend(ROW_INFO(pa))
     fields.append(pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), width), nullable=False))
     meta = None if metadata is None else {METADATA_KEY: json.dumps(metadata, indent=None)}
     return pa.schema(fields, metadata=meta)
+
+
+def ROW_INFO(pa: Any) -> list[Any]:  # noqa: N802 (a constant, made once pyarrow is loaded)
+    """Each row's provenance columns (issue 24), between the texts and the embedding."""
+    return [pa.field("tokens", pa.int64(), nullable=False), pa.field("truncated", pa.bool_(), nullable=False),
+            pa.field("text_sha256", pa.string(), nullable=False)]
+
+
+def hash_array(hashes: np.ndarray) -> Any:
+    """(n, 32) uint8 hashes as a string column of 64 hex digits each, built from buffers."""
+    pa = arrow().pa
+    n = len(hashes)
+    offsets = np.arange(0, 64 * (n + 1), 64, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(to_hex(hashes))))
 
 
 def embedding_array(rows: np.ndarray) -> Any:
@@ -242,21 +261,26 @@ class ParquetWriter:
     """A Parquet output with RowWriter's interface: rows(start, n), save_state, finish, abandon,
     publishing / finish_publication. `ids`: the scan's ids file (one per row), read at the end;
     `keep_text`: texts arrive through tap(); `provenance`: a chunked job's plan (a structured
-    array with PROVENANCE's fields, a record per row), read at the end."""
+    array with PROVENANCE's fields, a record per row), read at the end; `hashes`: the rows'
+    text hashes (a raw file, hfenc.io.hashes), read at the end; each chunk's token counts and
+    truncation arrive through counts()."""
 
     def __init__(self, paths: OutputPaths, rows: int, width: int, dtype: np.dtype, fingerprint: dict,
                  resume: bool, ids: Path | None = None, keep_text: bool = False,
-                 provenance: Any = None) -> None:
+                 provenance: Any = None, hashes: Path | None = None) -> None:
+        assert hashes is not None, "a Parquet output has a text_sha256 column"
         arrow()  # a missing pyarrow fails before anything is written
         self.paths, self.fingerprint = paths, fingerprint
         self.rows_total, self.width, self.dtype = rows, width, np.dtype(dtype)
-        self.ids, self.keep_text, self.provenance = ids, keep_text, provenance
+        self.ids, self.keep_text, self.provenance, self.hashes = ids, keep_text, provenance, hashes
+        self._counts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.rows_done = 0
         self.stats: dict = {}
         self.publishing: dict | None = None
         self._pending: tuple[int, np.ndarray] | None = None
         self._texts: dict[int, list[str]] = {}
-        self._chunk_schema = schema(width, self.dtype, False, keep_text)
+        pa = arrow().pa
+        self._chunk_schema = pa.schema([f for f in schema(width, self.dtype, False, keep_text) if f.name != "text_sha256"])
         if resume:
             state = resume_state(paths, fingerprint)
             self.publishing = state.get("publishing")
@@ -329,12 +353,18 @@ class ParquetWriter:
         self._pending = (start, block)
         return block
 
+    def counts(self, start: int, tokens: np.ndarray, truncated: np.ndarray) -> None:
+        """The token count and truncation of the rows of the chunk at `start`."""
+        self._counts[start] = (tokens, truncated)
+
     def _write_chunk(self, start: int, block: np.ndarray) -> None:
         a = arrow()
         n = len(block)
         columns = [a.pa.array(np.arange(start, start + n, dtype=np.int64))]
         if self.keep_text:
             columns.append(a.pa.array(self._texts.pop(start), type=a.pa.string()))
+        tokens, truncated = self._counts.pop(start)
+        columns += [a.pa.array(np.asarray(tokens, np.int64)), a.pa.array(np.asarray(truncated, bool))]
         columns.append(embedding_array(block))
         table = a.pa.Table.from_arrays(columns, schema=self._chunk_schema)
         final = self.paths.partial / f"{start:012d}+{n}.arrow"
@@ -373,7 +403,8 @@ class ParquetWriter:
                 writer = a.pq.ParquetWriter(
                     fh, out_schema, compression={"row": "snappy", "id": "snappy", "doc_id": "snappy",
                                                  **{name: "snappy" for name in PROVENANCE if chunked},
-                                                 "text": "zstd", "embedding": "none"},
+                                                 "text": "zstd", "tokens": "snappy", "truncated": "snappy",
+                                                 "text_sha256": "snappy", "embedding": "none"},
                     use_dictionary=False, write_statistics=["row", *(["doc_row"] if chunked else [])])
                 try:
                     expect = 0
@@ -392,6 +423,8 @@ class ParquetWriter:
                             columns.extend(a.pa.array(records[name]) for name in PROVENANCE)
                         if self.keep_text:
                             columns.append(table.column("text"))
+                        columns += [table.column("tokens"), table.column("truncated")]
+                        columns.append(hash_array(raw_rows(self.hashes, start, n)))
                         columns.append(table.column("embedding"))
                         writer.write_table(a.pa.Table.from_arrays(columns, schema=out_schema), row_group_size=max(n, 1))
                 finally:

@@ -31,7 +31,8 @@ _KEYS = {"format": "str", "complete": "bool | None", "output": "str | None", "ro
          "out_dtype": "str | None", "input": "dict | None", "quantization": "dict | None",
          "ids_file": "str | None", "lines_file": "str | None", "files": "dict | None",
          "weights_sha256": "str | None", "config_sha256": "str | None", "model_path": "str | None",
-         "chunking": "dict | None", "documents": "int | None", "chunks_file": "str | None", "docs_file": "str | None"}
+         "chunking": "dict | None", "documents": "int | None", "chunks_file": "str | None", "docs_file": "str | None",
+         "hashes_file": "str | None", "reuse": "dict | None", "sidecar_sha256": "str | None"}
 
 
 def _fits(value: object, annotation: str) -> bool:
@@ -63,7 +64,7 @@ def check_sidecar(data: object, where: str) -> dict[str, Any]:
     for key in ("rows", "dim", "max_length", "batch_tokens", "truncate_dim", "documents"):
         if isinstance(data.get(key), int) and data[key] < (0 if key in ("rows", "documents") else 1):
             raise bad(f"{key} is {data[key]}")
-    for key in ("ids_file", "lines_file", "chunks_file", "docs_file"):
+    for key in ("ids_file", "lines_file", "chunks_file", "docs_file", "hashes_file"):
         name = data.get(key)
         if name is not None and (not name or Path(name).name != name or name in (".", "..")):
             raise bad(f"{key} {name!r} is not a file name beside the output")

@@ -136,21 +136,29 @@ class QuantizingWriter:
     def __init__(self, inner: Any, quantization: Quantization) -> None:
         self.inner, self.quantization = inner, quantization
         self._pending: tuple[int, np.ndarray] | None = None
+        self._given: tuple[np.ndarray, np.ndarray] | None = None
 
     def __getattr__(self, name: str) -> Any:  # rows_done, stats, publishing, finish, abandon, ...
         return getattr(self.inner, name)
 
     def rows(self, start: int, n: int) -> np.ndarray:
         block = np.zeros((n, self.quantization.dim), dtype=np.float32)
-        self._pending = (start, block)
+        self._pending, self._given = (start, block), None
         return block
+
+    def give(self, positions: np.ndarray, codes: np.ndarray) -> None:
+        """Codes of rows of the pending block that were not computed (reused, stored as they were)."""
+        self._given = (positions, codes)
 
     def save_state(self, rows_done: int, stats: dict | None = None, publishing: dict | None = None) -> None:
         if self._pending is not None:
             start, block = self._pending
             if start + len(block) == rows_done:
-                self.inner.rows(start, len(block))[...] = self.quantization(block)
-                self._pending = None
+                codes = self.quantization(block)
+                if self._given is not None:
+                    codes[self._given[0]] = self._given[1]
+                self.inner.rows(start, len(block))[...] = codes
+                self._pending, self._given = None, None
         stats = dict(stats or {})
         if self.quantization.ranges is not None:
             stats["quantization_ranges"] = self.quantization.ranges.tolist()
@@ -180,6 +188,20 @@ class Output:
         tap = getattr(self.writer, "tap", None)
         return tap(chunks) if tap is not None else chunks
 
+    def counts(self, start: int, tok: Any) -> None:
+        """A computed chunk's token counts and truncation, for a writer that stores them (Parquet)."""
+        counts = getattr(self.writer, "counts", None)
+        if counts is not None:
+            counts(start, tok.row_tokens(), tok.row_truncated())
+
+    def put(self, block: np.ndarray, positions: np.ndarray, stored: np.ndarray) -> None:
+        """Rows of the block the engine fills that come stored already (reuse): in place, or as
+        codes the quantizing writer keeps over its own."""
+        if self.quantization is not None:
+            self.writer.give(positions, stored)
+        else:
+            block[positions] = stored
+
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"out_format": self.format,
                                 "quantization": None if self.quantization is None else self.quantization.record()}
@@ -187,16 +209,20 @@ class Output:
             from hfenc.io.parquet import PROVENANCE
 
             meta["columns"] = ["row", *([("doc_id" if self.chunked else "id")] if self.ids_in_file else []),
-                               *(PROVENANCE if self.chunked else ()), *(["text"] if self.keep_text else []), "embedding"]
+                               *(PROVENANCE if self.chunked else ()), *(["text"] if self.keep_text else []),
+                               "tokens", "truncated", "text_sha256", "embedding"]
         return meta
 
 
 def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: str, fingerprint: dict,
                 resume: bool, *, quantize: str | None = None, ranges: Any = None, keep_text: bool = False,
                 ids: Path | None = None, model: Any = None, spec: InputSpec | None = None,
-                provenance: Any = None, texts_of: Callable[[np.ndarray], list[str]] | None = None) -> Output:
+                provenance: Any = None, texts_of: Callable[[np.ndarray], list[str]] | None = None,
+                hashes: Path | None = None, given_ranges: tuple[np.ndarray, dict[str, Any]] | None = None) -> Output:
     """Open (or, with `resume`, reopen) the writer; for int8/uint8 without `ranges`, calibrate on
-    a sample of the input unless the interrupted run had (its ranges are in the resume state)."""
+    a sample of the input unless the interrupted run had (its ranges are in the resume state) or
+    `given_ranges` says them (reuse: the earlier output's). `hashes`: the rows' text hashes (a raw
+    file, hfenc.io.hashes), which a Parquet output holds in a column."""
     fingerprint = {**fingerprint, **fingerprint_of(fmt, quantize, ranges, keep_text)}
     width, dtype = dim, np.dtype(out_dtype)
     if quantize is not None:
@@ -206,7 +232,7 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
         from hfenc.io.parquet import ParquetWriter
 
         inner: Any = ParquetWriter(paths, rows, width, dtype, fingerprint, resume, ids=ids, keep_text=keep_text,
-                                   provenance=provenance)
+                                   provenance=provenance, hashes=hashes)
     else:
         inner = RowWriter(paths, rows, width, dtype, fingerprint, resume)
     output = Output(inner, fmt, None, keep_text, fmt == "parquet" and ids is not None, out_dtype,
@@ -224,8 +250,8 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
                  "calibration": inner.stats.get("quantization_calibration")}, f"the resume state {paths.state.name}")
         else:
             try:
-                assert ranges is not None or (model is not None and spec is not None)
-                values, how = scalar_ranges(dim, ranges, lambda: calibrate(model, spec, rows, texts_of))
+                assert ranges is not None or given_ranges is not None or (model is not None and spec is not None)
+                values, how = given_ranges or scalar_ranges(dim, ranges, lambda: calibrate(model, spec, rows, texts_of))
             except BaseException:
                 if inner.rows_done == 0:
                     inner.abandon()  # nothing was embedded yet: leave nothing behind

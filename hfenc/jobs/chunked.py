@@ -28,6 +28,7 @@ from numpy.lib.format import open_memmap
 from hfenc.compute.chunking import PLAN_FIELDS, ChunkOptions, Chunker, Span
 from hfenc.compute.engine import Progress, Tokenized
 from hfenc.errors import ConfigError, ResumeError
+from hfenc.io.hashes import text_hashes
 from hfenc.io.inputs import InputSpec, Scan, chunks, records
 from hfenc.io.outputs import OutputPaths
 
@@ -64,16 +65,22 @@ class ChunkPlan:
 
 
 def make_plan(spec: InputSpec, info: Scan, chunker: Chunker, path: Path, doc_ids: Path | None,
-              progress: Callable[[int], None] | None = None) -> ChunkPlan:
+              progress: Callable[[int], None] | None = None, hashes: Path | None = None) -> ChunkPlan:
     """Cut every record of the input (the bytes `info` validated) into chunks; write the plan to
-    `path` and, with `doc_ids` (the scan's ids, one per record), each chunk's id beside it."""
+    `path` and, with `doc_ids` (the scan's ids, one per record), each chunk's id beside it; with
+    `hashes`, each chunk's text hash (hfenc.io.hashes, raw)."""
     ids_path = path.with_name(path.name + ".ids") if doc_ids is not None else None
     rows = 0
     with open(path, "wb") as out, \
             open(doc_ids, encoding="utf-8") if doc_ids is not None else nullcontext() as ids_in, \
-            open(ids_path, "w", encoding="utf-8") if ids_path is not None else nullcontext() as ids_out:
+            open(ids_path, "w", encoding="utf-8") if ids_path is not None else nullcontext() as ids_out, \
+            open(hashes, "wb") if hashes is not None else nullcontext() as hashes_out:
         for start, texts in chunks(spec, _READ_RECORDS, 0, expected=info):
             found = plan_records(chunker, texts, start)
+            if hashes_out is not None:
+                hashes_out.write(text_hashes(texts[d][a:b] for d, a, b in zip(
+                    (found["doc_row"] - start).tolist(), found["char_start"].tolist(), found["char_end"].tolist()))
+                    .tobytes())
             if ids_out is not None:
                 for n in np.bincount(found["doc_row"] - start, minlength=len(texts)).tolist():
                     ids_out.write(ids_in.readline() * n)
@@ -275,7 +282,9 @@ class ChunkedJob:
                 progress(Progress(0, None, 0, time.perf_counter() - t0, docs_done=docs, docs_total=info.rows,
                                   phase="chunking"))
 
-        self.plan = make_plan(spec, info, self.chunker, paths.hidden(paths.chunks, "scan"), doc_ids, cutting)
+        self.hashes = paths.hidden(paths.hashes, "plan")  # the chunks' text hashes (hfenc.io.hashes)
+        self.plan = make_plan(spec, info, self.chunker, paths.hidden(paths.chunks, "scan"), doc_ids, cutting,
+                              self.hashes)
         self.vectors: DocVectors | None = None
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # chunks of work in flight: (float32, stored)
 

@@ -24,16 +24,18 @@ import numpy as np
 from hfenc import faults
 from hfenc.compute.chunking import ChunkOptions
 from hfenc.compute.embedder import Embedder, library_versions
-from hfenc.compute.engine import Progress, RunStats
+from hfenc.compute.engine import Progress, RunStats, Tokenized
 from hfenc.errors import (ConfigError, HfencError, InputChanged, Interrupted, OutputError, OverflowRefused,
                           UnknownChoiceError)
 from hfenc.io.claim import Claim
+from hfenc.io.hashes import WIDTH, raw_to_npy
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
 from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, default_output, left_alone, owns,
                               read_state, saved_rows)
 from hfenc.io.writers import check_options, default_path, open_output, out_format
 from hfenc.jobs.checkpoint import Checkpoints
 from hfenc.jobs.chunked import ChunkedJob, published
+from hfenc.jobs.reuse import Reuse, ReusedRows
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -53,6 +55,7 @@ class JobOptions:
     ranges: str | Path | None = None  # int8/uint8 calibration ranges file (default: a sample of the input)
     keep_text: bool = False  # Parquet output: a `text` column
     chunking: ChunkOptions | None = None  # --chunk-tokens ...: a row per chunk of each record (issue 23)
+    reuse: str | Path | None = None  # --reuse OLD: rows of an earlier output whose text is unchanged (issue 24)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class JobResult:
     embed_seconds: float = 0.0  # the model's part: reading, tokenizing, computing, writing rows
     warnings: list[str] = field(default_factory=list)
     documents: int | None = None  # a chunked job: the records its `rows` chunks came from
+    reuse: dict[str, Any] | None = None  # --reuse: the sidecar's record (reused, embedded, dropped, ...)
 
 
 class Terminated(KeyboardInterrupt):
@@ -108,6 +112,23 @@ def check_job(job: JobOptions) -> None:
         raise ConfigError("standard input (-) cannot be combined with other inputs")
     if job.chunking is not None:
         job.chunking.check()
+    if job.reuse is not None:
+        check_reuse(job)
+
+
+def check_reuse(job: JobOptions) -> None:
+    """--reuse with options it cannot serve, before anything is read; OLD is opened later."""
+    if job.chunking is not None and job.chunking.late:
+        raise ConfigError("--reuse cannot serve --late-chunking: a late chunk's vector depends on its whole "
+                          "document, not on its text", hint="drop --reuse, or --late-chunking")
+    if job.ranges is not None:
+        raise ConfigError("--ranges and --reuse: the int8/uint8 ranges come from the reused output",
+                          hint="drop --ranges")
+    if job.quantize is not None and job.chunking is not None and job.chunking.doc_vectors:
+        raise ConfigError("--doc-vectors of a quantized output cannot reuse rows: a document's vector is the "
+                          "mean of float32 rows, which the reused output does not hold", hint="drop --reuse")
+    if not Path(job.reuse).exists():
+        raise ConfigError(f"--reuse {job.reuse}: no such output")
 
 
 def _validate(job: JobOptions) -> OutputPaths:
@@ -157,12 +178,18 @@ def embed_file(
     chunked = job.chunking is not None
     writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines),
                                      (chunked and out_format(paths.npy, job.out_format) == "npy", paths.chunks),
-                                     (chunked and job.chunking.doc_vectors, paths.docs)) if made)
+                                     (chunked and job.chunking.doc_vectors, paths.docs),
+                                     (out_format(paths.npy, job.out_format) == "npy", paths.hashes)) if made)
     # The output is this job's alone from before anything of it is read until the job returns.
     with Claim(paths.npy):
-        check_writable(paths, job.force, job.resume, writes)
+        check_writable(paths, job.force, job.resume, writes, replaces=_reuses_output(job, paths))
         with sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
             return _embed_file(job, paths, embedder, progress, t0)
+
+
+def _reuses_output(job: JobOptions, paths: OutputPaths) -> bool:
+    """--reuse names the output itself (re-embedding in place): it may be replaced without --force."""
+    return job.reuse is not None and Path(job.reuse).resolve() == paths.npy.resolve()
 
 
 def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
@@ -176,17 +203,20 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
     # The scan's side files; they are staged for publication only once the rows are done.
     ids_tmp = paths.hidden(paths.ids, "scan")
     lines_tmp = paths.hidden(paths.lines, "scan")
+    hashes_tmp = paths.hidden(paths.hashes, "scan")  # a chunked job hashes its chunks instead
     try:
         with open(ids_tmp, "w", encoding="utf-8") if spec.id_field else nullcontext() as ids_out, \
-             open(lines_tmp, "wb") if spec.skip_blank else nullcontext() as lines_out:
-            info = scan(spec, ids_out, lines_out)
+             open(lines_tmp, "wb") if spec.skip_blank else nullcontext() as lines_out, \
+             open(hashes_tmp, "wb") if job.chunking is None else nullcontext() as hashes_out:
+            info = scan(spec, ids_out, lines_out, hashes_out)
         faults.point("scanned")
         model = embedder() if callable(embedder) and not isinstance(embedder, Embedder) else embedder
         faults.point("loaded")
         return _run(job, spec, paths, info, model, ids_tmp, lines_tmp, progress, t0)
     finally:
         plan_tmp = paths.hidden(paths.chunks, "scan")
-        for tmp in (ids_tmp, lines_tmp, spooled, plan_tmp, plan_tmp.with_name(plan_tmp.name + ".ids")):
+        for tmp in (ids_tmp, lines_tmp, spooled, plan_tmp, plan_tmp.with_name(plan_tmp.name + ".ids"), hashes_tmp,
+                    paths.hidden(paths.hashes, "plan")):
             if tmp is not None and tmp.exists():
                 tmp.unlink()
 
@@ -199,25 +229,24 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
         ChunkedJob(job.chunking, model, spec, info, paths, ids_tmp if spec.id_field else None, progress)
     plan = chunked.plan if chunked is not None else None
     rows, row_ids = (plan.rows, plan.ids or ids_tmp) if plan is not None else (info.rows, ids_tmp)
-    fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, rows, asdict(model.settings),
-                                  model.weights_hash, model.config_hash, chunk_size=job.chunk_size,
-                                  **(chunked.fingerprint() if chunked is not None else {}))
-    fmt = out_format(paths.npy, job.out_format)
-    output = open_output(paths, fmt, rows, model.dim, job.out_dtype, fingerprint, job.resume,
-                         quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
-                         ids=row_ids if spec.id_field and fmt == "parquet" else None, model=model, spec=spec,
-                         provenance=plan.table() if plan is not None and fmt == "parquet" else None,
-                         texts_of=chunked.texts_of if chunked is not None else None)
+    hashes = chunked.hashes if chunked is not None else paths.hidden(paths.hashes, "scan")
+    reused = _reused(job, paths, model, hashes, rows)
+    output = _open(job, spec, paths, info, model, chunked, reused, rows, row_ids, hashes)
     writer = output.writer
     if writer.publishing is not None:  # the earlier run had finished its rows: publish them
         return _finish_earlier(paths, writer, rows, model.dim, info.blank, plan, t0)
+    if reused is not None and output.quantization is not None:
+        reused.check_ranges(job.quantize, output.quantization.ranges)
     resumed_from, saved = writer.rows_done, writer.stats
     stats = RunStats(rows=0, tokens=saved.get("tokens", 0), truncated=saved.get("truncated", 0),
                      first_truncated=saved.get("first_truncated"))
     rows_of = writer.rows if chunked is None else chunked.start(writer.rows, model.dim, model.normalize,
                                                                  resumed_from > 0)
+    if reused is not None:
+        rows_of = reused.rows(rows_of, output.put)
 
-    def on_chunk(start: int, n: int, s: RunStats) -> None:
+    def on_chunk(start: int, n: int, s: RunStats, tok: Tokenized) -> None:
+        output.counts(start, tok)
         if chunked is not None:
             chunked.saved(start, n)
         if job.on_overflow == "error" and s.first_truncated is not None:
@@ -238,14 +267,13 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
 
     late = chunked is not None and chunked.options.late  # a late chunk of work is computed again whole
     checkpoints = Checkpoints(paths, writer)
-    work_items = chunked.work(job.chunk_size, resumed_from) if chunked is not None else \
-        chunks(spec, job.chunk_size, resumed_from, expected=info)
+    work_items, tokenize = _work(job, spec, info, model, chunked, reused, resumed_from)
     t_embed = time.perf_counter()
     try:
         model.engine.run(
             output.tap(work_items), rows_of, on_chunk=on_chunk, progress=report, rows_total=rows - resumed_from,
             stats=stats, done=None if late else checkpoints.resume(resumed_from),
-            checkpoint=None if late else checkpoints.save, tokenize=chunked.tokenize() if chunked else None)
+            checkpoint=None if late else checkpoints.save, tokenize=tokenize)
     except KeyboardInterrupt as exc:
         saved = _saved_rows(paths, writer.rows_done)
         raise Interrupted(
@@ -267,9 +295,51 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
         ) from None
 
     embed_seconds = time.perf_counter() - t_embed
-    return _publish(job, spec, paths, info, model, output, stats, chunked,
-                    (row_ids, lines_tmp), RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from,
+    return _publish(job, spec, paths, info, model, output, stats, chunked, reused,
+                    (row_ids, lines_tmp, hashes), RunTotals(stats.truncated, info.blank, stats.tokens, resumed_from,
                                                     time.perf_counter() - t0, embed_seconds))
+
+
+def _open(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder,
+          chunked: ChunkedJob | None, reused: ReusedRows | None, rows: int, row_ids: Path, hashes: Path) -> Any:
+    """The output's writer, opened (or reopened with --resume) under the job's fingerprint."""
+    plan = chunked.plan if chunked is not None else None
+    fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, rows, asdict(model.settings),
+                                  model.weights_hash, model.config_hash, chunk_size=job.chunk_size,
+                                  **(chunked.fingerprint() if chunked is not None else {}),
+                                  **({"reuse": str(Path(job.reuse).resolve())} if job.reuse is not None else {}))
+    fmt = out_format(paths.npy, job.out_format)
+    return open_output(paths, fmt, rows, model.dim, job.out_dtype, fingerprint, job.resume,
+                       quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
+                       ids=row_ids if spec.id_field and fmt == "parquet" else None, model=model, spec=spec,
+                       provenance=plan.table() if plan is not None and fmt == "parquet" else None,
+                       texts_of=chunked.texts_of if chunked is not None else None, hashes=hashes,
+                       given_ranges=reused.ranges(job.quantize) if reused is not None else None)
+
+
+def _work(job: JobOptions, spec: InputSpec, info: Scan, model: Embedder, chunked: ChunkedJob | None,
+          reused: ReusedRows | None, start: int) -> tuple[Any, Any]:
+    """The engine's chunks of work from row `start` on, and how it tokenizes them."""
+    work_items = chunked.work(job.chunk_size, start) if chunked is not None else \
+        chunks(spec, job.chunk_size, start, expected=info)
+    tokenize = chunked.tokenize() if chunked is not None else None
+    if reused is not None:
+        work_items, tokenize = reused.work(work_items), reused.tokenize(model.engine)
+    return work_items, tokenize
+
+
+def _reused(job: JobOptions, paths: OutputPaths, model: Embedder, hashes: Path, rows: int) -> ReusedRows | None:
+    """--reuse OLD, opened and matched (None without it, or when only a publication is left)."""
+    if job.reuse is None:
+        return None
+    try:
+        if job.resume and read_state(paths).get("publishing"):
+            return None
+    except HfencError:
+        pass  # open_output names what is wrong with the state
+    meta = {**model.describe(), "out_dtype": job.out_dtype,
+            "quantization": {"precision": job.quantize} if job.quantize is not None else None}
+    return ReusedRows(Reuse.open(job.reuse, meta), hashes, rows)
 
 
 def _finish_earlier(paths: OutputPaths, writer: Any, rows: int, dim: int, blank: int, plan: Any,
@@ -284,7 +354,8 @@ def _finish_earlier(paths: OutputPaths, writer: Any, rows: int, dim: int, blank:
 
 
 def _publish(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, output: Any,
-             stats: RunStats, chunked: ChunkedJob | None, scanned: tuple[Path, Path], totals: RunTotals) -> JobResult:
+             stats: RunStats, chunked: ChunkedJob | None, reused: ReusedRows | None, scanned: tuple[Path, Path, Path],
+             totals: RunTotals) -> JobResult:
     """The rows are all there: the side files, the sidecar, and the output published as one step."""
     warnings = [*model.notes, *output.warnings]
     if info.blank and not spec.skip_blank:
@@ -292,25 +363,27 @@ def _publish(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, m
     if stats.truncated:
         warnings.append(f"{stats.truncated:,} text(s) were longer than {model.max_length} tokens and truncated")
     fmt = output.format
-    side, side_files, stale = _side_files(spec, paths, output.ids_in_file, *scanned, warnings,
+    side, side_files, stale = _side_files(spec, paths, output.ids_in_file, fmt == "npy", *scanned, warnings,
                                           chunked.side_files(fmt) if chunked is not None else ({}, []))
     input_meta = input_metadata(job, spec, spec.resolved_format(), info.sha256, info.bytes,
                                 info.files if spec.more else None)
     rows = chunked.plan.rows if chunked is not None else info.rows
+    reuse = {"reuse": reused.record()} if reused is not None else {}
     metadata = job_sidecar(paths.npy, rows, model.dim, output.out_dtype, input_meta, model.describe(), job.chunk_size,
-                           {**output.metadata(), **(chunked.fingerprint() if chunked else {}), **side}, totals)
+                           {**output.metadata(), **(chunked.fingerprint() if chunked else {}), **side, **reuse}, totals)
     metadata = output.writer.finish(metadata, side_files, stale)
     published(paths)
     return JobResult(paths.npy, paths.sidecar, rows, model.dim, totals.elapsed, stats.truncated, info.blank,
                      stats.tokens, totals.resumed_from, metadata, embed_seconds=totals.embed_seconds,
-                     warnings=warnings, documents=chunked.plan.docs if chunked is not None else None)
+                     warnings=warnings, documents=chunked.plan.docs if chunked is not None else None,
+                     reuse=reuse.get("reuse"))
 
-def _side_files(spec: InputSpec, paths: OutputPaths, ids_in_file: bool, ids_tmp: Path, lines_tmp: Path,
-                warnings: list[str], chunk_files: tuple[dict[str, str], list[tuple[Path, Path]]]
+def _side_files(spec: InputSpec, paths: OutputPaths, ids_in_file: bool, npy: bool, ids_tmp: Path, lines_tmp: Path,
+                hashes: Path, warnings: list[str], chunk_files: tuple[dict[str, str], list[tuple[Path, Path]]]
                 ) -> tuple[dict[str, str], list[tuple[Path, Path]], list[Path]]:
-    """The ids and kept-line files beside the output, and a chunked job's `chunk_files`: staged
-    for publication (with the sidecar keys naming them), and an earlier run's that this run
-    replaces with nothing (stale), if hfenc wrote them."""
+    """The ids, kept-line and (.npy: Parquet has a column) text-hash files beside the output, and
+    a chunked job's `chunk_files`: staged for publication (with the sidecar keys naming them),
+    and an earlier run's that this run replaces with nothing (stale), if hfenc wrote them."""
     extra: dict[str, str] = dict(chunk_files[0])
     side_files: list[tuple[Path, Path]] = list(chunk_files[1])
     stale: list[Path] = []
@@ -323,9 +396,14 @@ def _side_files(spec: InputSpec, paths: OutputPaths, ids_in_file: bool, ids_tmp:
             np.save(fh, np.fromfile(lines_tmp, dtype="<i8"))
         side_files.append((paths.staged(paths.lines), paths.lines))
         extra["lines_file"] = paths.lines.name
+    if npy:
+        raw_to_npy(hashes, paths.staged(paths.hashes), hashes.stat().st_size // WIDTH)
+        side_files.append((paths.staged(paths.hashes), paths.hashes))
+        extra["hashes_file"] = paths.hashes.name
     made_chunk_files = {final for _, final in chunk_files[1]}
     for made, final in ((spec.id_field and not ids_in_file, paths.ids), (spec.skip_blank, paths.lines),
-                        (paths.chunks in made_chunk_files, paths.chunks), (paths.docs in made_chunk_files, paths.docs)):
+                        (paths.chunks in made_chunk_files, paths.chunks), (paths.docs in made_chunk_files, paths.docs),
+                        (npy, paths.hashes)):
         if not made and final.exists():  # an earlier run's, beside the output this run replaces
             if owns(paths, final):
                 stale.append(final)

@@ -129,7 +129,8 @@ def columns(with_id: bool, keep_text: bool) -> list[str]:
     """A chunked shard directory's columns (hfenc.io.writers.Output.metadata's for Parquet)."""
     from hfenc.io.parquet import PROVENANCE
 
-    return ["row", *(["doc_id"] if with_id else []), *PROVENANCE, *(["text"] if keep_text else []), "embedding"]
+    return ["row", *(["doc_id"] if with_id else []), *PROVENANCE, *(["text"] if keep_text else []),
+            "tokens", "truncated", "text_sha256", "embedding"]
 
 
 def doc_vectors(chunks: RayChunks, out: RayOutput, shards: list[dict[str, Any]], dim: int, normalize: bool,

@@ -112,7 +112,8 @@ def _dataset(plan: JobPlan) -> Dataset:
                                "quantization": plan.layout.extra["quantization"],
                                "keep_text": plan.keep_text, "on_overflow": job.on_overflow,
                                "faults": faults_from_env(), "with_id": plan.with_id and chunks is None,
-                               "carry": carry, "doc_vectors": _doc_vectors(plan)},
+                               "carry": carry, "doc_vectors": _doc_vectors(plan),
+                               "reuse": plan.reuse.old if plan.reuse is not None else None},
         compute=data.ActorPoolStrategy(size=replicas.workers, max_concurrent_calls_per_actor=2 if replicas.gpu else 1),
         num_cpus=replicas.cpus_per_worker, num_gpus=1 if replicas.gpu else None,
     )

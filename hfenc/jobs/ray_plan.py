@@ -24,6 +24,7 @@ from hfenc.io.inputs import InputSpec
 from hfenc.io.quantize import Quantization
 from hfenc.jobs.local import JobOptions, RunTotals, input_metadata, job_fingerprint, job_sidecar
 from hfenc.jobs.ray_chunks import RayChunks, columns as chunk_columns
+from hfenc.jobs.reuse import Reuse
 from hfenc.jobs.ray_inputs import ScannedInput
 from hfenc.jobs.ray_output import DATASET_FORMAT, ENGINE, RayOutput
 from hfenc.jobs.ray_session import RayOptions, get, ray_modules
@@ -180,6 +181,7 @@ class Prepared:
     model: ModelPlan
     cluster: RayOptions
     chunks: RayChunks | None  # a chunked job's plan (hfenc.jobs.ray_chunks): a row per chunk
+    reuse: Reuse | None  # --reuse OLD (hfenc.jobs.reuse), its fingerprint checked
 
     @property
     def rows(self) -> int:
@@ -209,7 +211,8 @@ class Prepared:
             describe.get("config_sha256"), engine=ENGINE, output_kind=self.out.kind, keep_text=self.keep_text,
             files=[[f.name, s["sha256"], s["bytes"], s["rows"]] for f, s in zip(inp.files, inp.scans)],
             **fingerprint_of("npy", job.quantize, job.ranges, self.keep_text),  # its quantization keys
-            **(self.chunks.fingerprint() if self.chunks is not None else {}))
+            **(self.chunks.fingerprint() if self.chunks is not None else {}),
+            **({"reuse": str(Path(job.reuse).resolve())} if job.reuse is not None else {}))
 
     def input_meta(self) -> dict[str, Any]:
         inp = self.input
@@ -225,10 +228,11 @@ class Prepared:
 
 
 def quantization(job: JobOptions, dim: int, saved: dict[str, Any],
-                 sample: Callable[[], tuple[np.ndarray, dict[str, Any]]]) -> Quantization | None:
+                 sample: Callable[[], tuple[np.ndarray, dict[str, Any]]], reuse: Reuse | None = None
+                 ) -> Quantization | None:
     """--quantize, as the local path does it (hfenc.io.writers.open_output): binary/ubinary need
     nothing; int8/uint8 ranges are the interrupted run's (the very arrays its shards used), or
-    --ranges FILE, or a sample of the input embedded once before the job."""
+    --ranges FILE, or with --reuse OLD's, or a sample of the input embedded once before the job."""
     if job.quantize is None:
         return None
     from hfenc.io.quantize import SCALAR
@@ -236,10 +240,14 @@ def quantization(job: JobOptions, dim: int, saved: dict[str, Any],
 
     if job.quantize not in SCALAR:
         return Quantization(job.quantize, dim)
+    given = reuse.ranges(job.quantize) if reuse is not None else None
     if saved.get("quantization_ranges") is not None:  # from the resume state: validated as a record
-        return Quantization.from_record({"precision": job.quantize, "dim": dim, "ranges": saved["quantization_ranges"],
-                                         "calibration": saved.get("quantization_calibration")}, "the resume state")
-    return Quantization(job.quantize, dim, *scalar_ranges(dim, job.ranges, sample))
+        found = Quantization.from_record({"precision": job.quantize, "dim": dim, "ranges": saved["quantization_ranges"],
+                                          "calibration": saved.get("quantization_calibration")}, "the resume state")
+        if reuse is not None:
+            reuse.check_ranges(job.quantize, found.ranges)
+        return found
+    return Quantization(job.quantize, dim, *(given or scalar_ranges(dim, job.ranges, sample)))
 
 
 def sampler(prepared: Prepared, local: Embedder | None) -> Callable[[], tuple[np.ndarray, dict[str, Any]]]:
@@ -304,7 +312,8 @@ class JobPlan(Prepared):
     def of(cls, prepared: Prepared, fingerprint: dict[str, Any], stats: dict[str, Any],
            quantization: Quantization | None) -> JobPlan:
         job, out, chunks = prepared.job, prepared.out, prepared.chunks
-        columns = ["row", *(["id"] if prepared.with_id else []), *(["text"] if prepared.keep_text else []), "embedding"]
+        columns = ["row", *(["id"] if prepared.with_id else []), *(["text"] if prepared.keep_text else []),
+                   "tokens", "truncated", "text_sha256", "embedding"]
         if chunks is not None:
             columns = chunk_columns(prepared.with_id, prepared.keep_text)
         extra = {

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hfenc.errors import OutputError
+from hfenc.io.hashes import WIDTH
 from hfenc.io.outputs import (OutputPaths, directory_entries, file_sha256, finish_publication, fsync_dir, left_alone,
                               publish, read_sidecar, remove_path, stale_files, write_state)
 from hfenc.jobs.chunked import chunk_counts, write_chunks_tsv
@@ -129,6 +130,9 @@ def assemble(plan: JobPlan, metadata: dict[str, Any], shards: list[dict[str, Any
             _write_ids(paths.staged(paths.ids), *parts)
             side_files.append((paths.staged(paths.ids), paths.ids))
             extra["ids_file"] = paths.ids.name
+        shard_hashes(plan, paths.staged(paths.hashes))
+        side_files.append((paths.staged(paths.hashes), paths.hashes))
+        extra["hashes_file"] = paths.hashes.name
         if spec.skip_blank:
             with open(paths.staged(paths.lines), "wb") as fh:
                 np.save(fh, np.concatenate([s["lines"] for s in plan.input.scans]).astype("<i8"))
@@ -195,6 +199,36 @@ def _write_ids(path: Path, index_parts: list[np.ndarray], id_parts: list[pa.Chun
     with open(path, "w", encoding="utf-8") as fh:
         for start in range(0, len(ids), 65536):
             fh.write("".join(v + "\n" for v in ids.slice(start, 65536).to_pylist()))
+
+
+def shard_hashes(plan: JobPlan, target: Path | None = None) -> np.ndarray:
+    """Every row's text hash (hfenc.io.hashes) from the shards, in row order: into `target` (an
+    .npy, OUT.sha256.npy) or in memory."""
+    import pyarrow.parquet as pq
+    from numpy.lib.format import open_memmap
+
+    from hfenc.jobs.reuse import hex_hashes
+
+    hashes = open_memmap(target, mode="w+", dtype=np.uint8, shape=(plan.rows, WIDTH)) if target is not None else \
+        np.empty((plan.rows, WIDTH), np.uint8)
+    for path in sorted(plan.out.shards.glob("*.parquet")):
+        if not path.name.startswith("_"):  # not _docs.parquet
+            table = pq.read_table(path, columns=["row", "text_sha256"])
+            hashes[table.column("row").to_numpy()] = hex_hashes(table.column("text_sha256").combine_chunks())
+    if target is not None:
+        hashes.flush()
+        with open(target, "rb+") as fh:
+            os.fsync(fh.fileno())
+    return hashes
+
+
+def reuse_record(plan: JobPlan, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sidecar's `reuse` of a --ray job: the replicas counted what they reused, shard by
+    shard; OLD's rows that no new row has are found from the shards' hashes."""
+    assert plan.reuse is not None
+    plan.reuse.reused = sum(int(s.get("reused", 0)) for s in shards)
+    plan.reuse.dropped = plan.reuse.old.dropped(shard_hashes(plan))
+    return plan.reuse.record(plan.rows)
 
 
 # ---- after a crash ------------------------------------------------------------------------------

@@ -55,10 +55,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfenc.errors import ConfigError, InputChanged, Interrupted, OverflowRefused
+from hfenc.errors import ConfigError, HfencError, InputChanged, Interrupted, OverflowRefused
 from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec
-from hfenc.io.outputs import write_json_atomic, write_state
+from hfenc.io.outputs import read_state, sealed, write_json_atomic, write_state
 from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, sigterm_as_interrupt
 from hfenc.jobs.ray_chunks import check_chunking, plan_chunks, plan_path
 from hfenc.jobs.ray_inputs import job_inputs
@@ -67,8 +67,9 @@ from hfenc.jobs.ray_output import (ENGINE, MANIFEST, RayOutput, abandon, check_o
 from hfenc.jobs.ray_pipeline import run_pipeline
 from hfenc.jobs.ray_plan import (JobPlan, Prepared, model_name, plan_replicas, quantization, quantization_stats,
                                  sampler, scan_and_probe, settle_model, worker_options)
-from hfenc.jobs.ray_publish import assemble, dataset_docs, finish_interrupted, publish_dataset
+from hfenc.jobs.ray_publish import assemble, dataset_docs, finish_interrupted, publish_dataset, reuse_record
 from hfenc.jobs.ray_session import RayOptions, get, quiet, ray_modules, session
+from hfenc.jobs.reuse import Reuse
 
 if TYPE_CHECKING:
     from hfenc.compute.embedder import Embedder
@@ -164,7 +165,21 @@ def _prepare(job: JobOptions, spec: InputSpec, files: list[InputFile], out: RayO
     model_plan = settle_model(load_name, shown_name, chosen, probed)
     chunks = None if chunking is None else \
         plan_chunks(chunking, local.tokenizer if local is not None else probed["tokenizer"], scanned, out.paths)
-    return Prepared(job, scanned, out, replicas, model_plan, cluster, chunks), local
+    return Prepared(job, scanned, out, replicas, model_plan, cluster, chunks, _open_reuse(job, out, model_plan)), local
+
+
+def _open_reuse(job: JobOptions, out: RayOutput, model: Any) -> Reuse | None:
+    """--reuse OLD, its fingerprint checked against the probed model (None without it, or when
+    only the publication of an interrupted run is left: OLD may be what it replaced)."""
+    if job.reuse is None:
+        return None
+    try:
+        if job.resume and read_state(out.paths).get("publishing"):
+            return None
+    except HfencError:
+        pass  # reserve_partial names what is wrong with the state
+    return Reuse.open(job.reuse, {**model.describe, "out_dtype": job.out_dtype,
+                                  "quantization": {"precision": job.quantize} if job.quantize is not None else None})
 
 
 def _plan(prepared: Prepared, local: Embedder | None, t0: float) -> JobPlan | JobResult:
@@ -176,7 +191,7 @@ def _plan(prepared: Prepared, local: Embedder | None, t0: float) -> JobPlan | Jo
     if found.publishing:
         return _finish_interrupted(prepared, found.publishing, t0)
     try:
-        quant = quantization(job, prepared.model.dim, found.stats, sampler(prepared, local))
+        quant = quantization(job, prepared.model.dim, found.stats, sampler(prepared, local), prepared.reuse)
     except BaseException:
         if not job.resume:
             abandon(out.paths)  # nothing was embedded yet: leave nothing behind
@@ -231,7 +246,9 @@ def _embed_and_publish(plan: JobPlan, progress: Callable[[Progress], None] | Non
     truncated = sum(s["truncated_rows"] for s in shards)
     metadata = layout.sidecar(out, RunTotals(truncated, inp.blank, tokens, resumed, time.perf_counter() - t0,
                                              embed_seconds))
-    write_json_atomic(out.done, {**metadata, **side, "shards": shards})  # written last: the Ray part is done
+    if plan.reuse is not None:
+        metadata["reuse"] = reuse_record(plan, shards)
+    write_json_atomic(out.done, sealed({**metadata, **side, "shards": shards}))  # last: the Ray part is done
     if out.kind == "npy":
         metadata, left = assemble(plan, metadata, shards)
         sidecar = out.paths.sidecar
@@ -240,7 +257,7 @@ def _embed_and_publish(plan: JobPlan, progress: Callable[[Progress], None] | Non
         sidecar = out.path / MANIFEST
     return JobResult(out.path, sidecar, rows, layout.dim, time.perf_counter() - t0, truncated, inp.blank, tokens,
                      resumed, metadata, embed_seconds=embed_seconds, warnings=[*_warnings(plan, truncated), *left],
-                     documents=plan.documents)
+                     documents=plan.documents, reuse=metadata.get("reuse"))
 
 
 def _embed(plan: JobPlan, resumed: int, progress: Callable[[Progress], None] | None) -> None:

@@ -40,7 +40,8 @@ from ray.data.datasource import BlockBasedFileDatasink
 from hfenc.compute.chunking import PLAN_FIELDS
 from hfenc.errors import ConfigError, HfencError, InputChanged, OverflowRefused
 from hfenc.io.inputs import InputSpec, Tally, records  # the parser the single-process scan uses
-from hfenc.io.parquet import METADATA_KEY, PROVENANCE, embedding_array
+from hfenc.io.hashes import text_hashes
+from hfenc.io.parquet import METADATA_KEY, PROVENANCE, embedding_array, hash_array
 
 META_DIR = "_meta"  # beside the shards: one JSON per shard (rows, tokens, bytes, sha256)
 DOCS_SUFFIX = ".docs.npy"  # --doc-vectors: beside a shard's JSON, its documents' sums (doc_sums)
@@ -222,7 +223,7 @@ class _Rows:
     def block(self) -> pa.Table:
         n = len(self.texts)
         columns = {"row": pa.array(np.arange(self.next, self.next + n, dtype=np.int64)),
-                   "text": pa.array(self.texts, pa.string())}
+                   "text": pa.array(self.texts, pa.string()), "text_sha256": hash_array(text_hashes(self.texts))}
         if self.with_id:
             columns["id"] = pa.array(self.ids, pa.string())
         self.next += n
@@ -259,7 +260,7 @@ class _ChunkRows(_Rows):
     def block(self) -> pa.Table:
         records = np.array(self.plan[self.block_at:self.at])
         columns = {"row": pa.array(np.arange(self.next, self.next + len(records), dtype=np.int64)),
-                   "text": pa.array(self.texts, pa.string())}
+                   "text": pa.array(self.texts, pa.string()), "text_sha256": hash_array(text_hashes(self.texts))}
         if self.with_id:
             columns["doc_id"] = pa.array(self.ids, pa.string())
         columns.update((name, pa.array(records[name])) for name in PROVENANCE)
@@ -324,7 +325,8 @@ class EmbedWorker:
 
     def __init__(self, model: str, options: dict[str, Any], out_dtype: str, with_id: bool, keep_text: bool,
                  on_overflow: str, quantization: dict[str, Any] | None = None,
-                 faults: dict[str, Any] | None = None, carry: tuple[str, ...] = (), doc_vectors: bool = False) -> None:
+                 faults: dict[str, Any] | None = None, carry: tuple[str, ...] = (), doc_vectors: bool = False,
+                 reuse: Any = None) -> None:
         from hfenc.compute.embedder import Embedder
         from hfenc.io.quantize import Quantization
 
@@ -337,7 +339,9 @@ class EmbedWorker:
         self.out_dtype = np.dtype(out_dtype)
         self.quantization = None if quantization is None else Quantization.from_record(quantization)
         self.keep_text, self.on_overflow = keep_text, on_overflow
-        self.carry = (("id",) if with_id else ()) + tuple(carry)  # handed on as they came (a chunk's provenance)
+        # handed on as they came (a chunk's provenance, the texts' hashes)
+        self.carry = (("id",) if with_id else ()) + tuple(carry) + ("text_sha256",)
+        self.reuse = reuse  # --reuse: the earlier output (hfenc.jobs.reuse.OldOutput)
         self.doc_vectors = doc_vectors
         self.lock = threading.Lock()
         self.calls = 0
@@ -354,6 +358,11 @@ class EmbedWorker:
             exc.row = row  # type: ignore[attr-defined]  (the driver names the line)
             raise exc
         dest = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
+        given, slots = self._given(batch)
+        if given is not None:  # reused rows: OLD's stored values, the rest computed as if alone
+            tok = replace(tok, given=given)
+            old = self.reuse.values(slots[given])
+            dest[given] = old if self.quantization is None else 0  # codes go in after quantization
         with self.lock:
             engine.embed_tokenized(tok, dest)
         self.calls += 1
@@ -363,12 +372,24 @@ class EmbedWorker:
         if self.keep_text:
             columns["text"] = batch.column("text")
         stored = self.quantization(dest) if self.quantization is not None else dest.astype(self.out_dtype, copy=False)
+        if given is not None and self.quantization is not None:
+            stored[given] = old
         columns["embedding"] = embedding_array(stored)
         if self.doc_vectors and stored is not dest:  # documents' vectors are of the float32 rows (ShardSink)
             columns["_float"] = embedding_array(dest)
-        columns["_tokens"] = pa.array(tok.lengths.astype(np.int64))
-        columns["_truncated"] = pa.array(tok.truncated)
+        columns["tokens"] = pa.array(tok.lengths.astype(np.int64))
+        columns["truncated"] = pa.array(tok.truncated)
+        columns["_reused"] = pa.array(given if given is not None else np.zeros(len(texts), bool))
         return pa.table(columns)
+
+    def _given(self, batch: pa.Table) -> tuple[np.ndarray | None, np.ndarray]:
+        """Which rows of the batch OLD holds, and where (its slots)."""
+        if self.reuse is None:
+            return None, np.empty(0, np.int64)
+        from hfenc.jobs.reuse import hex_hashes
+
+        slots = self.reuse.match(hex_hashes(batch.column("text_sha256").combine_chunks()))
+        return (slots >= 0 if (slots >= 0).any() else None), slots
 
     def _fault(self) -> None:
         """Fault injection for the tests (hfenc.jobs.ray_pipeline.faults_from_env): `delay`
@@ -408,10 +429,11 @@ class ShardSink(BlockBasedFileDatasink):
     def write_block_to_file(self, block: Any, file: Any) -> None:
         table = block.to_arrow()
         rows = table.column("row").to_numpy()
-        truncated = table.column("_truncated").to_numpy(zero_copy_only=False)
+        truncated = table.column("truncated").to_numpy(zero_copy_only=False)
         shard = {"rows": len(rows), "row_min": int(rows.min()), "row_max": int(rows.max()),
-                 "tokens": int(pc.sum(table.column("_tokens")).as_py() or 0), "truncated_rows": int(truncated.sum()),
-                 "first_truncated": int(rows[truncated].min()) if truncated.any() else None}
+                 "tokens": int(pc.sum(table.column("tokens")).as_py() or 0), "truncated_rows": int(truncated.sum()),
+                 "first_truncated": int(rows[truncated].min()) if truncated.any() else None,
+                 "reused": int(table.column("_reused").to_numpy(zero_copy_only=False).sum())}
         schema = self.schema.with_metadata({METADATA_KEY: json.dumps({**self.sidecar, "shard": shard})})
         out = table.select(schema.names).cast(schema)
         buffer = pa.BufferOutputStream()
