@@ -27,6 +27,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "model.resolve", "resolve_model": "model.resolve",
     "get_pooler": "model.poolers", "pooler_names": "model.poolers", "register_pooler": "model.poolers",
     "SearchResult": "searching", "search": "searching",
+    "verify": "verification", "diff": "compare",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -55,3 +56,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from hfenc.model.resolve import DEFAULT_MODEL, resolve_model
     from hfenc.model.poolers import get_pooler, pooler_names, register_pooler
     from hfenc.searching import SearchResult, search
+    from hfenc.compare import diff
+    from hfenc.verification import verify

@@ -21,7 +21,7 @@ RANK = {
     "plans": 2, "compute": 2,
     "io": 3,
     "jobs": 4,
-    "searching": 5,
+    "searching": 5, "compare": 5.5, "verification": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }

@@ -35,7 +35,7 @@ from hfenc.compute.embedder import Embedder  # noqa: E402
 from hfenc.errors import Interrupted, OutputError  # noqa: E402
 from hfenc.io.inputs import InputSpec  # noqa: E402
 from hfenc.jobs.local import JobOptions, embed_file  # noqa: E402
-from hfenc.verify import verify  # noqa: E402
+from hfenc.verification import verify  # noqa: E402
 
 TOL = 1e-6
 WORKERS = RayOptions(workers=2)

@@ -235,6 +235,7 @@ def _args(**options: str) -> list[str]:
     ({}, {"max_length": "16"}, "max_length"),
     ({}, {"pooler": "cls"}, "pooler"),
     ({"quantize": "int8"}, {"quantize": "uint8"}, "stored"),
+    ({}, {"backend": "openvino"}, "backend"),
 ])
 def test_another_fingerprint_is_refused_in_one_line(tmp_path, bert, old, new, named):
     _write(tmp_path / "old.txt", _texts(6))
@@ -253,6 +254,17 @@ def test_another_model_is_refused(tmp_path, tiny_model_dir, bert):
     embed_file(_job(tmp_path / "old.txt", tmp_path / "old.npy"), Embedder(bert, device="cpu", dtype="float32"))
     line = _refused(tmp_path, tiny_model_dir("roberta"), "--dtype", "float32", "--reuse", str(tmp_path / "old.npy"))
     assert "config_sha256" in line or "weights_sha256" in line
+
+
+def test_an_edited_old_sidecar_is_refused(tmp_path, tiny):
+    _write(tmp_path / "old.txt", _texts(6))
+    _write(tmp_path / "new.txt", _texts(6))
+    embed_file(_job(tmp_path / "old.txt", tmp_path / "old.npy"), tiny)
+    sidecar = json.loads((tmp_path / "old.npy.json").read_text())
+    sidecar["prompt"] = "query: "  # its rows were not made with it
+    (tmp_path / "old.npy.json").write_text(json.dumps(sidecar))
+    with pytest.raises(InputError, match="edited after hfenc wrote it"):
+        embed_file(_job(tmp_path / "new.txt", tmp_path / "new.npy", reuse=tmp_path / "old.npy"), tiny)
 
 
 def test_an_output_without_hashes_is_refused(tmp_path, tiny):

@@ -181,7 +181,7 @@ def test_summary_names_the_stored_and_the_computed_dtype():
     from hfenc.cli.files import _summary
 
     class Result:
-        rows, resumed_from, dim, embed_seconds, truncated, documents = 10, 0, 384, 1.0, 0, None
+        rows, resumed_from, dim, embed_seconds, truncated, documents, reuse = 10, 0, 384, 1.0, 0, None, None
         output, sidecar = Path("a.npy"), Path("a.npy.json")
         metadata = {"dtype": "int8"}
 

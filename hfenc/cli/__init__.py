@@ -9,7 +9,9 @@ Each command parses options, calls one core function and renders the result. Dat
 
 from __future__ import annotations
 
-from hfenc.cli import files as _files, models as _models  # noqa: F401 (each registers its commands on `app`)
+# each registers its commands on `app`, in this order in `hfenc --help` (embed and search first)
+from hfenc.cli import (files as _files, models as _models, compare as _compare,  # noqa: F401
+                       verify as _verify)  # noqa: F401
 from hfenc.cli.base import app
 
 

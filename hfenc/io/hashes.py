@@ -18,6 +18,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,18 @@ def from_hex(digits: np.ndarray) -> np.ndarray | None:
     if (nibbles == 255).any():
         return None
     return (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+
+
+def hex_hashes(column: Any) -> np.ndarray | None:
+    """A string column of 64 hex digits a row, decoded straight from its buffers; None otherwise."""
+    if column.null_count:
+        return None
+    n = len(column)
+    offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset:column.offset + n + 1]
+    if len(offsets) != n + 1 or not (np.diff(offsets) == 64).all():
+        return None
+    data = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] if n else np.empty(0, np.uint8)
+    return from_hex(data.reshape(n, 64))
 
 
 def keys(hashes: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ from hfenc.errors import OutputError, ResumeError
 from hfenc.io.claim import missing_directory
 
 SIDECAR_FORMAT = "hfenc-embeddings/1"
+MANIFEST = "_hfenc_manifest.json"  # a --ray directory's sidecar, beside its shards
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from hfenc.errors import ConfigError, OutputError, ResumeError
-from hfenc.io.outputs import (Listing, OutputPaths, check_directory, check_writable, claimed, default_output,
+from hfenc.io.outputs import (MANIFEST, Listing, OutputPaths, check_directory, check_writable, claimed, default_output,
                               nothing_to_resume, read_state, remove_path, resume_state, write_state)
 from hfenc.jobs.local import JobOptions
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from hfenc.jobs.ray_tasks import InputFile
 
 ENGINE = "ray"
-MANIFEST = "_hfenc_manifest.json"
 DATASET_FORMAT = "parquet-dataset"
 
 

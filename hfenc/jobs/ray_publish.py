@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hfenc.errors import OutputError
-from hfenc.io.hashes import WIDTH
+from hfenc.io.hashes import WIDTH, hex_hashes
 from hfenc.io.outputs import (OutputPaths, directory_entries, file_sha256, finish_publication, fsync_dir, left_alone,
                               publish, read_sidecar, remove_path, stale_files, write_state)
 from hfenc.jobs.chunked import chunk_counts, write_chunks_tsv
@@ -206,8 +206,6 @@ def shard_hashes(plan: JobPlan, target: Path | None = None) -> np.ndarray:
     .npy, OUT.sha256.npy) or in memory."""
     import pyarrow.parquet as pq
     from numpy.lib.format import open_memmap
-
-    from hfenc.jobs.reuse import hex_hashes
 
     hashes = open_memmap(target, mode="w+", dtype=np.uint8, shape=(plan.rows, WIDTH)) if target is not None else \
         np.empty((plan.rows, WIDTH), np.uint8)

@@ -40,7 +40,7 @@ from ray.data.datasource import BlockBasedFileDatasink
 from hfenc.compute.chunking import PLAN_FIELDS
 from hfenc.errors import ConfigError, HfencError, InputChanged, OverflowRefused
 from hfenc.io.inputs import InputSpec, Tally, records  # the parser the single-process scan uses
-from hfenc.io.hashes import text_hashes
+from hfenc.io.hashes import hex_hashes, text_hashes
 from hfenc.io.parquet import METADATA_KEY, PROVENANCE, embedding_array, hash_array
 
 META_DIR = "_meta"  # beside the shards: one JSON per shard (rows, tokens, bytes, sha256)
@@ -386,8 +386,6 @@ class EmbedWorker:
         """Which rows of the batch OLD holds, and where (its slots)."""
         if self.reuse is None:
             return None, np.empty(0, np.int64)
-        from hfenc.jobs.reuse import hex_hashes
-
         slots = self.reuse.match(hex_hashes(batch.column("text_sha256").combine_chunks()))
         return (slots >= 0 if (slots >= 0).any() else None), slots
 

@@ -12,7 +12,7 @@ and a new one mean the same thing.
 
 Rows are matched by their text's SHA-256 (hfenc.io.hashes), which OLD records. OLD is an .npy or
 Parquet output of `hfenc embed`, or a --ray directory of Parquet shards. Its hashes are held in
-memory, sorted (48 bytes per OLD row: 480 MB for 10M rows); its vectors are read as they are
+memory, sorted (40 bytes per OLD row, 48 for a --ray directory: 400 MB for 10M rows); its vectors are read as they are
 needed (an .npy through a memory map, Parquet a row group at a time).
 
 Late chunking is refused: a late chunk's vector depends on its whole document, not on its text.
@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from hfenc.errors import ConfigError, InputError
-from hfenc.io.hashes import WIDTH, from_hex, keys
-from hfenc.io.outputs import OutputPaths, file_sha256, read_sidecar
+from hfenc.io.hashes import WIDTH, hex_hashes, keys
+from hfenc.io.outputs import MANIFEST, SEAL, OutputPaths, file_sha256, read_sidecar, seal_of
 from hfenc.io.sidecar import check_sidecar
 
-MANIFEST = "_hfenc_manifest.json"  # hfenc.jobs.ray_output.MANIFEST (that module imports jobs.local)
 LISTED = 10_000  # dropped OLD rows named in the sidecar; the count is always there
 _CACHED_GROUPS = 4  # Parquet row groups of OLD kept decoded
 
@@ -233,18 +232,6 @@ class OldOutput:
         return [found.get(int(r)) for r in rows]
 
 
-def hex_hashes(column: Any) -> np.ndarray | None:
-    """A string column of 64 hex digits a row, decoded straight from its buffers; None otherwise."""
-    if column.null_count:
-        return None
-    n = len(column)
-    offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset:column.offset + n + 1]
-    if len(offsets) != n + 1 or not (np.diff(offsets) == 64).all():
-        return None
-    data = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] if n else np.empty(0, np.uint8)
-    return from_hex(data.reshape(n, 64))
-
-
 def _open(path: Path) -> tuple[str, dict[str, Any], Path]:
     """(kind, checked sidecar, sidecar file) of an earlier output: .npy, .parquet/.pq, or a
     --ray directory with its manifest."""
@@ -263,6 +250,9 @@ def _open(path: Path) -> tuple[str, dict[str, Any], Path]:
     data = check_sidecar(data, f"the sidecar of {path}")
     if not data.get("complete") or not isinstance(data.get("rows"), int):
         raise InputError(f"--reuse {path}: its sidecar does not describe a finished output")
+    if SEAL in data and seal_of(data) != data[SEAL]:  # what it says of its rows cannot be trusted
+        raise InputError(f"--reuse {path}: its sidecar was edited after hfenc wrote it",
+                         hint=f"hfenc verify {path} says more; drop --reuse to embed everything")
     return kind, data, sidecar_path
 
 
@@ -310,10 +300,6 @@ class Reuse:
         self.dropped = self.old.dropped(hashes)
         return slots
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What a resumed run must match: the same OLD."""
-        return {"reuse": {"sidecar_sha256": self.old.sidecar_sha256}}
-
     def record(self, rows: int) -> dict[str, Any]:
         """The sidecar's `reuse`: where from, how many rows were reused and embedded, and OLD's rows
         that no new row has (the first LISTED of them by row, with ids where OLD has them)."""
@@ -324,7 +310,6 @@ class Reuse:
                 "reused": self.reused, "embedded": rows - self.reused, "dropped": len(dropped),
                 "dropped_rows": [{"row": int(r), **({"id": i} if i is not None else {})}
                                  for r, i in zip(listed.tolist(), ids)]}
-
 
 
 class Given(list):
