@@ -17,9 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scipy.stats import spearmanr  # an independent reference (installed with sentence-transformers)
+from scipy.stats import spearmanr  # an independent reference (the test extra installs scipy)
 from sentence_transformers.util.quantization import _dequantize_embeddings
 from typer.testing import CliRunner
+
+from handmade import write_output
 
 import hfenc.compare
 from hfenc import Embedder
@@ -176,14 +178,7 @@ def _synthetic(path: Path, vectors: np.ndarray, row_group: int = 1000, **sidecar
     side = {"format": "hfenc-embeddings/1", "complete": True, "rows": n, "dim": dim, "normalize": True,
             "model": "made-by-hand", "input": {"path": "in.txt", "format": "txt", "sha256": "ab" * 32,
                                                "encoding_errors": "strict"}, **sidecar}
-    if path.suffix == ".parquet":
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-        table = pa.table({"row": np.arange(n, dtype=np.int64), "embedding": emb})
-        pq.write_table(table.replace_schema_metadata({"hfenc": json.dumps(side)}), path, row_group_size=row_group)
-    else:
-        np.save(path, vectors)
-        path.with_name(path.name + ".json").write_text(json.dumps(side))
-    return path
+    return write_output(path, vectors, side, row_group)
 
 
 def test_pieces_across_blocks_of_every_size_and_ties(tmp_path, monkeypatch):

@@ -16,11 +16,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sentence_transformers.util.quantization import _dequantize_embeddings, quantize_embeddings
 from typer.testing import CliRunner
+
+from handmade import write_output
 
 import hfenc
 import st_layouts
@@ -55,15 +56,8 @@ def _synthetic(folder: Path, vectors: np.ndarray, precision: str | None = None, 
                "quantization": None if precision is None else {
                    "precision": precision, "dim": dim, "stored_width": rows.shape[1],
                    "ranges": None if ranges is None else ranges.tolist(), "calibration": None}}
-    path = folder / f"{precision or 'float'}.{'parquet' if parquet else 'npy'}"
-    if parquet:
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
-        table = pa.table({"row": np.arange(n, dtype=np.int64), "embedding": emb})
-        pq.write_table(table.replace_schema_metadata({"hfenc": json.dumps(sidecar)}), path, row_group_size=row_group)
-    else:
-        np.save(path, rows)
-        path.with_name(path.name + ".json").write_text(json.dumps(sidecar))
-    return path
+    return write_output(folder / f"{precision or 'float'}.{'parquet' if parquet else 'npy'}", rows, sidecar,
+                        row_group)
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
