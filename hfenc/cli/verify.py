@@ -22,12 +22,12 @@ def verify(
     device: str = typer.Option("auto", metavar="DEV", help="Where to embed: auto, cpu, cuda, cuda:N, mps."),
     json_out: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
 ) -> None:
-    """Check that OUT is what its sidecar says: exit 0, or one line per problem and exit 1.
+    """Check that OUT is what its sidecar says: exit 0, or a line per problem.
 
-    The sidecar is hfenc's and unedited (its seal); every file it lists has its recorded size and
-    SHA-256; shapes, dtypes, row numbers and side files agree; and a sample of rows, embedded
-    again from the input with the recorded settings, matches the stored rows within the
-    tolerance of the dtype they were computed in.
+    The sidecar is hfenc's and unedited (its seal); every file it lists has its
+    recorded size and SHA-256; shapes, dtypes, rows and side files agree; and a
+    sample of rows, embedded again from the input as recorded, matches the stored
+    rows within the tolerance of the dtype they were computed in.
 
     [b]Examples[/b]
 
