@@ -298,3 +298,35 @@ def test_the_summary_says_what_was_reused(pair, bert):
     line = next(x for x in result.stderr.splitlines() if x.startswith("Reused"))
     assert line.startswith(f"Reused {record['reused']:,} rows of {tmp / 'old.npy'}, embedded {record['embedded']:,}")
     assert f"{record['dropped']:,} rows of old.npy have no counterpart" in line
+
+
+def test_a_run_killed_while_it_replaces_its_old_output_finishes_on_resume(tmp_path, bert):
+    """`-o docs.npy --reuse docs.npy`, SIGKILLed after the old sidecar went and before the new files
+    arrived: OLD is no longer readable, and --resume only has the publication left to do."""
+    import os
+    import subprocess
+    import sys
+
+    old, new = _texts(30), _edit(_texts(30))
+    _write(tmp_path / "docs.txt", old)
+    args = [sys.executable, "-m", "hfenc", "embed", str(tmp_path / "docs.txt"), "-o", str(tmp_path / "docs.npy"),
+            "-m", str(bert), "--device", "cpu", "--dtype", "float32", "-q"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(args, check=True, env=env)
+    before = np.load(tmp_path / "docs.npy")
+    kept = tmp_path / "before"  # a copy of the old output, for the uninterrupted run below
+    kept.mkdir()
+    for name in ("docs.npy", "docs.npy.json", "docs.sha256.npy"):
+        (kept / name).write_bytes((tmp_path / name).read_bytes())
+    _write(tmp_path / "docs.txt", new)
+    killed = subprocess.run([*args, "--reuse", str(tmp_path / "docs.npy")],
+                            env={**env, "HFENC_FAULT_AT": "old-sidecar-removed"})
+    assert killed.returncode == -9
+    assert not (tmp_path / "docs.npy.json").exists()  # the old metadata went first
+    subprocess.run([*args, "--reuse", str(tmp_path / "docs.npy"), "--resume"], check=True, env=env)
+    rows, meta = np.load(tmp_path / "docs.npy"), json.loads((tmp_path / "docs.npy.json").read_text())
+    _check_reuse(old, new, before, rows, meta["reuse"])
+    # the same bits as an uninterrupted run from the same old output
+    whole = subprocess.run([*args[:5], "-o", str(tmp_path / "whole.npy"), *args[7:], "--reuse",
+                            str(kept / "docs.npy")], env=env)
+    assert whole.returncode == 0 and np.array_equal(np.load(tmp_path / "whole.npy"), rows)
