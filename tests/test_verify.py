@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import tiny_models
+from terminal import in_terminal, screen_lines
 from hfenc import Embedder
 from hfenc.cli import app
 from hfenc.compute.chunking import ChunkOptions
@@ -141,3 +142,12 @@ def test_not_an_output_is_one_error_line(tmp_path):
     (tmp_path / "x.npy").write_bytes(b"nothing")
     result = _verify(str(tmp_path / "x.npy"))
     assert result.exit_code == 1 and result.stderr.startswith("Error:") and len(result.stderr.splitlines()) <= 2
+
+
+def test_the_report_fits_an_80_column_terminal_and_stays_whole_on_a_pipe(tmp_path, bert):
+    out = _made(tmp_path, bert)
+    (tmp_path / "out.ids.txt").write_text("swapped\n" * 40)
+    code, text = in_terminal(["verify", str(out), "--device", "cpu"], columns=80)
+    lines = [line for line in screen_lines(text) if line.strip()]
+    assert code == 1 and all(len(line) <= 80 for line in lines), lines
+    assert " ".join(line.strip() for line in lines) == _one_problem(out)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from hfenc.cli.base import app, handles_errors, out, print_json, say
+from hfenc.cli.show import wrap
 
 
 @app.command()
@@ -51,10 +52,16 @@ def verify(
                 f"{'its hash' if report.files == 1 else 'their hashes'}"
         checked = f", {report.sampled:,} embedded again in {report.computed_in}: each within cosine " \
                   f"{report.tolerance} of its stored row" if report.sampled else ""
-        out.print(f"ok: {output}: {files}; {report.rows:,} rows{checked}", markup=False, highlight=False,
-                  soft_wrap=True)
+        _line(f"ok: {output}: {files}; {report.rows:,} rows{checked}")
     else:
         for problem in report.problems:
-            out.print(f"{output}: {problem}", markup=False, highlight=False, soft_wrap=True)
+            _line(f"{output}: {problem}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _line(text: str) -> None:
+    """One line of the report: whole on a pipe (one problem a line, for grep), wrapped between
+    words in a terminal."""
+    for part in wrap(text, out.width - 1, "  ") if out.is_terminal else [text]:
+        out.print(part, markup=False, highlight=False, soft_wrap=True)
