@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfenc.compute.threads import set_wait_policy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 set_wait_policy()  # before torch loads: OpenMP threads that spin only briefly when idle (issue 22)
 
 _EXPORTS = {
