@@ -42,7 +42,7 @@ import numpy as np
 
 from hfenc.errors import ConfigError, InputError
 from hfenc.io.outputs import OutputPaths, read_sidecar
-from hfenc.io.sidecar import check_sidecar
+from hfenc.io.sidecar import check_sidecar, recorded_spec
 from hfenc.io.quantize import SCALAR, Quantization, as_ubinary, dequantize, unpack_bits
 
 BLOCK_BYTES = 32 << 20
@@ -249,18 +249,13 @@ class Index:
     def _record_texts(self, rows: set[int], texts_file: str | Path | None, expect: int) -> dict[int, str]:
         if texts_file is None:
             return self._table.lookup(rows, "text") if self._table is not None else {}
-        from hfenc.io.inputs import FORMATS, InputSpec, Tally, records
+        from hfenc.io.inputs import Tally, records
 
         recorded = self.sidecar.get("input") or {}
         if recorded.get("files"):
             raise InputError(f"the index was embedded from {len(recorded['files'])} files; --texts reads one",
                              hint="embed the files into one index each to show texts, or leave --texts out")
-        fmt = recorded.get("format")
-        # read as `embed` read it: the recorded format and options, so row i is record i again
-        spec = InputSpec(str(texts_file), format=fmt if fmt in FORMATS else None,
-                         field=recorded.get("field") or "text", column=recorded.get("column"),
-                         skip_blank=bool(recorded.get("skip_blank")), tsv_quoting=bool(recorded.get("tsv_quoting")),
-                         encoding_errors="replace" if recorded.get("encoding_errors") == "replace" else "strict")
+        spec = recorded_spec(recorded, [str(texts_file)])  # read as `embed` read it: row i is record i again
         found, n, tally = {}, 0, Tally()
         for n, record in enumerate(records(spec, tally), start=1):
             if n - 1 in rows:

@@ -74,6 +74,18 @@ def check_sidecar(data: object, where: str) -> dict[str, Any]:
     return data
 
 
+def recorded_spec(recorded: dict[str, Any], paths: list[str]) -> Any:
+    """The InputSpec that reads `paths` as `embed` read the input its sidecar's "input" records:
+    the same format and options, so record i is row i again."""
+    from hfenc.io.inputs import FORMATS, InputSpec
+
+    fmt = recorded.get("format")
+    return InputSpec(paths[0], format=fmt if fmt in FORMATS else None, field=recorded.get("field") or "text",
+                     column=recorded.get("column"), skip_blank=bool(recorded.get("skip_blank")),
+                     tsv_quoting=bool(recorded.get("tsv_quoting")), more=tuple(paths[1:]),
+                     encoding_errors="replace" if recorded.get("encoding_errors") == "replace" else "strict")
+
+
 def recorded_settings(sidecar: dict[str, Any]) -> Any:
     """The sidecar's EmbedSettings (refused when it lacks some: an older hfenc wrote it)."""
     from hfenc.compute.embedder import EmbedSettings

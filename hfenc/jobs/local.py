@@ -35,7 +35,7 @@ from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, defau
 from hfenc.io.writers import check_options, default_path, open_output, out_format
 from hfenc.jobs.checkpoint import Checkpoints
 from hfenc.jobs.chunked import ChunkedJob, published
-from hfenc.jobs.reuse import Reuse, ReusedRows
+from hfenc.jobs.reuse import ReusedRows, open_reuse
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -182,14 +182,14 @@ def embed_file(
                                      (out_format(paths.npy, job.out_format) == "npy", paths.hashes)) if made)
     # The output is this job's alone from before anything of it is read until the job returns.
     with Claim(paths.npy):
-        check_writable(paths, job.force, job.resume, writes, replaces=_reuses_output(job, paths))
+        check_writable(paths, job.force, job.resume, writes, replaces=reuses_output(job, paths.npy))
         with sigterm_as_interrupt():  # from here on SIGTERM unwinds like Ctrl-C: temp files go
             return _embed_file(job, paths, embedder, progress, t0)
 
 
-def _reuses_output(job: JobOptions, paths: OutputPaths) -> bool:
+def reuses_output(job: JobOptions, output: Path) -> bool:
     """--reuse names the output itself (re-embedding in place): it may be replaced without --force."""
-    return job.reuse is not None and Path(job.reuse).resolve() == paths.npy.resolve()
+    return job.reuse is not None and Path(job.reuse).resolve() == output.resolve()
 
 
 def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
@@ -236,7 +236,7 @@ def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model
     if writer.publishing is not None:  # the earlier run had finished its rows: publish them
         return _finish_earlier(paths, writer, rows, model.dim, info.blank, plan, t0)
     if reused is not None and output.quantization is not None:
-        reused.check_ranges(job.quantize, output.quantization.ranges)
+        reused.reuse.check_ranges(job.quantize, output.quantization.ranges)
     resumed_from, saved = writer.rows_done, writer.stats
     stats = RunStats(rows=0, tokens=saved.get("tokens", 0), truncated=saved.get("truncated", 0),
                      first_truncated=saved.get("first_truncated"))
@@ -306,15 +306,14 @@ def _open(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, mode
     plan = chunked.plan if chunked is not None else None
     fingerprint = job_fingerprint(job, spec, spec.resolved_format(), info.sha256, rows, asdict(model.settings),
                                   model.weights_hash, model.config_hash, chunk_size=job.chunk_size,
-                                  **(chunked.fingerprint() if chunked is not None else {}),
-                                  **({"reuse": str(Path(job.reuse).resolve())} if job.reuse is not None else {}))
+                                  **(chunked.fingerprint() if chunked is not None else {}))
     fmt = out_format(paths.npy, job.out_format)
     return open_output(paths, fmt, rows, model.dim, job.out_dtype, fingerprint, job.resume,
                        quantize=job.quantize, ranges=job.ranges, keep_text=job.keep_text,
                        ids=row_ids if spec.id_field and fmt == "parquet" else None, model=model, spec=spec,
                        provenance=plan.table() if plan is not None and fmt == "parquet" else None,
                        texts_of=chunked.texts_of if chunked is not None else None, hashes=hashes,
-                       given_ranges=reused.ranges(job.quantize) if reused is not None else None)
+                       given_ranges=reused.reuse.ranges(job.quantize) if reused is not None else None)
 
 
 def _work(job: JobOptions, spec: InputSpec, info: Scan, model: Embedder, chunked: ChunkedJob | None,
@@ -330,16 +329,8 @@ def _work(job: JobOptions, spec: InputSpec, info: Scan, model: Embedder, chunked
 
 def _reused(job: JobOptions, paths: OutputPaths, model: Embedder, hashes: Path, rows: int) -> ReusedRows | None:
     """--reuse OLD, opened and matched (None without it, or when only a publication is left)."""
-    if job.reuse is None:
-        return None
-    try:
-        if job.resume and read_state(paths).get("publishing"):
-            return None
-    except HfencError:
-        pass  # open_output names what is wrong with the state
-    meta = {**model.describe(), "out_dtype": job.out_dtype,
-            "quantization": {"precision": job.quantize} if job.quantize is not None else None}
-    return ReusedRows(Reuse.open(job.reuse, meta), hashes, rows)
+    reuse = open_reuse(job.reuse, paths, job.resume, model.describe(), job.out_dtype, job.quantize)
+    return ReusedRows(reuse, hashes, rows) if reuse is not None else None
 
 
 def _finish_earlier(paths: OutputPaths, writer: Any, rows: int, dim: int, blank: int, plan: Any,
@@ -428,6 +419,7 @@ def job_fingerprint(job: JobOptions, spec: InputSpec, fmt: str, sha256: str, row
         # ulp with batch composition), the device, and the libraries that compute them
         **{k: v for k, v in settings.items() if k != "model"},
         **{f"{name}_version": v for name, v in library_versions(settings.get("backend", "torch")).items()},
+        **({"reuse": str(Path(job.reuse).resolve())} if job.reuse is not None else {}),  # the same OLD
         **extra,
     }
 

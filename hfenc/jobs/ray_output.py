@@ -21,7 +21,7 @@ import numpy as np
 from hfenc.errors import ConfigError, OutputError, ResumeError
 from hfenc.io.outputs import (MANIFEST, Listing, OutputPaths, check_directory, check_writable, claimed, default_output,
                               nothing_to_resume, read_state, remove_path, resume_state, write_state)
-from hfenc.jobs.local import JobOptions
+from hfenc.jobs.local import JobOptions, reuses_output
 
 if TYPE_CHECKING:
     from hfenc.jobs.ray_tasks import InputFile
@@ -94,7 +94,7 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
         chunked, docs = job.chunking is not None, job.chunking is not None and job.chunking.doc_vectors
         writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines),
                                          (chunked, paths.chunks), (docs, paths.docs), (True, paths.hashes)) if made)
-        check_writable(paths, job.force, job.resume, writes, replaces=_replaces(job, out))
+        check_writable(paths, job.force, job.resume, writes, replaces=reuses_output(job, out.path))
         return
     check_directory(out.path.parent)
     if job.resume and not paths.state.exists():
@@ -108,7 +108,7 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
             if Listing.read(out.path / MANIFEST) is None:
                 raise OutputError(f"output {out.path} is a directory that hfenc did not write (it has no {MANIFEST})",
                                   hint="choose another output with -o")
-            if not job.force and not _replaces(job, out):
+            if not job.force and not reuses_output(job, out.path):
                 raise OutputError(f"output {out.path} already exists", hint="pass --force to overwrite it")
     if paths.state.exists() and not job.resume and not job.force:
         raise OutputError(f"an interrupted run of {out.path} can be resumed",
@@ -116,11 +116,6 @@ def check_output(out: RayOutput, job: JobOptions) -> None:
     if paths.partial.exists() and not paths.state.exists() and not job.force:
         raise OutputError(f"{paths.partial} exists but no interrupted hfenc run claims it",
                           hint="move it away, or pass --force to overwrite it")
-
-
-def _replaces(job: JobOptions, out: RayOutput) -> bool:
-    """--reuse names the output itself (re-embedding in place): it may be replaced without --force."""
-    return job.reuse is not None and Path(job.reuse).resolve() == out.path.resolve()
 
 
 @dataclass(frozen=True)

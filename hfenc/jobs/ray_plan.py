@@ -211,8 +211,7 @@ class Prepared:
             describe.get("config_sha256"), engine=ENGINE, output_kind=self.out.kind, keep_text=self.keep_text,
             files=[[f.name, s["sha256"], s["bytes"], s["rows"]] for f, s in zip(inp.files, inp.scans)],
             **fingerprint_of("npy", job.quantize, job.ranges, self.keep_text),  # its quantization keys
-            **(self.chunks.fingerprint() if self.chunks is not None else {}),
-            **({"reuse": str(Path(job.reuse).resolve())} if job.reuse is not None else {}))
+            **(self.chunks.fingerprint() if self.chunks is not None else {}))
 
     def input_meta(self) -> dict[str, Any]:
         inp = self.input

@@ -55,10 +55,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfenc.errors import ConfigError, HfencError, InputChanged, Interrupted, OverflowRefused
+from hfenc.errors import ConfigError, InputChanged, Interrupted, OverflowRefused
 from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec
-from hfenc.io.outputs import read_state, sealed, write_json_atomic, write_state
+from hfenc.io.outputs import sealed, write_json_atomic, write_state
 from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, sigterm_as_interrupt
 from hfenc.jobs.ray_chunks import check_chunking, plan_chunks, plan_path
 from hfenc.jobs.ray_inputs import job_inputs
@@ -69,7 +69,7 @@ from hfenc.jobs.ray_plan import (JobPlan, Prepared, model_name, plan_replicas, q
                                  sampler, scan_and_probe, settle_model, worker_options)
 from hfenc.jobs.ray_publish import assemble, dataset_docs, finish_interrupted, publish_dataset, reuse_record
 from hfenc.jobs.ray_session import RayOptions, get, quiet, ray_modules, session
-from hfenc.jobs.reuse import Reuse
+from hfenc.jobs.reuse import open_reuse
 
 if TYPE_CHECKING:
     from hfenc.compute.embedder import Embedder
@@ -165,21 +165,8 @@ def _prepare(job: JobOptions, spec: InputSpec, files: list[InputFile], out: RayO
     model_plan = settle_model(load_name, shown_name, chosen, probed)
     chunks = None if chunking is None else \
         plan_chunks(chunking, local.tokenizer if local is not None else probed["tokenizer"], scanned, out.paths)
-    return Prepared(job, scanned, out, replicas, model_plan, cluster, chunks, _open_reuse(job, out, model_plan)), local
-
-
-def _open_reuse(job: JobOptions, out: RayOutput, model: Any) -> Reuse | None:
-    """--reuse OLD, its fingerprint checked against the probed model (None without it, or when
-    only the publication of an interrupted run is left: OLD may be what it replaced)."""
-    if job.reuse is None:
-        return None
-    try:
-        if job.resume and read_state(out.paths).get("publishing"):
-            return None
-    except HfencError:
-        pass  # reserve_partial names what is wrong with the state
-    return Reuse.open(job.reuse, {**model.describe, "out_dtype": job.out_dtype,
-                                  "quantization": {"precision": job.quantize} if job.quantize is not None else None})
+    reuse = open_reuse(job.reuse, out.paths, job.resume, model_plan.describe, job.out_dtype, job.quantize)
+    return Prepared(job, scanned, out, replicas, model_plan, cluster, chunks, reuse), local
 
 
 def _plan(prepared: Prepared, local: Embedder | None, t0: float) -> JobPlan | JobResult:

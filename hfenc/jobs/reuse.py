@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from hfenc.errors import ConfigError, InputError
+from hfenc.errors import ConfigError, HfencError, InputError
 from hfenc.io.hashes import WIDTH, hex_hashes, keys
-from hfenc.io.outputs import MANIFEST, SEAL, OutputPaths, file_sha256, read_sidecar, seal_of
+from hfenc.io.outputs import MANIFEST, SEAL, OutputPaths, file_sha256, read_sidecar, read_state, seal_of
 from hfenc.io.sidecar import check_sidecar
 
 LISTED = 10_000  # dropped OLD rows named in the sidecar; the count is always there
@@ -312,6 +312,22 @@ class Reuse:
                                  for r, i in zip(listed.tolist(), ids)]}
 
 
+def open_reuse(old: str | Path | None, paths: OutputPaths, resume: bool, describe: dict[str, Any], out_dtype: str,
+               quantize: str | None) -> Reuse | None:
+    """--reuse OLD for a job of both engines, its fingerprint checked against the job's model
+    (`describe`) and stored form: None without it, or when only the publication of an interrupted
+    run is left (OLD may be the very output that publication replaced)."""
+    if old is None:
+        return None
+    try:
+        if resume and read_state(paths).get("publishing"):
+            return None
+    except HfencError:
+        pass  # opening the output names what is wrong with the state
+    return Reuse.open(old, {**describe, "out_dtype": out_dtype,
+                            "quantization": {"precision": quantize} if quantize is not None else None})
+
+
 class Given(list):
     """A chunk of work's texts, and which of them are reused (the engine computes the others)."""
 
@@ -348,12 +364,6 @@ class ReusedRows:
             return block
 
         return dest
-
-    def ranges(self, precision: str | None) -> tuple[np.ndarray, dict[str, Any]] | None:
-        return self.reuse.ranges(precision)
-
-    def check_ranges(self, precision: str | None, ranges: np.ndarray | None) -> None:
-        self.reuse.check_ranges(precision, ranges)
 
     def record(self) -> dict[str, Any]:
         return self.reuse.record(len(self.slots))

@@ -108,7 +108,6 @@ def _check_files(path: Path, sidecar: dict[str, Any], report: Report) -> None:
             report.problems.append(f"{name} has changed: its SHA-256 is not the one the sidecar records")
         else:
             report.files += 1
-            continue
     if report.ok:
         check_layout(path, sidecar, report)
 

@@ -170,7 +170,8 @@ def _records(sidecar: dict[str, Any], wanted: np.ndarray, input: Any) -> list[st
     """The texts of input records `wanted` (ascending), read as `embed` read them; the input must
     be the very bytes it embedded (its recorded SHA-256)."""
     from hfenc.errors import InputError
-    from hfenc.io.inputs import FORMATS, InputSpec, Tally, records
+    from hfenc.io.inputs import Tally, records
+    from hfenc.io.sidecar import recorded_spec
 
     recorded = sidecar.get("input") or {}
     paths = [f["path"] for f in recorded.get("files") or []] or [recorded.get("path")]
@@ -181,11 +182,7 @@ def _records(sidecar: dict[str, Any], wanted: np.ndarray, input: Any) -> list[st
     if not paths[0] or paths[0] == "(--text)" or not all(Path(p).is_file() for p in paths):
         missing = next((p for p in paths if not p or not Path(p).is_file()), paths[0])
         raise InputError(f"the input {missing} is not here", hint="give it with --input PATH, or --sample 0")
-    fmt = recorded.get("format")
-    spec = InputSpec(paths[0], format=fmt if fmt in FORMATS else None, field=recorded.get("field") or "text",
-                     column=recorded.get("column"), skip_blank=bool(recorded.get("skip_blank")),
-                     tsv_quoting=bool(recorded.get("tsv_quoting")), more=tuple(paths[1:]),
-                     encoding_errors="replace" if recorded.get("encoding_errors") == "replace" else "strict")
+    spec = recorded_spec(recorded, paths)
     want, found, tally = set(wanted.tolist()), {}, Tally()
     for i, record in enumerate(records(spec, tally)):
         if i in want:
