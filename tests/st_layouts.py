@@ -546,17 +546,21 @@ def _dense_unknown_activation(folder: Path, b: FolderBuilder) -> None:
     _edit_json(module_path(folder, "Dense") / "config.json", lambda c: c.update(activation_function="my_pkg.Act"))
 
 
-@refusal("sparse_encoder", needle="SparseEncoder", st_error=None)
+@refusal("sparse_encoder", needle="SparseAutoEncoder", st_error=None)
 def _sparse_encoder(folder: Path, b: FolderBuilder) -> None:
-    """A SPLADE SparseEncoder (fill-mask Transformer + SpladePooling), saved by SparseEncoder (ST: loads it as
-    a SentenceTransformer by replacing its modules with Transformer + mean pooling)."""
+    """A CSR SparseEncoder (Transformer + Pooling + SparseAutoEncoder), saved by SparseEncoder: hfenc
+    reads SPLADE SparseEncoders (tests/test_sparse_parity.py) but not this module (ST: loads it as a
+    SentenceTransformer by replacing its modules with Transformer + mean pooling)."""
     from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.modules import SpladePooling
+    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
 
     _, m = _st()
-    torch.manual_seed(34)  # the masked-LM head is new (random) on the tiny base model
-    mlm = m.Transformer(str(b.base("bert")), transformer_task="fill-mask", max_seq_length=MAX_SEQ_LENGTH)
-    SparseEncoder(modules=[mlm, SpladePooling("max")], device="cpu").save(str(folder), create_model_card=False)
+    torch.manual_seed(34)
+    transformer = m.Transformer(str(b.base("bert")), max_seq_length=MAX_SEQ_LENGTH)
+    width = transformer.get_embedding_dimension() if hasattr(transformer, "get_embedding_dimension") \
+        else transformer.get_word_embedding_dimension()
+    SparseEncoder(modules=[transformer, m.Pooling(width, "mean"), SparseAutoEncoder(width, 4 * width, k=8)],
+                  device="cpu").save(str(folder), create_model_card=False)
     config = json.loads((folder / "config_sentence_transformers.json").read_text())
     assert config["model_type"] == "SparseEncoder", config
 

@@ -19,11 +19,12 @@ from torch import nn
 
 import tiny_models
 from hfenc import Embedder, HFTextEncoder
-from hfenc.errors import ConfigError, HfencError, UnknownChoiceError
-from hfenc.model.poolers import pooler_names
+from hfenc.errors import ConfigError, HfencError, ModelLoadError, UnknownChoiceError
+from hfenc.model.poolers import get_pooler_class, pooler_names
 
 TYPES = tiny_models.MODEL_TYPES
 POOLERS = pooler_names()
+DENSE_POOLERS = [p for p in POOLERS if not get_pooler_class(p).sparse]  # splade_*: tests/test_sparse.py
 WIDTH = tiny_models.HIDDEN
 
 
@@ -99,7 +100,13 @@ def test_batch_equals_each_text_alone(tiny_model_dir, model_type):
     np.testing.assert_allclose(batch, alone, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("pooler", POOLERS)
+@pytest.mark.parametrize("pooler", [p for p in POOLERS if p not in DENSE_POOLERS])
+def test_a_sparse_pooler_on_a_checkpoint_without_its_masked_language_head_is_refused(tiny_model_dir, pooler):
+    with pytest.raises(ModelLoadError, match="cls.predictions"):
+        Embedder(str(tiny_model_dir("bert")), device="cpu", pooler=pooler)
+
+
+@pytest.mark.parametrize("pooler", DENSE_POOLERS)
 @pytest.mark.parametrize("model_type", TYPES)
 def test_padding_invariance_end_to_end_for_every_pooler(tiny_model_dir, model_type, pooler):
     embedder = _embedder(tiny_model_dir(model_type), pooler=pooler, batch_tokens=100_000)

@@ -77,6 +77,18 @@ def _mean_sqrt_len(rows):
     return [sum(r[d] for r in rows) / math.sqrt(len(rows)) for d in range(DIM)]
 
 
+def _splade(x):
+    return math.log1p(max(x, 0.0))
+
+
+def _splade_max(rows):
+    return [max(_splade(r[d]) for r in rows) for d in range(DIM)]
+
+
+def _splade_sum(rows):
+    return [sum(_splade(r[d]) for r in rows) for d in range(DIM)]
+
+
 EXPECTED = {
     "mean": _mean,
     "max": _max,
@@ -85,6 +97,9 @@ EXPECTED = {
     "last_token": _last,
     "weighted_mean": _weighted_mean,
     "mean_sqrt_len": _mean_sqrt_len,
+    # sparse: the "hidden states" are a masked-language model's logits (one per vocabulary token)
+    "splade_max": _splade_max,
+    "splade_sum": _splade_sum,
 }
 
 

@@ -16,7 +16,8 @@ from hfenc.cli.base import fail, print_json, print_table, model_spec, app, handl
 @app.command()
 @handles_errors
 def poolers(json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
-    """List the poolers: name, aliases, what each computes.
+    """List the poolers: name, output (dense, or sparse: SPLADE over a masked-language model's
+    logits), aliases, what each computes.
 
     [b]Examples[/b]
 
@@ -31,10 +32,10 @@ def poolers(json_out: bool = typer.Option(False, "--json", help="Print JSON on s
         print_json(infos)
         return
     table = Sheet(title="Poolers")
-    for col in ("name", "aliases", "description"):
+    for col in ("name", "output", "aliases", "description"):
         table.add_column(col)
     for p in infos:
-        table.add_row(p["name"], ", ".join(p["aliases"]), p["description"])
+        table.add_row(p["name"], p["output"], ", ".join(p["aliases"]), p["description"])
     print_table(table)
 
 

@@ -27,8 +27,11 @@ from hfenc.errors import ConfigError, InputError, ModelLoadError, UnknownChoiceE
 from hfenc.model.head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
 from hfenc.model.resolve import DEFAULT_MODEL, hash_files, weight_files
 from hfenc.compute.openvino import BACKENDS
+from hfenc.compute.sparse import (SpladePipeline, StaticPipeline, load_static, refuse_dense_options, sparse_model,
+                                  sparse_prompt, sparse_route)
 from hfenc.compute.threads import ThreadPolicy
 from hfenc.model.spec import ModelSpec, load_spec
+from hfenc.model.sparse import SparseBlock, SparseRows
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class EmbedSettings:
     batch_tokens: int
     backend: str = "torch"  # "openvino": the transformer run by OpenVINO (hfenc.compute.openvino)
     int8_group_size: int | None = None  # OpenVINO int8: channels per activation scale
+    side: str | None = None  # a sparse model's side: query | document (None: plain encode)
+    max_active_dims: int | None = None  # sparse: each row's k largest values kept
 
 
 def library_versions(backend: str) -> dict[str, str]:
@@ -86,6 +91,8 @@ class EmbedOptions:
     # OpenVINO int8: channels per activation scale (default: the largest of INT8_GROUPS that keeps
     # the guard); a resumed job, a Ray replica or a search passes the recorded one
     int8_group_size: int | None = None
+    side: str | None = None  # sparse models: "query" or "document" (SparseEncoder.encode_query/_document)
+    max_active_dims: int | None = None  # sparse models: keep each row's k largest values
 
     def requested_device(self) -> str:
         """The device asked for; OpenVINO's backend runs on the CPU, so `auto` means the CPU there
@@ -141,6 +148,10 @@ class EmbedOptions:
                 )
         elif self.proj_weights is not None:
             raise ConfigError("proj_weights=FILE needs a projection type: proj=linear or proj=mlp")
+        if self.side not in (None, "query", "document"):
+            raise UnknownChoiceError("side", self.side, ("query", "document"))
+        if self.max_active_dims is not None and (isinstance(self.max_active_dims, bool) or self.max_active_dims < 1):
+            raise ConfigError(f"max_active_dims={self.max_active_dims} must be a positive number")
         if self.prompt is not None and self.prompt_name is not None:
             raise ConfigError("give --prompt TEXT or --prompt-name NAME, not both")
         if self.proj_weights is not None and not Path(self.proj_weights).is_file():
@@ -187,6 +198,14 @@ class Embedder:
         self.resolved, layout = spec.resolved, spec.layout
         self.layout = layout
         self.notes.extend(layout.notes)
+        self.model_name = str(model if isinstance(model, str) else spec.name)
+        self.sparse = sparse_model(layout, o.pooler)
+        if self.sparse:
+            self._init_sparse(compute_dtype)
+            return
+        if o.side is not None or o.max_active_dims is not None:
+            raise ConfigError(f"side and max_active_dims are for sparse (SPLADE) models; {spec.name} makes dense "
+                              "embeddings", hint="for a dense model's query prompt, use prompt_name=query")
         proj_kind = None if o.proj in (None, "none") else o.proj
         if proj_kind is not None and layout.head:
             raise ConfigError("this model has its own modules after pooling; proj=linear|mlp cannot be added to it")
@@ -229,20 +248,8 @@ class Embedder:
         self.normalize = bool(layout.normalize if o.normalize is None else o.normalize)
 
         context = self.encoder.context_length
-        tok_path = spec.transformer_path
-        if not ((tok_path / "tokenizer_config.json").is_file() or (tok_path / "tokenizer.json").is_file()):
-            tok_path = self.resolved.path
-        self.tokenizer_path = tok_path
-        try:
-            hf_tok = transformers.AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True,
-                                                                trust_remote_code=False)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load the tokenizer in {tok_path}: {str(exc).splitlines()[0]}") from exc
-        limits = [x for x in (layout.max_seq_length, hf_tok.model_max_length, context) if x and x < 1_000_000]
-        default_max = min(limits) if limits else 512
-        if o.max_length is not None and context is not None and o.max_length > context:
-            raise ConfigError(f"max_length={o.max_length} exceeds the model's {context} positions")
-        self.max_length = int(o.max_length or default_max)
+        hf_tok = self._load_tokenizer(spec.transformer_path)
+        self.max_length = self._max_length(hf_tok, layout.max_seq_length, context)
         prompt_name, prompt_text = self._prompt(layout)
         self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text, layout.do_lower_case)
         include_prompt = layout.pooling.include_prompt if layout.pooling else True
@@ -263,7 +270,7 @@ class Embedder:
             self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens,
                                  threads=self.threads)
         self.settings = EmbedSettings(
-            model=str(model if isinstance(model, str) else spec.name), pooler=self.encoder.pooler_type,
+            model=self.model_name, pooler=self.encoder.pooler_type,
             proj=proj_kind or "none",
             proj_weights=str(o.proj_weights) if o.proj_weights is not None else None,
             proj_untrained=proj_kind is not None and o.proj_weights is None, seed=o.seed,
@@ -276,6 +283,75 @@ class Embedder:
             int8_group_size=self._int8_group,
         )
         self._weights_hash: str | None = None
+
+    def _load_tokenizer(self, folder: Path) -> Any:
+        """The tokenizer in `folder` (a module folder without one: the model's root)."""
+        if not ((folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()):
+            folder = self.resolved.path
+        self.tokenizer_path = folder
+        try:
+            return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
+                                                              trust_remote_code=False)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from exc
+
+    def _max_length(self, hf_tok: Any, configured: int | None, context: int | None) -> int:
+        """max_length, else the smallest of the module's max_seq_length, the tokenizer's and the
+        model's positions."""
+        o = self.options
+        limits = [x for x in (configured, hf_tok.model_max_length, context) if x and x < 1_000_000]
+        if o.max_length is not None and context is not None and o.max_length > context:
+            raise ConfigError(f"max_length={o.max_length} exceeds the model's {context} positions")
+        return int(o.max_length or (min(limits) if limits else 512))
+
+    def _init_sparse(self, compute_dtype: torch.dtype) -> None:
+        """A sparse model's side (hfenc.compute.sparse): its route, tokenizer, pipeline and engine."""
+        o, spec, layout = self.options, self.spec, self.layout
+        refuse_dense_options(o)
+        route, pooler = sparse_route(layout, o, spec.name)
+        k = o.max_active_dims if o.max_active_dims is not None else (layout.sparse.max_active_dims
+                                                                     if layout.sparse is not None else None)
+        prompt_name, prompt_text = sparse_prompt(layout, o) if o.side is not None else self._prompt(layout)
+        self.normalize, self._int8_group = False, None
+        self.probe_min_cosine = self.conversion_min_cosine = None
+        if route.kind == "static":
+            self.encoder = None
+            hf_tok = self._load_tokenizer(route.static_path)
+            self.max_length = self._max_length(hf_tok, None, None)
+            self.pipeline = StaticPipeline(load_static(route.static_path, len(hf_tok.get_vocab())), k)
+            self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text, special_tokens=False)
+            compute_dtype = torch.float32  # a lookup: nothing to compute in another dtype
+            self.dim = int(self.pipeline.weight.shape[0])
+        else:
+            self.encoder = HFTextEncoder(spec, pooler_type=pooler, dtype=precision.load_dtype(compute_dtype))
+            self.encoder.pooler.activation = route.splade.activation if route.splade else "relu"
+            if self.encoder.missing_keys:
+                raise ModelLoadError(f"{spec.name}: the checkpoint lacks {self.encoder.missing_keys[0]}; a sparse "
+                                     "model needs its masked-language head's trained weights")
+            hf_tok = self._load_tokenizer(route.transformer_path)
+            self.max_length = self._max_length(hf_tok, route.max_seq_length, self.encoder.context_length)
+            self.tokenizer = TextTokenizer(hf_tok, self.max_length, prompt_text, route.do_lower_case)
+            self.pipeline = SpladePipeline(self.encoder, k)
+            self.dim = self.encoder.pooled_width
+            if o.dtype == "auto" and self.device.type == "cpu":
+                compute_dtype = torch.float32  # the bf16 probe compares dense vectors; sparse ones stay exact
+            compute_dtype, _ = precision.prepare(self.encoder.transformer, compute_dtype, self.device)
+        self.threads.count()
+        self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens,
+                             threads=self.threads)
+        self.sparse_info = {"vocab_size": self.dim, "route": route.kind, "side": o.side,
+                            "pooling": route.splade.strategy if route.splade else None,
+                            "activation": self.encoder.pooler.activation if self.encoder is not None else None,
+                            "max_active_dims": k, "similarity": "dot",
+                            "asymmetric": bool(layout.sparse is not None and layout.sparse.asymmetric)}
+        self.settings = EmbedSettings(
+            model=self.model_name, pooler=pooler, proj="none", proj_weights=None, proj_untrained=False,
+            seed=o.seed, normalize=False, dim=self.dim, truncate_dim=None, max_length=self.max_length,
+            prompt=prompt_text or None, prompt_name=prompt_name, include_prompt=True, lowercase=self.tokenizer.lowercase,
+            padding_side="left" if self.tokenizer.left_pad else "right", init_seed=None,
+            dtype=str(compute_dtype).removeprefix("torch."), device=str(self.device),
+            batch_tokens=self.engine.batch_tokens, backend="torch", side=o.side, max_active_dims=k)
+        self._weights_hash = None
 
     def _precision(self, dtype: torch.dtype) -> torch.dtype:
         """Apply the compute dtype's scheme (hfenc.compute.precision). `auto` bf16 on a CPU is kept only
@@ -390,8 +466,8 @@ class Embedder:
             **asdict(self.settings),
             "model_path": self.resolved.shown,
             "model_source": self.resolved.source,
-            "model_type": self.encoder.config.model_type,
-            "architecture_discovered": self.encoder.arch.discovered,
+            "model_type": self.spec.config.model_type,
+            "architecture_discovered": self.encoder.arch.discovered if self.encoder is not None else False,
             "weights_sha256": self.weights_hash,
             "config_sha256": self.config_hash,
             "threads": self.threads.current,
@@ -402,15 +478,18 @@ class Embedder:
             **({"conversion_min_cosine": round(self.conversion_min_cosine, 6)}
                if self.conversion_min_cosine is not None else {}),
             "versions": library_versions(self.options.backend),
+            **({"sparse": self.sparse_info} if self.sparse else {}),
         }
 
     def encode(self, texts: str | Iterable[str], progress: Callable[[Progress], None] | None = None,
                chunk_size: int = 16384, out_dtype: Any = np.float32) -> np.ndarray:
         """Embed `texts` (a list, or any iterable, streamed chunk by chunk); returns an (n, dim)
         array in input order, or one (dim,) vector for a single string (as sentence-transformers
-        does). A non-string item is refused with its index."""
+        does); a sparse model returns SparseRows (CSR; one row for a single string). A non-string
+        item is refused with its index."""
         if isinstance(texts, str):
-            return self.encode([texts], progress, chunk_size, out_dtype)[0]
+            one = self.encode([texts], progress, chunk_size, out_dtype)
+            return one if self.sparse else one[0]
         total = len(texts) if isinstance(texts, Sequence) else None
 
         def chunks() -> Iterator[tuple[int, list[str]]]:
@@ -429,6 +508,15 @@ class Embedder:
             if batch:
                 yield seen - len(batch), batch
 
+        if self.sparse:  # a SparseBlock per chunk, joined at the end (CSR rows are small)
+            blocks: list[SparseBlock] = []
+
+            def block(start: int, n: int) -> SparseBlock:
+                blocks.append(SparseBlock(n, self.dim))
+                return blocks[-1]
+
+            self.engine.run(chunks(), block, progress=progress, rows_total=total)
+            return SparseRows.concat([b.rows() for b in blocks], self.dim)
         if total is not None:  # a sized input: rows go straight into one array
             out = np.empty((total, self.dim), dtype=out_dtype)
             self.engine.run(chunks(), lambda start, n: out[start : start + n], progress=progress, rows_total=total)

@@ -28,6 +28,7 @@ from torch import nn
 from hfenc.errors import ConfigError, UnknownChoiceError
 from hfenc.compute.precision import compute_context
 from hfenc.compute.threads import ThreadPolicy
+from hfenc.model.sparse import SparseRows
 
 # int8 exists on the OpenVINO backend only (hfenc.compute.openvino; EmbedOptions.check refuses it elsewhere).
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
@@ -139,9 +140,11 @@ class Tokenized:
 class TextTokenizer:
     """The model's own tokenizer, driven through its Rust backend when it has one."""
 
-    def __init__(self, hf_tokenizer: Any, max_length: int, prefix: str = "", lowercase: bool = False):
+    def __init__(self, hf_tokenizer: Any, max_length: int, prefix: str = "", lowercase: bool = False,
+                 special_tokens: bool = True):
         self.hf = hf_tokenizer
         self.max_length = int(max_length)
+        self.special_tokens = special_tokens  # False: no [CLS]/[SEP] (a sparse model's static query side)
         self.prefix, self.lowercase = prefix, lowercase
         pad = hf_tokenizer.pad_token_id
         if pad is None:
@@ -193,13 +196,14 @@ class TextTokenizer:
 
     def _tokenize(self, texts: list[str]) -> Tokenized:
         if self.fast is not None:
-            encodings = self.fast.encode_batch_fast(texts)
+            encodings = self.fast.encode_batch_fast(texts, add_special_tokens=self.special_tokens)
             lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
             truncated = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
             flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum()))
         else:  # a Python-only tokenizer: slower, same ids (special tokens kept when truncating)
-            ids = self.hf(texts, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
-            full = self.hf(texts, truncation=False, padding=False)["input_ids"]
+            special = {"add_special_tokens": self.special_tokens}
+            ids = self.hf(texts, truncation=True, max_length=self.max_length, padding=False, **special)["input_ids"]
+            full = self.hf(texts, truncation=False, padding=False, **special)["input_ids"]
             truncated = np.fromiter((len(r) > self.max_length for r in full), bool, len(ids))
             lengths = np.fromiter((len(r) for r in ids), np.int64, len(ids))
             flat = np.fromiter(chain.from_iterable(ids), np.int64, int(lengths.sum()))
@@ -358,6 +362,9 @@ class Engine:
         # bf16/fp16 are hfenc.compute.precision's mixed scheme: Linear weights in the low dtype, the
         # forward under autocast (compute_context), norms and buffers float32.
         self.module = encode_fn.eval().to(device=device)
+        # a sparse pipeline returns SparseRows per batch; its chunks are not checkpointed within
+        # (a chunk interrupted is computed again whole)
+        self.sparse = bool(getattr(encode_fn, "sparse_rows", False))
         self.tokenizer = tokenizer
         self.device, self.dtype = device, dtype
         self.batch_tokens = int(batch_tokens or default_batch_tokens(device, dtype))
@@ -401,6 +408,8 @@ class Engine:
         `tok.spans` (late chunking): dest has a row per span instead."""
         if tok.spans is not None:
             return self._embed_spans(tok, dest, on_batch)
+        if self.sparse:
+            done = checkpoint = None
         order = np.argsort(-tok.lengths, kind="stable")
         if tok.given is not None:  # their rows are in dest already: batch the others as if alone
             order = order[~tok.given[order]]
@@ -417,7 +426,8 @@ class Engine:
                     self.threads.tick()
                 with compute_context(self.device, self.dtype):
                     out = self.module(*self._batch(tok, rows))
-                results.append(out.float())  # stays on the device: one copy back per chunk
+                # dense rows stay on the device: one copy back per chunk
+                results.append(out if self.sparse else out.float())
                 positions.append(rows)
                 if on_batch is not None:
                     on_batch(len(rows), int(tok.lengths[rows].sum()))
@@ -432,7 +442,8 @@ class Engine:
             if self.threads is not None:
                 self.threads.pause()
         if results:
-            dest[np.concatenate(positions)] = torch.cat(results).cpu().numpy()
+            dest[np.concatenate(positions)] = SparseRows.concat(results) if self.sparse else \
+                torch.cat(results).cpu().numpy()
 
     def _embed_spans(self, tok: Tokenized, dest: np.ndarray, on_batch: Callable[[int, int], None] | None) -> None:
         """Late chunking: each pass once through the transformer, each span pooled from it."""

@@ -21,7 +21,8 @@ def pooler_catalog() -> list[dict[str, Any]]:
 def live_catalog() -> list[dict[str, Any]]:
     from hfenc.model.poolers import pooler_infos
 
-    return [{"name": p.name, "aliases": list(p.aliases), "description": p.description} for p in pooler_infos()]
+    return [{"name": p.name, "output": "sparse" if p.cls.sparse else "dense", "aliases": list(p.aliases),
+             "description": p.description} for p in pooler_infos()]
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def _encoder_only(model: nn.Module, config: Any, arch: Arch | None) -> nn.Module
     return model
 
 
-def model_class(arch: Arch | None) -> Any:
+def model_class(arch: Arch | None, masked_lm: bool = False) -> Any:
+    if masked_lm:  # a sparse (SPLADE) pooler reads the masked-language model's logits
+        return transformers.AutoModelForMaskedLM
     if arch is None or arch.model_class is None:
         return transformers.AutoModel
     module = transformers
@@ -46,28 +48,29 @@ def model_class(arch: Arch | None) -> Any:
     return getattr(module, arch.model_class)
 
 
-def _build_kwargs(arch: Arch | None, add_pooling_layer: bool) -> dict[str, Any]:
+def _build_kwargs(arch: Arch | None, add_pooling_layer: bool, masked_lm: bool = False) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
-    if arch is not None and arch.pooling_layer:
+    if arch is not None and arch.pooling_layer and not masked_lm:
         kwargs["add_pooling_layer"] = add_pooling_layer
     return kwargs
 
 
 def build_transformer_from_config(
-    config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None
+    config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None,
+    masked_lm: bool = False,
 ) -> nn.Module:
     """Random weights from a config (also used on the meta device by lock plans), in float32 unless
     `dtype` says otherwise. Issue 9: never in the config's own dtype; AutoModel.from_config builds
     a bf16/fp16 config (a half-precision checkpoint's) in that dtype, beside a float32 projection."""
-    cls = model_class(arch)
-    kwargs = _build_kwargs(arch, add_pooling_layer)
+    cls = model_class(arch, masked_lm)
+    kwargs = _build_kwargs(arch, add_pooling_layer, masked_lm)
     dtype = dtype or torch.float32
     try:
-        if cls is transformers.AutoModel:
-            model = transformers.AutoModel.from_config(config, dtype=dtype, **kwargs)
+        if cls in (transformers.AutoModel, transformers.AutoModelForMaskedLM):
+            model = cls.from_config(config, dtype=dtype, **kwargs)
         else:  # a concrete class ignores config.dtype and builds in torch's default dtype
             model = cls(config, **kwargs).to(dtype)
-        return _encoder_only(model, config, arch)
+        return model if masked_lm else _encoder_only(model, config, arch)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ModelLoadError(
             f"transformers cannot build model type {config.model_type!r}: {str(exc).splitlines()[0]}"
@@ -75,14 +78,15 @@ def build_transformer_from_config(
 
 
 def load_transformer(
-    path: Path, config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None
+    path: Path, config: Any, arch: Arch | None, add_pooling_layer: bool, dtype: torch.dtype | None = None,
+    masked_lm: bool = False,
 ) -> tuple[nn.Module, list[str]]:
     """Load pretrained weights; returns the module and the names of weights the checkpoint lacked."""
-    cls = model_class(arch)
+    cls = model_class(arch, masked_lm)
     if not weight_files(path):
         raise ModelLoadError(f"no weights (model.safetensors or pytorch_model.bin) in {path}")
-    kwargs = _build_kwargs(arch, add_pooling_layer)
-    if arch is not None and arch.key_mapping:
+    kwargs = _build_kwargs(arch, add_pooling_layer, masked_lm)
+    if arch is not None and arch.key_mapping and not masked_lm:
         # Encoder class over a full seq2seq checkpoint: only the encoder's tensors are mapped and
         # read; the decoder's are skipped (SPEC.md defect 8).
         kwargs["key_mapping"] = dict(arch.key_mapping)
@@ -102,7 +106,8 @@ def load_transformer(
         )
     except Exception as exc:  # truncated or corrupt weight files
         raise ModelLoadError(f"cannot load the weights in {path}: {str(exc).splitlines()[0]}") from exc
-    return _encoder_only(model, config, arch), list(info.get("missing_keys", []))
+    missing = list(info.get("missing_keys", []))
+    return (model if masked_lm else _encoder_only(model, config, arch)), missing
 
 
 def build_projection(width: int, output_dim: int, proj_type: str | None) -> nn.Module:
@@ -161,10 +166,12 @@ class HFTextEncoder(nn.Module):
         self.pooler = get_pooler(self.pooler_type)
         add_pooling_layer = self.pooler.uses_pooler_output
         self.missing_keys: list[str] = []
+        self.sparse = self.pooler.sparse  # the transformer is then the masked-language model, head and all
         if pretrained and path is not None:
-            self.transformer, self.missing_keys = load_transformer(path, config, arch, add_pooling_layer, dtype)
+            self.transformer, self.missing_keys = load_transformer(path, config, arch, add_pooling_layer, dtype,
+                                                                   self.sparse)
         else:
-            self.transformer = build_transformer_from_config(config, arch, add_pooling_layer)
+            self.transformer = build_transformer_from_config(config, arch, add_pooling_layer, masked_lm=self.sparse)
         if arch is None:
             arch = discover_arch(self.transformer, config)
             if pooler_type is None:
@@ -185,7 +192,8 @@ class HFTextEncoder(nn.Module):
                 stacklevel=2,
             )
         self.width = arch.width(config)
-        self.pooled_width = self.width * self.pooler.modes  # several poolers are concatenated
+        # several poolers are concatenated; a sparse one is as wide as the vocabulary (the logits)
+        self.pooled_width = int(config.vocab_size) if self.sparse else self.width * self.pooler.modes
         self.vocab_size = int(getattr(config, "vocab_size", 0))
         self.context_length = arch.context_length(config)
         self.output_dim = self.pooled_width if output_dim is None else int(output_dim)

@@ -73,10 +73,19 @@ def canonical_pooler(name: str) -> str:
         names = [_ALIASES[p] for p in parts]
     except KeyError as exc:
         raise UnknownChoiceError("pooler", exc.args[0], _POOLERS) from None
+    if len(names) > 1 and any(_POOLERS[n].cls.sparse for n in names):
+        raise UnknownChoiceError("pooler to combine", name, [n for n in _POOLERS if not _POOLERS[n].cls.sparse],
+                                 hint="a sparse (splade_*) pooler cannot be combined")
     if len(names) > 1 and any(_POOLERS[n].cls.uses_pooler_output for n in names):
         raise UnknownChoiceError("pooler to combine", name, [n for n in _POOLERS if not _POOLERS[n].cls.uses_pooler_output],
                                  hint="'cls' reads the model's pooling layer and cannot be combined")
     return "+".join(names)
+
+
+def get_pooler_class(name: str) -> type[nn.Module]:
+    """The class of a single pooler (a `+` combination is a PoolerStack)."""
+    names = canonical_pooler(name).split("+")
+    return _POOLERS[names[0]].cls if len(names) == 1 else PoolerStack
 
 
 def get_pooler(name: str) -> nn.Module:
@@ -134,6 +143,7 @@ class Pooler(nn.Module):
     name = ""
     uses_pooler_output = False  # True when the model's own pooling layer (BERT's dense+tanh) is used
     modes = 1  # vectors of the model's width per row
+    sparse = False  # True: pools a masked-language model's logits into a vocabulary-wide vector
 
     def forward(self, x: Any, attention_mask: torch.Tensor, skip: int = 0) -> torch.Tensor:
         real = attention_mask.bool()
@@ -147,6 +157,7 @@ class PoolerStack(nn.Module):
     """Several poolers' vectors concatenated, in order (`mean+max`)."""
 
     uses_pooler_output = False
+    sparse = False
 
     def __init__(self, poolers: list[Pooler]):
         super().__init__()
@@ -224,3 +235,47 @@ class MeanSqrtLenPooler(Pooler):
     def pool(self, hidden, mask, outputs, real):
         count = mask.sum(dim=1, keepdim=True).clamp(min=1).float()
         return _masked_sum(hidden, mask, mask) / count.sqrt()
+
+
+# ---- sparse: SPLADE over a masked-language model's logits (issue 25) --------------------------
+
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+
+
+class SpladePooler(Pooler):
+    """Base of the SPLADE poolers: `hidden` is the logits (batch, tokens, vocabulary); each real
+    token's logits go through f = log1p(relu(x)) ("log1p_relu": log1p(log1p(relu(x)))), pooled
+    over the real tokens, as sentence-transformers' SpladePooling does (special and prompt tokens
+    count; padding does not). The result stays in the logits' dtype until Pooler.forward."""
+
+    sparse = True
+
+    def __init__(self, activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in SPLADE_ACTIVATIONS:
+            raise UnknownChoiceError("SPLADE activation", activation, SPLADE_ACTIVATIONS)
+        self.activation = activation
+
+    def f(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.log1p(torch.relu(x))
+        return torch.log1p(x) if self.activation == "log1p_relu" else x
+
+
+@register_pooler("splade_max")
+class SpladeMaxPooler(SpladePooler):
+    """Sparse: SPLADE max over real tokens of log1p(relu(MLM logits)), a vocabulary-wide vector."""
+
+    def pool(self, hidden, mask, outputs, real):
+        # f is monotone, so f(max x) == max f(x) bit for bit, and f runs once per row, not per token.
+        # A padding position counts as a logit of 0 (sentence-transformers multiplies the mask in),
+        # which changes nothing after relu.
+        top = hidden.masked_fill(~mask.unsqueeze(-1), 0.0).amax(dim=1) if not bool(mask.all()) else hidden.amax(dim=1)
+        return self.f(top)
+
+
+@register_pooler("splade_sum")
+class SpladeSumPooler(SpladePooler):
+    """Sparse: SPLADE sum over real tokens of log1p(relu(MLM logits)), a vocabulary-wide vector."""
+
+    def pool(self, hidden, mask, outputs, real):
+        return self.f(hidden.masked_fill(~mask.unsqueeze(-1), 0.0)).sum(dim=1)

@@ -16,7 +16,8 @@ from typing import Any
 
 from hfenc.errors import ModelLoadError, ModelNotFoundError
 from hfenc.model.resolve import ResolvedModel, bundled_config, bundled_st_pooler, is_bundled, resolve_model
-from hfenc.model.st import PoolingSpec, STLayout, read_st_layout
+from hfenc.model.st import PoolingSpec, STLayout
+from hfenc.model.st_sparse import read_layout
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def load_spec(name: str | ModelSpec, *, config_only: bool = False, bundled_ok: b
         pooler = bundled_st_pooler(name)
         layout = STLayout(Path(), pooler is not None, PoolingSpec((pooler,)) if pooler else None)
         return ModelSpec(name, None, layout, config)
-    return ModelSpec(name, resolved, read_st_layout(resolved.path))
+    return ModelSpec(name, resolved, read_layout(resolved.path))
 
 
 def load_config(path: str | Path) -> Any:
