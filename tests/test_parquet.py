@@ -137,7 +137,7 @@ def test_out_format_decides_for_the_default_name_and_other_suffixes(data, embedd
     (["-o", "x.npy", "--out-format", "parquet"], "has the .npy suffix but --out-format parquet"),
     (["-o", "x.parquet", "--out-format", "npy"], "has the .parquet suffix but --out-format npy"),
     (["-o", "x.npy", "--keep-text"], "--keep-text needs a Parquet output"),
-    (["-o", "x.parquet", "--out-format", "arrow"], "unknown output format 'arrow'; choose one of: npy, parquet"),
+    (["-o", "x.parquet", "--out-format", "arrow"], "unknown output format 'arrow'; choose one of: npy, npz, parquet"),
 ])
 def test_contradicting_output_options_are_refused(data, bert, args, needle, monkeypatch):
     monkeypatch.chdir(data)

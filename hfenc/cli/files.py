@@ -55,9 +55,9 @@ def embed(
     encoding_errors: str = _opt("strict", metavar="MODE", rich_help_panel=_IN,
                                 help="Bad UTF-8: strict or replace (strict)."),
     output: Optional[Path] = _opt(None, "-o", "--output", metavar="OUT", rich_help_panel=_OUT,
-                                  help="OUT.npy or .parquet (INPUT.npy)."),
+                                  help="OUT.npy .npz .parquet (INPUT.npy)."),
     out_format: Optional[str] = _opt(None, "--out-format", metavar="FMT", rich_help_panel=_OUT,
-                                     help="npy parquet (OUT's suffix)."),
+                                     help="npy npz parquet (OUT's suffix)."),
     out_dtype: str = _opt("float32", metavar="DTYPE", rich_help_panel=_OUT, help="float32 or float16 (float32)."),
     quantize: Optional[str] = _opt(None, "--quantize", metavar="CODE", rich_help_panel=_OUT,
                                    help="int8 uint8 binary ubinary (none)."),
@@ -99,6 +99,10 @@ def embed(
                                         help="Trained projection weights."),
     seed: Optional[int] = _opt(None, metavar="N", rich_help_panel=_MODEL,
                                help="Seed of a random projection."),
+    query: bool = _opt(False, "--query", rich_help_panel=_MODEL, help="Sparse: the query side."),
+    document: bool = _opt(False, "--document", rich_help_panel=_MODEL, help="Sparse: the document side."),
+    max_active_dims: Optional[int] = _opt(None, "--max-active-dims", metavar="K", rich_help_panel=_MODEL,
+                                          help="Sparse: keep K largest (the model's)."),
     device: str = _opt("auto", metavar="DEV", rich_help_panel=_SPEED, help="auto cpu cuda cuda:N mps (auto)."),
     dtype: str = _opt("auto", metavar="DTYPE", rich_help_panel=_SPEED,
                       help="auto float32 float16 bfloat16 int8 (auto)"),
@@ -118,7 +122,8 @@ def embed(
     workers: Optional[int] = _opt(None, "--workers", metavar="N", rich_help_panel=_RAY,
                                   help="Replicas (GPUs, else CPUs)."),
 ) -> None:
-    """Embed every record of the INPUTs into rows of OUT.npy (or .parquet), with a JSON sidecar.
+    """Embed every record of the INPUTs into rows of OUT.npy (or .parquet; a sparse model's: .npz),
+    with a JSON sidecar.
 
     Row i is record i. OUT appears only when complete; --resume continues a stopped run.
 
@@ -134,6 +139,8 @@ def embed(
     """
     if text and inputs:
         raise typer.BadParameter("give input files or --text, not both")
+    if query and document:
+        raise typer.BadParameter("give --query or --document, not both")
     if not text and not inputs:
         raise typer.BadParameter("give an input file (or - for stdin), or --text TEXT")
     from hfenc.model.spec import load_spec
@@ -149,6 +156,7 @@ def embed(
         pooler=pooler, proj=proj, dim=dim, proj_weights=proj_weights, seed=seed, normalize=normalize,
         truncate_dim=truncate_dim, max_length=max_length, prompt=prompt, prompt_name=prompt_name, device=device, dtype=dtype,
         batch_tokens=batch_tokens, threads=threads, backend=backend,
+        side="query" if query else "document" if document else None, max_active_dims=max_active_dims,
     )
     if encoding_errors not in ("strict", "replace"):
         from hfenc.errors import UnknownChoiceError
@@ -167,7 +175,7 @@ def embed(
     chunking = _chunking(chunk_tokens, chunk_overlap, chunk_by, late_chunking, doc_vectors)
     job = JobOptions(spec, output, force, resume, out_dtype, chunk_size, on_overflow, tuple(text or ()),  # type: ignore[arg-type]
                      out_format=out_format, quantize=quantize, ranges=ranges, keep_text=keep_text, chunking=chunking,
-                     reuse=reuse)
+                     reuse=reuse, sparse=_sparse(model_spec, pooler))
     show = not quiet and err.is_terminal
     run: Callable[..., Any] = embed_file
     if on_ray:
@@ -216,6 +224,16 @@ def embed(
             "tokens": result.tokens, "resumed_from": result.resumed_from, "warnings": result.warnings,
             **({"reuse": result.reuse} if result.reuse is not None else {}),
         })
+
+
+def _sparse(spec: Any, pooler: str | None) -> bool | None:
+    """Whether the job makes sparse rows, from the model's files (JSON only, no torch); None when
+    only its config is here (a hub model's modules are read when it loads)."""
+    from hfenc.model.catalog import sparse_pooler
+
+    if spec.layout.sparse is not None or (pooler is not None and sparse_pooler(pooler)):
+        return True
+    return False if spec.resolved is not None and spec.resolved.source in ("local", "package") else None
 
 
 def _chunking(tokens: int | None, overlap: int | None, by: str | None, late: bool, doc_vectors: bool) -> Any:

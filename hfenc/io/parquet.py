@@ -46,7 +46,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -55,12 +54,12 @@ from typing import Any
 
 import numpy as np
 
-from hfenc import faults
-from hfenc.errors import ConfigError, HfencError, InputError, OutputError, ResumeError
+from hfenc.errors import ConfigError, HfencError, InputError
 from hfenc.io.hashes import raw_rows, to_hex
 from hfenc.io.records import InputSpec, Record, Tally, changed, id_text, one_line, open_raw
-from hfenc.io.outputs import (OutputPaths, _output_error, finish_publication, fsync_dir, publish, remove_path, resume_state,
-                      write_state)
+from hfenc.io.chunkfiles import ChunkFiles
+from hfenc.io.outputs import OutputPaths
+from hfenc.model.sparse import SparseBlock, SparseRows
 
 METADATA_KEY = "hfenc"
 TABLE_FORMATS = ("parquet", "arrow")
@@ -217,7 +216,7 @@ PROVENANCE = ("doc_row", "chunk", "char_start", "char_end", "token_start", "toke
 
 
 def schema(width: int, dtype: np.dtype, with_id: bool, with_text: bool, metadata: dict | None = None,
-           provenance: bool = False) -> Any:
+           provenance: bool = False, sparse: bool = False) -> Any:
     """The output schema (see the module docstring)."""
     pa = arrow().pa
     fields = [pa.field("row", pa.int64(), nullable=False)]
@@ -228,7 +227,8 @@ def schema(width: int, dtype: np.dtype, with_id: bool, with_text: bool, metadata
     if with_text:
         fields.append(pa.field("text", pa.string()))
     fields.extend(ROW_INFO(pa))
-    fields.append(pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), width), nullable=False))
+    kind = sparse_type(pa) if sparse else pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), width)
+    fields.append(pa.field("embedding", kind, nullable=False))
     meta = None if metadata is None else {METADATA_KEY: json.dumps(metadata, indent=None)}
     return pa.schema(fields, metadata=meta)
 
@@ -247,6 +247,32 @@ def hash_array(hashes: np.ndarray) -> Any:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(to_hex(hashes))))
 
 
+def sparse_type(pa: Any) -> Any:
+    """A sparse row: its active vocabulary entries, sorted by index (issue 25)."""
+    return pa.list_(pa.struct([pa.field("index", pa.int32(), nullable=False),
+                               pa.field("value", pa.float32(), nullable=False)]))
+
+
+def sparse_array(rows: SparseRows) -> Any:
+    """SparseRows as list<struct<index: int32, value: float32>>, built from its buffers."""
+    pa = arrow().pa
+    base = int(rows.indptr[0])
+    entries = pa.StructArray.from_arrays(
+        [pa.array(rows.indices[base:rows.indptr[-1]], pa.int32()), pa.array(rows.values[base:rows.indptr[-1]], pa.float32())],
+        fields=list(sparse_type(pa).value_type))
+    return pa.ListArray.from_arrays(pa.array((rows.indptr - base).astype(np.int32)), entries, type=sparse_type(pa))
+
+
+def sparse_rows(column: Any, dim: int) -> SparseRows:
+    """A list<struct<index, value>> column (chunked or not) as SparseRows."""
+    array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    entries = array.values
+    indices = entries.field("index").to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    values = entries.field("value").to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return SparseRows(offsets - offsets[0], indices[offsets[0]:offsets[-1]], values[offsets[0]:offsets[-1]], dim)
+
+
 def embedding_array(rows: np.ndarray) -> Any:
     """An (n, w) array as fixed_size_list<T>[w] (zero-copy for a C-contiguous array)."""
     pa = arrow().pa
@@ -254,91 +280,29 @@ def embedding_array(rows: np.ndarray) -> Any:
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
 
 
-_CHUNK = re.compile(r"^(\d{12})\+(\d+)\.arrow$")
+class ParquetWriter(ChunkFiles):
+    """A Parquet output (hfenc.io.chunkfiles: a chunk is an Arrow IPC file, merged at the end).
+    `ids`: the scan's ids file (one per row), read at the end; `keep_text`: texts arrive through
+    tap(); `provenance`: a chunked job's plan (a structured array with PROVENANCE's fields, a record
+    per row), read at the end; `hashes`: the rows' text hashes (a raw file, hfenc.io.hashes), read
+    at the end; each chunk's token counts and truncation arrive through counts(). `sparse`: the
+    rows are SparseRows of `width` vocabulary entries (issue 25), stored as list<struct<index, value>>."""
 
-
-class ParquetWriter:
-    """A Parquet output with RowWriter's interface: rows(start, n), save_state, finish, abandon,
-    publishing / finish_publication. `ids`: the scan's ids file (one per row), read at the end;
-    `keep_text`: texts arrive through tap(); `provenance`: a chunked job's plan (a structured
-    array with PROVENANCE's fields, a record per row), read at the end; `hashes`: the rows'
-    text hashes (a raw file, hfenc.io.hashes), read at the end; each chunk's token counts and
-    truncation arrive through counts()."""
+    suffix = ".arrow"
 
     def __init__(self, paths: OutputPaths, rows: int, width: int, dtype: np.dtype, fingerprint: dict,
                  resume: bool, ids: Path | None = None, keep_text: bool = False,
-                 provenance: Any = None, hashes: Path | None = None) -> None:
+                 provenance: Any = None, hashes: Path | None = None, sparse: bool = False) -> None:
         assert hashes is not None, "a Parquet output has a text_sha256 column"
         arrow()  # a missing pyarrow fails before anything is written
-        self.paths, self.fingerprint = paths, fingerprint
-        self.rows_total, self.width, self.dtype = rows, width, np.dtype(dtype)
+        self.rows_total, self.width, self.dtype, self.sparse = rows, width, np.dtype(dtype), sparse
         self.ids, self.keep_text, self.provenance, self.hashes = ids, keep_text, provenance, hashes
         self._counts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.rows_done = 0
-        self.stats: dict = {}
-        self.publishing: dict | None = None
-        self._pending: tuple[int, np.ndarray] | None = None
         self._texts: dict[int, list[str]] = {}
         pa = arrow().pa
-        self._chunk_schema = pa.schema([f for f in schema(width, self.dtype, False, keep_text) if f.name != "text_sha256"])
-        if resume:
-            state = resume_state(paths, fingerprint)
-            self.publishing = state.get("publishing")
-            self.rows_done = int(state["rows_done"])
-            if self.publishing is not None:
-                return
-            self.stats = dict(state.get("stats") or {})
-            if self.rows_done == 0:
-                self._create()
-                return
-            if not paths.partial.is_dir():
-                raise ResumeError(f"cannot resume: the partial output {paths.partial} is missing")
-            self._keep_chunks_up_to(self.rows_done)
-        else:
-            self._remove_partial()
-            self.save_state(0)  # the claim first: from here on a crash leaves a resumable state
-            self._create()
-
-    # -- the hidden partial directory
-
-    def _create(self) -> None:
-        try:
-            self._remove_partial()
-            self.paths.partial.mkdir()
-        except OSError as exc:
-            self.abandon()
-            raise OutputError(f"cannot write {self.paths.partial}: {exc.strerror or exc}") from None
-
-    def _remove_partial(self) -> None:
-        remove_path(self.paths.partial)
-
-    def _chunks(self) -> list[tuple[int, int, Path]]:
-        found = []
-        for entry in self.paths.partial.iterdir():
-            match = _CHUNK.match(entry.name)
-            if match:
-                found.append((int(match[1]), int(match[2]), entry))
-            elif entry.name.endswith(".tmp"):
-                entry.unlink()  # a chunk a crash cut short
-        return sorted(found)
-
-    def _keep_chunks_up_to(self, rows_done: int) -> None:
-        """Resume: the chunks the state claims must all be there; later ones (written after the
-        last claim) go."""
-        expect = 0
-        for start, n, path in self._chunks():
-            if start >= rows_done:
-                path.unlink()
-                continue
-            if start != expect:
-                raise ResumeError(f"cannot resume: the partial output {self.paths.partial} lacks rows "
-                                  f"{expect:,} to {start - 1:,}", hint="use --force to start over")
-            expect = start + n
-        if expect != rows_done:
-            raise ResumeError(f"cannot resume: the partial output {self.paths.partial} holds {expect:,} rows, "
-                              f"its resume state says {rows_done:,}", hint="use --force to start over")
-
-    # -- RowWriter's interface
+        self._chunk_schema = pa.schema([f for f in schema(width, self.dtype, False, keep_text, sparse=sparse)
+                                        if f.name != "text_sha256"])
+        super().__init__(paths, fingerprint, resume)
 
     def tap(self, chunks: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
         """Pass (start, texts) chunks through, keeping the texts for --keep-text (late chunking's
@@ -348,8 +312,8 @@ class ParquetWriter:
                 self._texts[start] = texts if isinstance(texts, list) else texts.chunk_texts()
             yield start, texts
 
-    def rows(self, start: int, n: int) -> np.ndarray:
-        block = np.zeros((n, self.width), dtype=self.dtype)
+    def rows(self, start: int, n: int) -> Any:
+        block = SparseBlock(n, self.width) if self.sparse else np.zeros((n, self.width), dtype=self.dtype)
         self._pending = (start, block)
         return block
 
@@ -357,7 +321,7 @@ class ParquetWriter:
         """The token count and truncation of the rows of the chunk at `start`."""
         self._counts[start] = (tokens, truncated)
 
-    def _write_chunk(self, start: int, block: np.ndarray) -> None:
+    def _write_chunk(self, start: int, block: Any) -> None:
         a = arrow()
         n = len(block)
         columns = [a.pa.array(np.arange(start, start + n, dtype=np.int64))]
@@ -365,108 +329,53 @@ class ParquetWriter:
             columns.append(a.pa.array(self._texts.pop(start), type=a.pa.string()))
         tokens, truncated = self._counts.pop(start)
         columns += [a.pa.array(np.asarray(tokens, np.int64)), a.pa.array(np.asarray(truncated, bool))]
-        columns.append(embedding_array(block))
+        columns.append(sparse_array(block.rows()) if self.sparse else embedding_array(block))
         table = a.pa.Table.from_arrays(columns, schema=self._chunk_schema)
-        final = self.paths.partial / f"{start:012d}+{n}.arrow"
-        tmp = final.with_name(final.name + ".tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                with a.ipc.new_file(fh, self._chunk_schema) as writer:
-                    writer.write_table(table)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            fsync_dir(self.paths.partial)
-        except OSError as exc:
-            raise _output_error(final, exc) from None
 
-    def save_state(self, rows_done: int, stats: dict | None = None, publishing: dict | None = None) -> None:
-        if self._pending is not None:
-            start, block = self._pending
-            if start + len(block) == rows_done:  # the rows first, then the claim that they are done
-                self._write_chunk(start, block)
-                self._pending = None
-        # The state on disk first: a signal landing in between must not leave rows_done ahead of it
-        write_state(self.paths, self.fingerprint, rows_done, stats or {}, publishing)
-        self.rows_done = rows_done
-        self.stats = stats or {}
+        def write(fh: Any) -> None:
+            with a.ipc.new_file(fh, self._chunk_schema) as writer:
+                writer.write_table(table)
 
-    def _merge(self, sidecar: dict, staged: Path) -> None:
+        self._commit(start, n, write)
+
+    def _merge(self, sidecar: dict, fh: Any) -> None:
         """Stream the chunk files, in row order, into one Parquet file: a row group per chunk."""
         a = arrow()
         meta = {k: v for k, v in sidecar.items() if k != "files"}
         chunked = self.provenance is not None
-        out_schema = schema(self.width, self.dtype, self.ids is not None, self.keep_text, meta, chunked)
+        out_schema = schema(self.width, self.dtype, self.ids is not None, self.keep_text, meta, chunked, self.sparse)
         ids = open(self.ids, encoding="utf-8") if self.ids is not None else None
         try:
-            with open(staged, "wb") as fh:
-                writer = a.pq.ParquetWriter(
-                    fh, out_schema, compression={"row": "snappy", "id": "snappy", "doc_id": "snappy",
-                                                 **{name: "snappy" for name in PROVENANCE if chunked},
-                                                 "text": "zstd", "tokens": "snappy", "truncated": "snappy",
-                                                 "text_sha256": "snappy", "embedding": "none"},
-                    use_dictionary=False, write_statistics=["row", *(["doc_row"] if chunked else [])])
-                try:
-                    expect = 0
-                    for start, n, path in self._chunks():
-                        if start != expect:
-                            raise OutputError(f"the partial output {self.paths.partial} lacks rows from {expect:,}",
-                                              hint="use --force to start over")
-                        expect = start + n
-                        with a.pa.memory_map(str(path)) as source:
-                            table = a.ipc.open_file(source).read_all()
-                        columns = [table.column("row")]
-                        if ids is not None:
-                            columns.append(a.pa.array([ids.readline().rstrip("\n") for _ in range(n)], type=a.pa.string()))
-                        if chunked:
-                            records = np.array(self.provenance[start:start + n])
-                            columns.extend(a.pa.array(records[name]) for name in PROVENANCE)
-                        if self.keep_text:
-                            columns.append(table.column("text"))
-                        columns += [table.column("tokens"), table.column("truncated")]
-                        columns.append(hash_array(raw_rows(self.hashes, start, n)))
-                        columns.append(table.column("embedding"))
-                        writer.write_table(a.pa.Table.from_arrays(columns, schema=out_schema), row_group_size=max(n, 1))
-                finally:
-                    writer.close()
-                fh.flush()
-                os.fsync(fh.fileno())
+            writer = a.pq.ParquetWriter(
+                fh, out_schema, compression={"row": "snappy", "id": "snappy", "doc_id": "snappy",
+                                             **{name: "snappy" for name in PROVENANCE if chunked},
+                                             "text": "zstd", "tokens": "snappy", "truncated": "snappy",
+                                             "text_sha256": "snappy",
+                                             **({"embedding.list.element.index": "snappy",
+                                                 "embedding.list.element.value": "none"} if self.sparse
+                                                else {"embedding": "none"})},
+                use_dictionary=False, write_statistics=["row", *(["doc_row"] if chunked else [])])
+            try:
+                for start, n, path in self._in_order():
+                    with a.pa.memory_map(str(path)) as source:
+                        table = a.ipc.open_file(source).read_all()
+                    columns = [table.column("row")]
+                    if ids is not None:
+                        columns.append(a.pa.array([ids.readline().rstrip("\n") for _ in range(n)], type=a.pa.string()))
+                    if chunked:
+                        records = np.array(self.provenance[start:start + n])
+                        columns.extend(a.pa.array(records[name]) for name in PROVENANCE)
+                    if self.keep_text:
+                        columns.append(table.column("text"))
+                    columns += [table.column("tokens"), table.column("truncated")]
+                    columns.append(hash_array(raw_rows(self.hashes, start, n)))
+                    columns.append(table.column("embedding"))
+                    writer.write_table(a.pa.Table.from_arrays(columns, schema=out_schema), row_group_size=max(n, 1))
+            finally:
+                writer.close()
         finally:
             if ids is not None:
                 ids.close()
-
-    def finish(self, sidecar: dict, side_files: list[tuple[Path, Path]], stale: list[Path]) -> dict:
-        """Merge the chunks into the staged file, then publish it, the side files and the sidecar
-        in one journaled step (hfenc.io.outputs.publish). Returns the sidecar."""
-        staged = self.paths.staged(self.paths.npy)
-        try:
-            self._merge(sidecar, staged)
-            faults.point("finish-flushed")
-        except OSError as exc:
-            raise _output_error(staged, exc) from None
-
-        def journal(plan: dict) -> None:
-            self.save_state(self.rows_done, self.stats, publishing=plan)
-            self._remove_partial()  # the staged file holds every row now
-
-        return publish(self.paths, staged, sidecar, side_files, stale, journal)
-
-    def finish_publication(self) -> dict:
-        assert self.publishing is not None
-        try:
-            self._remove_partial()
-        except OSError as exc:
-            raise _output_error(self.paths.partial, exc) from None
-        return finish_publication(self.paths, self.publishing)
-
-    def abandon(self) -> None:
-        self._pending = None
-        for path in (self.paths.state, self.paths.hidden(self.paths.state, "tmp"), self.paths.staged(self.paths.npy)):
-            path.unlink(missing_ok=True)
-        try:
-            self._remove_partial()
-        except OSError:
-            pass
 
 
 def write_vectors(array: Path, out: Path, ids: Path | None, counts: Iterator[np.ndarray]) -> None:

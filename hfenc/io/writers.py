@@ -26,12 +26,12 @@ from hfenc.io.outputs import OutputPaths, RowWriter, file_sha256
 from hfenc.io.quantize import (CALIBRATION_ROWS, CALIBRATION_SEED, PRECISIONS, SCALAR, Quantization, check_precision,
                        load_ranges, ranges_from, sample_rows)
 
-OUT_FORMATS = ("npy", "parquet")
-_SUFFIXES = {".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
-_DEFAULT_SUFFIX = {"npy": ".npy", "parquet": ".parquet"}
+OUT_FORMATS = ("npy", "npz", "parquet")  # npz: a sparse model's rows (SciPy CSR, hfenc.io.npz)
+_SUFFIXES = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
+_DEFAULT_SUFFIX = {"npy": ".npy", "npz": ".npz", "parquet": ".parquet"}
 
 
-def out_format(path: Path | None, override: str | None) -> str:
+def out_format(path: Path | None, override: str | None, sparse: bool | None = None) -> str:
     """The output format of `path` (None: the default output), given --out-format `override`: the one
     place it is decided. The suffix decides; --out-format decides for a path with another suffix but
     may not contradict a known one; with neither, an unknown suffix is refused (never guessed)."""
@@ -44,7 +44,7 @@ def out_format(path: Path | None, override: str | None) -> str:
     if path is not None and override is None and by_suffix is None:
         raise ConfigError(f"output {path}: unknown output type {path.suffix.lower() or '(no suffix)'!r}; "
                           f"hfenc writes {', '.join(sorted(_SUFFIXES))}")
-    return override or by_suffix or "npy"
+    return override or by_suffix or ("npz" if sparse else "npy")
 
 
 def default_path(default: Path, fmt: str) -> Path:
@@ -65,10 +65,29 @@ def check_quantize(quantize: str | None, ranges: Any, out_dtype: str) -> None:
             raise ConfigError(f"ranges file {ranges} does not exist")
 
 
+def check_sparse(fmt: str, sparse: bool | None, quantize: str | None, out_dtype: str) -> None:
+    """A sparse model's rows go to .npz or Parquet, as float32 entries; a dense model's never to
+    .npz. `sparse` None: not known yet (checked again once the model is loaded)."""
+    if sparse is None:
+        return
+    if sparse and fmt == "npy":
+        raise ConfigError("a sparse (SPLADE) model's rows go to .npz (SciPy CSR) or .parquet, not .npy",
+                          hint="write -o OUT.npz or -o OUT.parquet")
+    if not sparse and fmt == "npz":
+        raise ConfigError("a .npz output holds sparse rows; this model makes dense embeddings",
+                          hint="write -o OUT.npy or -o OUT.parquet")
+    if sparse and quantize is not None:
+        raise ConfigError(f"--quantize {quantize} is for dense embeddings; a sparse row is already its few "
+                          "active entries", hint="--max-active-dims K keeps each row's K largest")
+    if sparse and out_dtype != "float32":
+        raise ConfigError(f"--out-dtype {out_dtype}: a sparse output stores float32 values", hint="drop --out-dtype")
+
+
 def check_options(output: Path | None, override: str | None, quantize: str | None, ranges: Any,
-                  keep_text: bool, out_dtype: str) -> str:
+                  keep_text: bool, out_dtype: str, sparse: bool | None = None) -> str:
     """Refuse option combinations that cannot work, before anything is read; returns the format."""
-    fmt = out_format(output, override)
+    fmt = out_format(output, override, sparse)
+    check_sparse(fmt, sparse, quantize, out_dtype)
     check_quantize(quantize, ranges, out_dtype)
     if keep_text and fmt != "parquet":
         raise ConfigError("--keep-text needs a Parquet output (the .npy format holds numbers only)",
@@ -218,7 +237,8 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
                 resume: bool, *, quantize: str | None = None, ranges: Any = None, keep_text: bool = False,
                 ids: Path | None = None, model: Any = None, spec: InputSpec | None = None,
                 provenance: Any = None, texts_of: Callable[[np.ndarray], list[str]] | None = None,
-                hashes: Path | None = None, given_ranges: tuple[np.ndarray, dict[str, Any]] | None = None) -> Output:
+                hashes: Path | None = None, given_ranges: tuple[np.ndarray, dict[str, Any]] | None = None,
+                sparse: bool = False) -> Output:
     """Open (or, with `resume`, reopen) the writer; for int8/uint8 without `ranges`, calibrate on
     a sample of the input unless the interrupted run had (its ranges are in the resume state) or
     `given_ranges` says them (reuse: the earlier output's). `hashes`: the rows' text hashes (a raw
@@ -232,7 +252,11 @@ def open_output(paths: OutputPaths, fmt: str, rows: int, dim: int, out_dtype: st
         from hfenc.io.parquet import ParquetWriter
 
         inner: Any = ParquetWriter(paths, rows, width, dtype, fingerprint, resume, ids=ids, keep_text=keep_text,
-                                   provenance=provenance, hashes=hashes)
+                                   provenance=provenance, hashes=hashes, sparse=sparse)
+    elif fmt == "npz":
+        from hfenc.io.npz_writer import NpzWriter
+
+        inner = NpzWriter(paths, rows, dim, fingerprint, resume)
     else:
         inner = RowWriter(paths, rows, width, dtype, fingerprint, resume)
     output = Output(inner, fmt, None, keep_text, fmt == "parquet" and ids is not None, out_dtype,

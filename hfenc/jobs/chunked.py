@@ -334,7 +334,7 @@ class ChunkedJob:
         """The side files, staged: the rows' provenance (.npy outputs: OUT.chunks.tsv; Parquet
         holds it in columns) and the documents' vectors (OUT.docs.npy or .parquet)."""
         paths, side, files = self.paths, {}, []
-        if fmt == "npy":
+        if fmt != "parquet":  # .npy and .npz
             write_chunks_tsv(self.plan, paths.staged(paths.chunks))
             files.append((paths.staged(paths.chunks), paths.chunks))
             side["chunks_file"] = paths.chunks.name

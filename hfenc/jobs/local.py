@@ -32,7 +32,7 @@ from hfenc.io.hashes import WIDTH, raw_to_npy
 from hfenc.io.inputs import InputSpec, Scan, chunks, records, scan, spool_stdin, spool_texts
 from hfenc.io.outputs import (SIDECAR_FORMAT, OutputPaths, check_writable, default_output, left_alone, owns,
                               read_state, saved_rows)
-from hfenc.io.writers import check_options, default_path, open_output, out_format
+from hfenc.io.writers import check_options, check_sparse, default_path, open_output, out_format
 from hfenc.jobs.checkpoint import Checkpoints
 from hfenc.jobs.chunked import ChunkedJob, published
 from hfenc.jobs.reuse import ReusedRows, open_reuse
@@ -56,6 +56,9 @@ class JobOptions:
     keep_text: bool = False  # Parquet output: a `text` column
     chunking: ChunkOptions | None = None  # --chunk-tokens ...: a row per chunk of each record (issue 23)
     reuse: str | Path | None = None  # --reuse OLD: rows of an earlier output whose text is unchanged (issue 24)
+    # the model makes sparse rows (issue 25): the default output is .npz and dense-only options are
+    # refused before anything is read; None: not known until the model loads (checked again then)
+    sparse: bool | None = None
 
 
 @dataclass
@@ -114,6 +117,18 @@ def check_job(job: JobOptions) -> None:
         job.chunking.check()
     if job.reuse is not None:
         check_reuse(job)
+    if job.sparse:
+        check_sparse_job(job)
+
+
+def check_sparse_job(job: JobOptions) -> None:
+    """What a sparse model's job cannot do (its rows are not fixed-width vectors)."""
+    if job.reuse is not None:
+        raise ConfigError("--reuse is for dense outputs; a sparse output is embedded whole", hint="drop --reuse")
+    if job.chunking is not None and (job.chunking.late or job.chunking.doc_vectors):
+        what = "--late-chunking" if job.chunking.late else "--doc-vectors"
+        raise ConfigError(f"{what} is for dense models: it pools a document's tokens or chunks into one vector",
+                          hint="plain --chunk-tokens gives a sparse row per chunk")
 
 
 def check_reuse(job: JobOptions) -> None:
@@ -140,7 +155,7 @@ def _validate(job: JobOptions) -> OutputPaths:
         what = "--text" if job.texts else "standard input" if job.input.path == "-" else "several inputs"
         raise ConfigError(f"{what} needs an output path", hint="pass -o OUT.npy")
     job.input.check()  # an unknown format, or an option that does not apply to it, fails here
-    fmt = check_options(job.output, job.out_format, job.quantize, job.ranges, job.keep_text, job.out_dtype)
+    fmt = check_options(job.output, job.out_format, job.quantize, job.ranges, job.keep_text, job.out_dtype, job.sparse)
     out = Path(job.output) if job.output is not None else default_path(default_output(job.input.path), fmt)
     return OutputPaths(out)
 
@@ -174,12 +189,13 @@ def embed_file(
     """Run one job. `embedder` may be a factory, so that it is only loaded once the input is valid."""
     t0 = time.perf_counter()
     paths = _validate(job)
-    ids_side = job.input.id_field and out_format(paths.npy, job.out_format) != "parquet"  # Parquet: an id column
+    array = out_format(paths.npy, job.out_format) != "parquet"  # .npy/.npz: side files; Parquet: columns
+    ids_side = job.input.id_field and array
     chunked = job.chunking is not None
     writes = tuple(p for made, p in ((ids_side, paths.ids), (job.input.skip_blank, paths.lines),
-                                     (chunked and out_format(paths.npy, job.out_format) == "npy", paths.chunks),
+                                     (chunked and array, paths.chunks),
                                      (chunked and job.chunking.doc_vectors, paths.docs),
-                                     (out_format(paths.npy, job.out_format) == "npy", paths.hashes)) if made)
+                                     (array, paths.hashes)) if made)
     # The output is this job's alone from before anything of it is read until the job returns.
     with Claim(paths.npy):
         check_writable(paths, job.force, job.resume, writes, replaces=reuses_output(job, paths.npy))
@@ -223,6 +239,9 @@ def _embed_file(job, paths, embedder, progress, t0) -> JobResult:
 
 def _run(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, model: Embedder, ids_tmp: Path,
          lines_tmp: Path, progress: Callable[[Progress], None] | None, t0: float) -> JobResult:
+    check_sparse(out_format(paths.npy, job.out_format), model.sparse, job.quantize, job.out_dtype)
+    if model.sparse:
+        check_sparse_job(job)
     if not job.resume:  # a fresh run (check_writable let it replace what an earlier one left)
         published(paths)
     chunked = None if job.chunking is None else \
@@ -313,7 +332,8 @@ def _open(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, mode
                        ids=row_ids if spec.id_field and fmt == "parquet" else None, model=model, spec=spec,
                        provenance=plan.table() if plan is not None and fmt == "parquet" else None,
                        texts_of=chunked.texts_of if chunked is not None else None, hashes=hashes,
-                       given_ranges=reused.reuse.ranges(job.quantize) if reused is not None else None)
+                       given_ranges=reused.reuse.ranges(job.quantize) if reused is not None else None,
+                       sparse=model.sparse)
 
 
 def _work(job: JobOptions, spec: InputSpec, info: Scan, model: Embedder, chunked: ChunkedJob | None,
@@ -354,7 +374,7 @@ def _publish(job: JobOptions, spec: InputSpec, paths: OutputPaths, info: Scan, m
     if stats.truncated:
         warnings.append(f"{stats.truncated:,} text(s) were longer than {model.max_length} tokens and truncated")
     fmt = output.format
-    side, side_files, stale = _side_files(spec, paths, output.ids_in_file, fmt == "npy", *scanned, warnings,
+    side, side_files, stale = _side_files(spec, paths, output.ids_in_file, fmt != "parquet", *scanned, warnings,
                                           chunked.side_files(fmt) if chunked is not None else ({}, []))
     input_meta = input_metadata(job, spec, spec.resolved_format(), info.sha256, info.bytes,
                                 info.files if spec.more else None)

@@ -18,6 +18,11 @@ def pooler_catalog() -> list[dict[str, Any]]:
     return json.loads(resources.files("hfenc.model").joinpath(_FILE).read_text(encoding="utf-8"))
 
 
+def sparse_pooler(name: str) -> bool:
+    """Whether a pooler name (or alias) is a sparse one; an unknown name is the registry's to refuse."""
+    return any(p["output"] == "sparse" and name in (p["name"], *p["aliases"]) for p in pooler_catalog())
+
+
 def live_catalog() -> list[dict[str, Any]]:
     from hfenc.model.poolers import pooler_infos
 
