@@ -69,7 +69,8 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> None:
 
 # The library names its arguments (`dim=0`); on the command line they are options (`--dim 0`).
 _ARGUMENTS = ("dim", "truncate_dim", "max_length", "batch_tokens", "prompt_name", "prompt", "unlocked",
-              "pooler", "proj_weights", "proj", "seed", "chunk_size", "threads", "backend", "dtype", "device")
+              "pooler", "proj_weights", "proj", "seed", "chunk_size", "threads", "backend", "dtype", "device",
+              "max_active_dims")
 
 
 def _as_options(message: str) -> str:

@@ -276,7 +276,9 @@ def _summary(result: Any, out_dtype: str) -> str:
     what = f"{result.rows:,} rows" if result.documents is None else \
         f"{result.rows:,} chunks of {result.documents:,} records"
     unit = "texts/s" if result.documents is None else "chunks/s"
-    return (f"Wrote {what} x {result.dim} ({how}) to {result.output} in {total:.1f} s "
+    sparse = result.metadata.get("sparse")
+    shape = f"sparse {what} over a vocabulary of {result.dim:,}" if sparse else f"{what} x {result.dim}"
+    return (f"Wrote {shape} ({how}) to {result.output} in {total:.1f} s "
             f"(start-up {total - result.embed_seconds:.1f} s, embedding {result.embed_seconds:.1f} s, "
             f"{rate:,.0f} {unit}); {result.truncated:,} truncated; sidecar {result.sidecar}")
 

@@ -101,7 +101,9 @@ def info(
     table = Sheet(show_header=False, title=f"Model {model}")
     table.add_column(style="bold")
     table.add_column()
-    for key, value in data.items():
+    rows = [(k, v) for k, v in data.items() if k != "sparse"]
+    rows += [(k if k.endswith("_side") else f"sparse {k}", v) for k, v in (data.get("sparse") or {}).items()]
+    for key, value in rows:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, int) and not isinstance(value, bool):

@@ -115,10 +115,10 @@ def check_job(job: JobOptions) -> None:
         raise ConfigError("standard input (-) cannot be combined with other inputs")
     if job.chunking is not None:
         job.chunking.check()
-    if job.reuse is not None:
-        check_reuse(job)
     if job.sparse:
         check_sparse_job(job)
+    if job.reuse is not None:
+        check_reuse(job)
 
 
 def check_sparse_job(job: JobOptions) -> None:

@@ -52,4 +52,25 @@ def describe_model(name: str | ModelSpec) -> dict[str, Any]:
             "prompts": layout.prompts, "default_prompt_name": layout.default_prompt_name,
         },
         "weights": {f.name: f.stat().st_size for f in files} or None,
+        **({"sparse": sparse_summary(layout, encoder.pooled_width)} if getattr(encoder, "sparse", False) else {}),
     }
+
+
+def sparse_summary(layout: Any, vocabulary: int) -> dict[str, Any]:
+    """A sparse model's output width (its vocabulary), pruning and sides: what each side runs."""
+    sparse = layout.sparse
+    routes = sparse.routes if sparse is not None else {"": None}
+    summary: dict[str, Any] = {"vocabulary": vocabulary,
+                               "max_active_dims": sparse.max_active_dims if sparse is not None else None,
+                               "similarity": "dot", "asymmetric": bool(sparse is not None and sparse.asymmetric)}
+    for side, route in routes.items():
+        if route is None or route.kind == "splade":
+            splade = route.splade if route is not None else None
+            what = (f"SPLADE {splade.strategy}, {splade.activation}" if splade else f"SPLADE ({layout.pooler})") + \
+                " over the fill-mask transformer's logits"
+        else:
+            what = "a fixed weight per token present (SparseStaticEmbedding: no transformer runs)"
+        for name in ([side] if side else ["query", "document"]):
+            prompt = layout.prompts.get(name, "")
+            summary[f"{name}_side"] = what + (f"; prompt {prompt!r}" if prompt else "")
+    return summary

@@ -2,8 +2,8 @@
 
 Every parameter of an HFTextEncoder (plus a model folder's own modules, `head.*`) falls in exactly
 one ordered group: embeddings, shared, layer.0 .. layer.L-1, final_norm, pooling_layer,
-projection, head. The hfenc rule: the last N blocks train; a final norm after the blocks goes with
-the last block; the head (HF pooling layer, projection, the folder's modules) always trains; N = L+1
+mlm_head (a sparse tower's masked-language head), projection, head. The hfenc rule: the last N blocks train; a final norm after the blocks goes with
+the last block; the head (HF pooling layer, a sparse tower's MLM head, projection, the folder's modules) always trains; N = L+1
 also unlocks the embeddings (and parameters shared by all blocks). Norms are found by module type.
 
 A LockPlan records the groups and what trains; `apply_lock` sets requires_grad on every parameter
@@ -92,6 +92,15 @@ class LockPlan:
         }
 
 
+def base_prefix(encoder: Any) -> str:
+    """Where the transformer's own modules are, below `transformer.`: "" for an encoder; for a
+    sparse tower's masked-language model, its base model (`bert.`), beside its head (`cls.`)."""
+    if not getattr(encoder, "sparse", False):
+        return ""
+    prefix = getattr(encoder.transformer, "base_model_prefix", "")
+    return f"{prefix}." if prefix and hasattr(encoder.transformer, prefix) else ""
+
+
 def param_groups(encoder: nn.Module, head: nn.Module | None = None) -> list[ParamGroup]:
     """`head`: a model folder's modules around the pooler (sentence-transformers Dense,
     LayerNorm, WeightedLayerPooling), named `head.*`; like the projection, they always train."""
@@ -102,11 +111,12 @@ def param_groups(encoder: nn.Module, head: nn.Module | None = None) -> list[Para
         for mod_name, module in (source.named_modules() if source is not None else ()):
             for p_name, _ in module.named_parameters(recurse=False):
                 owners[f"{mod_name}.{p_name}" if mod_name else p_name] = module
-    num_layers = len(encoder.transformer.get_submodule(arch.blocks))
-    prefix_blocks = f"transformer.{arch.blocks}."
+    num_layers = num_blocks(encoder)
+    base = f"transformer.{base_prefix(encoder)}"
+    prefix_blocks = f"{base}{arch.blocks}."
     buckets: dict[str, tuple[str, list[tuple[str, int, bool, tuple[int, ...], bool]]]] = {}
     order = ["embeddings", "shared", *[f"layer.{i}" for i in range(num_layers)],
-             "final_norm", "pooling_layer", "projection", "head"]
+             "final_norm", "pooling_layer", "mlm_head", "projection", "head"]
     params = list(encoder.named_parameters())  # tied weights appear once
     if tree is not None:
         params += list(tree.named_parameters())
@@ -117,12 +127,16 @@ def param_groups(encoder: nn.Module, head: nn.Module | None = None) -> list[Para
             key, kind = "projection", "projection"
         elif name.startswith(prefix_blocks):
             key, kind = f"layer.{name[len(prefix_blocks):].split('.', 1)[0]}", "block"
-        elif arch.final_norm and name.startswith(f"transformer.{arch.final_norm}."):
+        elif arch.final_norm and name.startswith(f"{base}{arch.final_norm}."):
             key, kind = "final_norm", "final_norm"
-        elif name.startswith("transformer.pooler."):
+        elif name.startswith(f"{base}pooler."):
             key, kind = "pooling_layer", "pooling_layer"
-        elif name.startswith(f"transformer.{arch.embeddings}."):
+        elif name.startswith(f"{base}{arch.embeddings}."):
             key, kind = "embeddings", "embeddings"
+        elif base != "transformer." and not name.startswith(base):
+            # a sparse tower's masked-language head (its decoder is tied to the word embeddings,
+            # which stay in their group): like a projection, it always trains
+            key, kind = "mlm_head", "mlm_head"
         else:  # used by every block: relative position tables, embedding projections
             key, kind = "shared", "shared"
         buckets.setdefault(key, (kind, []))[1].append(
@@ -154,7 +168,7 @@ def hfenc_trainable(groups: list[ParamGroup], n: int, num_layers: int, freeze_la
 
 def num_blocks(encoder: Any) -> int:
     """L: the number of transformer blocks of an HFTextEncoder."""
-    return len(encoder.transformer.get_submodule(encoder.arch.blocks))
+    return len(encoder.transformer.get_submodule(base_prefix(encoder) + encoder.arch.blocks))
 
 
 def plan_module(encoder: Any, unlocked: int, *, head: nn.Module | None = None, name: str | None = None,
