@@ -1,11 +1,12 @@
 """The output of a --ray job, and its claim on the hidden files beside it.
 
 An output is one .npy (the shards assembled in input order, published like the local path's
-output) or a directory of Parquet shards. Either way the job's shards are written into the
-hidden `.OUT.partial/` beside it and claimed by `.OUT.resume.json`: the names and the state file
-of hfenc.io.outputs, so `hfenc clean` finds them, and one ownership rule (hfenc.io.outputs.Listing)
-decides what an existing output holds that hfenc may replace. Ray's checkpoint (which rows are
-committed) lives inside the partial directory too, so resuming needs nothing else.
+output), a sparse model's one .npz (SciPy CSR, assembled the same way), or a directory of Parquet
+shards. Either way the job's shards are written into the hidden `.OUT.partial/` beside it and
+claimed by `.OUT.resume.json`: the names and the state file of hfenc.io.outputs, so `hfenc clean`
+finds them, and one ownership rule (hfenc.io.outputs.Listing) decides what an existing output
+holds that hfenc may replace. Ray's checkpoint (which rows are committed) lives inside the
+partial directory too, so resuming needs nothing else.
 """
 
 from __future__ import annotations
@@ -32,11 +33,22 @@ DATASET_FORMAT = "parquet-dataset"
 
 @dataclass(frozen=True)
 class RayOutput:
-    """Where a job's rows go: `kind` "npy" (assembled) or "dataset" (a directory of shards), the
-    output's paths (hfenc.io.outputs), and the hidden working directories inside `.OUT.partial/`."""
+    """Where a job's rows go: `kind` "npy" or "npz" (assembled: a dense array, a sparse model's CSR
+    rows) or "dataset" (a directory of shards), the output's paths (hfenc.io.outputs), and the
+    hidden working directories inside `.OUT.partial/`."""
 
-    kind: Literal["npy", "dataset"]
+    kind: Literal["npy", "npz", "dataset"]
     paths: OutputPaths
+
+    @property
+    def assembled(self) -> bool:
+        """One file in input order (with the local path's side files), not a directory of shards."""
+        return self.kind != "dataset"
+
+    @property
+    def format(self) -> str:
+        """The local path's name of the output's format (hfenc.io.writers.out_format), for its checks."""
+        return "parquet" if self.kind == "dataset" else self.kind
 
     @property
     def path(self) -> Path:
@@ -63,34 +75,39 @@ class RayOutput:
 
 
 def choose_output(job: JobOptions, files: list[InputFile]) -> RayOutput:
-    """The output `job` names (or the input's default), refused where --ray cannot write it."""
+    """The output `job` names (or the input's default: INPUT.npy, a sparse model's INPUT.npz),
+    refused where --ray cannot write it."""
     out = job.output
     if out is None:
         if len(files) != 1 or not files[0].local or job.input.path == "-" or job.texts:
+            one = "-o OUT.npz (one CSR array)" if job.sparse else "-o OUT.npy (one array)"
             raise ConfigError("with --ray, this input needs an output",
-                              hint="pass -o OUT.npy (one array) or -o OUT_DIR (a directory of Parquet shards)")
+                              hint=f"pass {one} or -o OUT_DIR (a directory of Parquet shards)")
         out = default_output(files[0].name)
+        if job.sparse:
+            out = out.with_suffix(".npz")
     text = str(out)
     if "://" in text:
         raise ConfigError(f"output {text}: with --ray the output is a local path (on a cluster, a shared mount "
                           "every node sees)")
     path = Path(out)
     suffix = path.suffix.lower()
+    one = ".npz" if job.sparse else ".npy"
     if suffix in (".parquet", ".pq"):
-        raise ConfigError(f"output {path}: with --ray the output is a directory of Parquet shards or one .npy",
-                          hint=f"write -o {path.with_suffix('')} for the shards, or -o {path.with_suffix('.npy')}")
-    kind: Literal["npy", "dataset"] = "npy" if suffix == ".npy" else "dataset"
+        raise ConfigError(f"output {path}: with --ray the output is a directory of Parquet shards or one {one}",
+                          hint=f"write -o {path.with_suffix('')} for the shards, or -o {path.with_suffix(one)}")
+    kind: Literal["npy", "npz", "dataset"] = "npy" if suffix == ".npy" else "npz" if suffix == ".npz" else "dataset"
     fmt = job.out_format
-    if fmt is not None and (fmt, kind) not in (("npy", "npy"), ("parquet", "dataset")):
+    if fmt is not None and (fmt, kind) not in (("npy", "npy"), ("npz", "npz"), ("parquet", "dataset")):
         raise ConfigError(f"--out-format {fmt} does not fit the output {path} with --ray",
-                          hint="name the output OUT.npy for one array, or a directory for Parquet shards")
+                          hint=f"name the output OUT{one} for one array, or a directory for Parquet shards")
     return RayOutput(kind, OutputPaths(path))
 
 
 def check_output(out: RayOutput, job: JobOptions) -> None:
     """As hfenc.io.outputs.check_writable, for the Ray job's output (a .npy, or a directory)."""
     paths = out.paths
-    if out.kind == "npy":
+    if out.assembled:
         chunked, docs = job.chunking is not None, job.chunking is not None and job.chunking.doc_vectors
         writes = tuple(p for made, p in ((job.input.id_field, paths.ids), (job.input.skip_blank, paths.lines),
                                          (chunked, paths.chunks), (docs, paths.docs), (True, paths.hashes)) if made)

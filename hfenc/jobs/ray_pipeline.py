@@ -51,7 +51,8 @@ def run_pipeline(plan: JobPlan, resumed: int, progress: Callable[[Progress], Non
 
     tasks = ray_modules().tasks
     layout, out, chunks = plan.layout, plan.out, plan.chunks
-    schema = parquet_schema(layout.width, layout.dtype, plan.with_id, plan.keep_text, provenance=chunks is not None)
+    schema = parquet_schema(layout.width, layout.dtype, plan.with_id, plan.keep_text, provenance=chunks is not None,
+                            sparse=layout.sparse)  # a sparse model's rows: list<struct<index, value>>
     with _data_context(plan):
         ds = _dataset(plan)
         sink = tasks.ShardSink(str(out.shards.resolve()), schema, layout.sidecar(out), min_rows=plan.job.chunk_size,

@@ -125,6 +125,12 @@ class ModelPlan:
     notes: tuple[str, ...]
     max_length: int
 
+    @property
+    def sparse(self) -> bool:
+        """A sparse (SPLADE) model: rows of `dim` vocabulary entries, SparseRows (Embedder.describe()
+        has its "sparse" object)."""
+        return self.describe.get("sparse") is not None
+
 
 def scan_and_probe(spec: InputSpec, files: list[InputFile], want_lines: bool, load_name: str,
                    options: dict[str, Any], replicas: Replicas, cluster: RayOptions, want_tokenizer: bool = False
@@ -287,6 +293,7 @@ class Layout:
     extra: dict[str, Any]
     input_meta: dict[str, Any]
     describe: dict[str, Any]
+    sparse: bool = False  # rows of `dim` vocabulary entries, stored as list<struct<index, value>>
 
     @property
     def dtype(self) -> np.dtype:
@@ -316,12 +323,12 @@ class JobPlan(Prepared):
         if chunks is not None:
             columns = chunk_columns(prepared.with_id, prepared.keep_text)
         extra = {
-            "out_format": "npy" if out.kind == "npy" else DATASET_FORMAT,
+            "out_format": out.kind if out.assembled else DATASET_FORMAT,
             "quantization": None if quantization is None else quantization.record(),
             **({"columns": columns} if out.kind == "dataset" else {}),
             "engine": ENGINE, "workers": prepared.replicas.workers, "ray": prepared.ray_meta(),
             **(chunks.fingerprint() if chunks is not None else {}),
         }
         layout = Layout(prepared.model.dim, quantization, job.out_dtype, job.chunk_size, fingerprint, stats, extra,
-                        prepared.input_meta(), prepared.model.describe)
+                        prepared.input_meta(), prepared.model.describe, prepared.model.sparse)
         return cls(**{f.name: getattr(prepared, f.name) for f in fields(Prepared)}, layout=layout)

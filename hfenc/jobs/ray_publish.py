@@ -1,5 +1,6 @@
 """Publishing a --ray job's verified shards: moved into place as a directory of Parquet shards with
-its manifest, or assembled into one .npy (+ ids, + kept lines) in input order.
+its manifest, or assembled into one .npy (+ ids, + kept lines) in input order, or for a sparse
+model one .npz (SciPy CSR: the local path's file, hfenc.io.npz.write_csr) with the same side files.
 
 Both are journaled in the resume state before the first step and safe to repeat after a crash at
 any step (`--resume` carries out the rest). The .npy goes through the local path's publication
@@ -31,7 +32,11 @@ from hfenc.jobs.ray_output import MANIFEST, RayOutput
 from hfenc.jobs.ray_plan import JobPlan
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pyarrow as pa
+
+    from hfenc.model.sparse import SparseRows
 
 # ---- a directory of shards ----------------------------------------------------------------------
 
@@ -112,20 +117,23 @@ def _move_into(dataset: Path, output: Path) -> None:
     dataset.rmdir()
 
 
-# ---- one .npy -----------------------------------------------------------------------------------
+# ---- one .npy (or a sparse model's .npz) ---------------------------------------------------------
+
+CSR_BLOCK_ENTRIES = 4 << 20  # a sparse .npz is gathered in input order about this many entries at a time
+
 
 def assemble(plan: JobPlan, metadata: dict[str, Any], shards: list[dict[str, Any]]
              ) -> tuple[dict[str, Any], list[str]]:
-    """The shards as one .npy in input order (+ OUT.ids.txt, OUT.lines.npy; a chunked job's
-    OUT.chunks.tsv and OUT.docs.npy), published with the local path's journaled step: (the
-    sidecar, the warnings for side files left alone)."""
+    """The shards as one .npy in input order, or a sparse model's .npz (+ OUT.ids.txt,
+    OUT.lines.npy, OUT.sha256.npy; a chunked job's OUT.chunks.tsv and OUT.docs.npy), published
+    with the local path's journaled step: (the sidecar, the warnings for side files left alone)."""
     paths, spec, chunks = plan.out.paths, plan.input.spec, plan.chunks
     staged = paths.staged(paths.npy)
     side_files: list[tuple[Path, Path]] = []
     extra: dict[str, Any] = {}
     docs = chunks is not None and chunks.options.doc_vectors
     try:
-        parts = _write_array(plan, staged)
+        parts = _write_csr(plan, staged) if plan.out.kind == "npz" else _write_array(plan, staged)
         if plan.with_id:
             _write_ids(paths.staged(paths.ids), *parts)
             side_files.append((paths.staged(paths.ids), paths.ids))
@@ -188,6 +196,84 @@ def _write_array(plan: JobPlan, staged: Path) -> tuple[list[np.ndarray], list[pa
     return index_parts, id_parts
 
 
+def _write_csr(plan: JobPlan, staged: Path) -> tuple[list[np.ndarray], list[pa.ChunkedArray]]:
+    """A sparse model's shards as one CSR .npz in input order at `staged`, fsynced; (row indices,
+    id columns) per shard when the job has ids, as _write_array.
+
+    Shards hold rows in no order, and hfenc.io.npz.write_csr streams rows in order (four passes,
+    each over a fresh iterator). So one pass over the shards appends each shard's entries, as they
+    lie, to two raw files (int32 indices, float32 values) in the partial directory and notes, by
+    row, where its entries start there and how many they are (memory-mapped .npy files, 16 bytes a
+    row, as the dense .npy is a map of its rows); each of write_csr's passes then gathers the rows
+    in input order, CSR_BLOCK_ENTRIES entries at a time. Memory stays flat however many rows; the
+    entries are on disk twice until the publication removes the partial directory."""
+    import pyarrow.parquet as pq
+    from numpy.lib.format import open_memmap
+
+    from hfenc.io.npz import write_csr
+    from hfenc.io.parquet import sparse_rows
+
+    rows, dim = plan.rows, plan.layout.dim
+    work = plan.out.paths.partial / "csr"
+    shutil.rmtree(work, ignore_errors=True)  # an earlier try's, cut short
+    work.mkdir()
+
+    def by_row(name: str) -> np.ndarray:
+        return open_memmap(work / name, mode="w+", dtype=np.int64, shape=(rows,)) if rows else np.zeros(0, np.int64)
+
+    start, count, end = by_row("start.npy"), by_row("count.npy"), by_row("end.npy")
+    index_parts: list[np.ndarray] = []
+    id_parts: list[pa.ChunkedArray] = []
+    id_column = "doc_id" if plan.chunks is not None else "id"
+    nnz = 0
+    with open(work / "indices", "wb") as indices_out, open(work / "values", "wb") as values_out:
+        for path in sorted(plan.out.shards.glob("*.parquet")):
+            if path.name.startswith("_"):
+                continue
+            table = pq.read_table(path, columns=["row", *([id_column] if plan.with_id else []), "embedding"])
+            index = table.column("row").to_numpy()
+            part = sparse_rows(table.column("embedding"), dim)
+            start[index] = nnz + part.indptr[:-1]
+            count[index] = part.counts()
+            indices_out.write(np.ascontiguousarray(part.indices, "<i4").tobytes())
+            values_out.write(np.ascontiguousarray(part.values, "<f4").tobytes())
+            nnz += part.nnz
+            if plan.with_id:
+                index_parts.append(index)
+                id_parts.append(table.column(id_column))
+    np.cumsum(count, out=end)  # each row's last entry + 1, counted in input order
+
+    def entries(name: str, dtype: str) -> np.ndarray:
+        return np.memmap(work / name, dtype=dtype, mode="r", shape=(nnz,)) if nnz else np.empty(0, dtype)
+
+    indices, values = entries("indices", "<i4"), entries("values", "<f4")
+    with open(staged, "wb") as fh:  # write_csr's passes: each a fresh iterator over the rows in input order
+        write_csr(fh, rows, dim, lambda: _in_order(start, count, end, indices, values, dim))
+        fh.flush()
+        os.fsync(fh.fileno())
+    shutil.rmtree(work, ignore_errors=True)  # (the maps above go with this call)
+    return index_parts, id_parts
+
+
+def _in_order(start: np.ndarray, count: np.ndarray, end: np.ndarray, indices: np.ndarray, values: np.ndarray,
+              dim: int) -> Iterator[SparseRows]:
+    """Rows 0, 1, ... as SparseRows blocks of about CSR_BLOCK_ENTRIES entries, gathered from
+    `indices` / `values` (the entries in shard order): row r's are [start[r], start[r] + count[r]);
+    `end` is the running sum of `count` (where a block ends)."""
+    from hfenc.model.sparse import SparseRows
+
+    rows, a = len(count), 0
+    while a < rows:
+        before = int(end[a - 1]) if a else 0
+        b = min(rows, max(a + 1, int(np.searchsorted(end, before + CSR_BLOCK_ENTRIES, side="right"))))
+        n = np.asarray(count[a:b])
+        indptr = np.zeros(b - a + 1, np.int64)
+        np.cumsum(n, out=indptr[1:])
+        source = np.repeat(np.asarray(start[a:b]) - indptr[:-1], n) + np.arange(int(indptr[-1]))
+        yield SparseRows(indptr, np.asarray(indices[source], np.int32), np.asarray(values[source], np.float32), dim)
+        a = b
+
+
 def _write_ids(path: Path, index_parts: list[np.ndarray], id_parts: list[pa.ChunkedArray]) -> None:
     """The ids in row order, one a line (a null id: an empty line)."""
     import pyarrow as pa
@@ -234,7 +320,7 @@ def reuse_record(plan: JobPlan, shards: list[dict[str, Any]]) -> dict[str, Any]:
 def finish_interrupted(out: RayOutput, publishing: dict[str, Any]) -> tuple[dict[str, Any], Path, list[str]]:
     """--resume after a crash during publication: carry out the rest of it. (the sidecar or
     manifest, its path, the warnings for what was left alone)."""
-    if out.kind == "npy":
+    if out.assembled:
         remove_path(out.paths.partial)
         return finish_publication(out.paths, publishing), out.paths.sidecar, []
     left = complete_dataset(out.paths, publishing)

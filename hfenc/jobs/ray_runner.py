@@ -17,7 +17,8 @@ A job, in the order it runs (issue 13), and the module that does each part:
                                     shards with hfenc's schema, checkpointed by `row`
   publication (ray_publish)         every row checked present exactly once; a manifest
                                     (_hfenc_manifest.json) written last and the shards moved into
-                                    place, or assembled into one .npy (+ ids) in input order
+                                    place, or assembled into one .npy (+ ids) in input order (a
+                                    sparse model's: one .npz, SciPy CSR)
 
 ray_session holds the Ray runtime (RayOptions, started and stopped here unless the caller had
 one) and ray_tasks what runs inside Ray; tasks import none of the runner's modules, so a worker
@@ -42,6 +43,15 @@ is shut down at once instead). A caller that owns the runtime should restart it 
 
 Outputs are local paths (on a cluster: a shared mount every node sees, such as NFS); inputs may
 be on any filesystem pyarrow can open.
+
+Sparse (SPLADE) models (issue 25) follow the local path's rules: a replica's rows are SparseRows
+(its engine fills a SparseBlock per batch), a shard's `embedding` column is the local Parquet
+output's list<struct<index: int32, value: float32>>, and the sidecar's "dim" is the vocabulary's
+size. Outputs: a shard directory, or one .npz (the shards' rows gathered in input order into the
+local path's CSR file); a .npy, --quantize, --out-dtype float16, --reuse, --doc-vectors,
+--late-chunking and the dense-only model options (--dim, --proj, ...) are refused in one line,
+before Ray starts when the model's files say it is sparse (JobOptions.sparse), else once the probe
+has loaded it, before anything is claimed.
 """
 
 from __future__ import annotations
@@ -59,7 +69,7 @@ from hfenc.errors import ConfigError, InputChanged, Interrupted, OverflowRefused
 from hfenc.io.claim import Claim
 from hfenc.io.inputs import InputSpec
 from hfenc.io.outputs import sealed, write_json_atomic, write_state
-from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, sigterm_as_interrupt
+from hfenc.jobs.local import JobOptions, JobResult, RunTotals, check_job, check_sparse_job, sigterm_as_interrupt
 from hfenc.jobs.ray_chunks import check_chunking, plan_chunks, plan_path
 from hfenc.jobs.ray_inputs import job_inputs
 from hfenc.jobs.ray_output import (ENGINE, MANIFEST, RayOutput, abandon, check_output, choose_output, reserve_partial,
@@ -98,6 +108,7 @@ def embed_ray(job: JobOptions, model: str | ModelSpec, options: dict[str, Any], 
         return _through_client(job, model, options, cluster)
     with sigterm_as_interrupt(), quiet(), job_inputs(job) as (spec, files):
         out = choose_output(job, files)
+        check_sparse_output(job, out, job.sparse, options)  # what the model's files say: before Ray starts
         with Claim(out.path):  # the output is this job's alone (a local job's too) until it returns
             check_output(out, job)
             try:
@@ -115,6 +126,24 @@ def embed_ray(job: JobOptions, model: str | ModelSpec, options: dict[str, Any], 
                 raise stopped.interrupted() from None
             finally:  # a chunked job's plan is made again by a resumed run (as the local path's)
                 plan_path(out.paths).unlink(missing_ok=True)
+
+
+def check_sparse_output(job: JobOptions, out: RayOutput, sparse: bool | None,
+                        options: dict[str, Any] | None = None) -> None:
+    """A sparse model's job refused where the local path refuses it (hfenc.io.writers.check_sparse,
+    hfenc.jobs.local.check_sparse_job), and a dense model's .npz; `options`: Embedder's, whose
+    dense-only ones (--dim, --proj, ...) a sparse model refuses (checked here before the replicas
+    load it). `sparse` None: not known until the probe has loaded the model."""
+    from hfenc.io.writers import check_sparse
+
+    check_sparse(out.format, sparse, job.quantize, job.out_dtype)
+    if sparse:
+        check_sparse_job(job)
+        if options is not None:
+            from hfenc.compute.embedder import EmbedOptions
+            from hfenc.compute.sparse import refuse_dense_options
+
+            refuse_dense_options(EmbedOptions(**options))
 
 
 def _through_client(job: JobOptions, model: str | ModelSpec, options: dict[str, Any],
@@ -158,11 +187,12 @@ def _prepare(job: JobOptions, spec: InputSpec, files: list[InputFile], out: RayO
     replicas = plan_replicas(cluster, asked.requested_device())  # OpenVINO's backend: CPU replicas
     load_name, shown_name = model_name(model)
     chosen = worker_options(options, replicas)
-    want_lines = spec.skip_blank and out.kind == "npy"
+    want_lines = spec.skip_blank and out.assembled
     chunking = job.chunking
     scanned, probed, local = scan_and_probe(spec, files, want_lines, load_name, chosen, replicas, cluster,
                                             want_tokenizer=chunking is not None)
     model_plan = settle_model(load_name, shown_name, chosen, probed)
+    check_sparse_output(job, out, model_plan.sparse)  # the loaded model says (a hub model's files could not)
     chunks = None if chunking is None else \
         plan_chunks(chunking, local.tokenizer if local is not None else probed["tokenizer"], scanned, out.paths)
     reuse = open_reuse(job.reuse, out.paths, job.resume, model_plan.describe, job.out_dtype, job.quantize)
@@ -236,7 +266,7 @@ def _embed_and_publish(plan: JobPlan, progress: Callable[[Progress], None] | Non
     if plan.reuse is not None:
         metadata["reuse"] = reuse_record(plan, shards)
     write_json_atomic(out.done, sealed({**metadata, **side, "shards": shards}))  # last: the Ray part is done
-    if out.kind == "npy":
+    if out.assembled:
         metadata, left = assemble(plan, metadata, shards)
         sidecar = out.paths.sidecar
     else:

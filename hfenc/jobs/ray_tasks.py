@@ -41,7 +41,7 @@ from hfenc.compute.chunking import PLAN_FIELDS
 from hfenc.errors import ConfigError, HfencError, InputChanged, OverflowRefused
 from hfenc.io.inputs import InputSpec, Tally, records  # the parser the single-process scan uses
 from hfenc.io.hashes import hex_hashes, text_hashes
-from hfenc.io.parquet import METADATA_KEY, PROVENANCE, embedding_array, hash_array
+from hfenc.io.parquet import METADATA_KEY, PROVENANCE, embedding_array, hash_array, sparse_array
 
 META_DIR = "_meta"  # beside the shards: one JSON per shard (rows, tokens, bytes, sha256)
 DOCS_SUFFIX = ".docs.npy"  # --doc-vectors: beside a shard's JSON, its documents' sums (doc_sums)
@@ -321,7 +321,12 @@ class EmbedWorker:
     engine (length sort + token budget inside the batch, as for a chunk of the local path).
 
     Two batches may be in the actor at once (`max_concurrent_calls_per_actor`): one is tokenized
-    while the other holds the model (the lock), so tokenization overlaps inference on a GPU."""
+    while the other holds the model (the lock), so tokenization overlaps inference on a GPU.
+
+    A sparse model's batch fills a SparseBlock (the engine assigns its rows by position, as into
+    a dense array) and its `embedding` column is list<struct<index, value>> (hfenc.io.parquet's
+    sparse_array); the driver refused what sparse rows cannot have (quantization, float16, reuse,
+    document vectors) before the job started."""
 
     def __init__(self, model: str, options: dict[str, Any], out_dtype: str, with_id: bool, keep_text: bool,
                  on_overflow: str, quantization: dict[str, Any] | None = None,
@@ -357,6 +362,8 @@ class EmbedWorker:
                                   hint="raise --max-length, or drop --on-overflow error to truncate")
             exc.row = row  # type: ignore[attr-defined]  (the driver names the line)
             raise exc
+        if self.embedder.sparse:
+            return self._sparse(batch, tok)
         dest = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
         given, slots = self._given(batch)
         if given is not None:  # reused rows: OLD's stored values, the rest computed as if alone
@@ -367,19 +374,36 @@ class EmbedWorker:
             engine.embed_tokenized(tok, dest)
         self.calls += 1
         self._fault()
+        stored = self.quantization(dest) if self.quantization is not None else dest.astype(self.out_dtype, copy=False)
+        if given is not None and self.quantization is not None:
+            stored[given] = old
+        table = self._columns(batch, tok, embedding_array(stored),
+                              given if given is not None else np.zeros(len(texts), bool))
+        if self.doc_vectors and stored is not dest:  # documents' vectors are of the float32 rows (ShardSink)
+            table = table.append_column("_float", embedding_array(dest))
+        return table
+
+    def _sparse(self, batch: pa.Table, tok: Any) -> pa.Table:
+        """A sparse model's batch: its rows as the local path's sparse Parquet column."""
+        from hfenc.model.sparse import SparseBlock
+
+        block = SparseBlock(len(tok.lengths), self.embedder.dim)
+        with self.lock:
+            self.embedder.engine.embed_tokenized(tok, block)
+        self.calls += 1
+        self._fault()
+        return self._columns(batch, tok, sparse_array(block.rows()), np.zeros(len(tok.lengths), bool))
+
+    def _columns(self, batch: pa.Table, tok: Any, embedding: pa.Array, reused: np.ndarray) -> pa.Table:
+        """The batch's output: its row, the columns handed on, the rows and their token counts."""
         columns: dict[str, Any] = {"row": batch.column("row")}
         columns.update((name, batch.column(name)) for name in self.carry)
         if self.keep_text:
             columns["text"] = batch.column("text")
-        stored = self.quantization(dest) if self.quantization is not None else dest.astype(self.out_dtype, copy=False)
-        if given is not None and self.quantization is not None:
-            stored[given] = old
-        columns["embedding"] = embedding_array(stored)
-        if self.doc_vectors and stored is not dest:  # documents' vectors are of the float32 rows (ShardSink)
-            columns["_float"] = embedding_array(dest)
+        columns["embedding"] = embedding
         columns["tokens"] = pa.array(tok.lengths.astype(np.int64))
         columns["truncated"] = pa.array(tok.truncated)
-        columns["_reused"] = pa.array(given if given is not None else np.zeros(len(texts), bool))
+        columns["_reused"] = pa.array(reused)
         return pa.table(columns)
 
     def _given(self, batch: pa.Table) -> tuple[np.ndarray | None, np.ndarray]:

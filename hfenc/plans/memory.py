@@ -483,10 +483,8 @@ def estimate_memory(
     prec, kern = PRECISION[precision], KERNELS[device]
     arch = ARCHS.get(plan.model_type)
     recipe = RECIPES.get(plan.model_type, _GENERIC)
-    notes: list[str] = []
-    if plan.pooler.startswith("splade_"):
-        notes.append("a sparse tower's logits (batch x tokens x vocabulary floats, and their gradients) are "
-                     "not counted")
+    notes = ["a sparse tower's logits (batch x tokens x vocabulary, and gradients) are not counted"] \
+        if plan.pooler.startswith("splade_") else []
     if plan.model_type not in RECIPES:
         notes.append(f"no activation recipe for model type {plan.model_type!r}: BERT-like terms assumed")
     width = arch.width(config) if arch else int(next(
