@@ -174,6 +174,8 @@ def test_what_a_sparse_model_cannot_do_is_refused_in_one_line_writing_nothing(ca
         (model, ["-o", str(tmp_path / "d"), "--chunk-tokens", "8", "--late-chunking"], "--late-chunking"),
         (model, ["-o", str(tmp_path / "d"), "--dim", "8"], "dim is for dense"),
         (str(tiny_model_dir("bert")), ["-o", str(tmp_path / "x.npz")], "makes dense embeddings"),
+        (model, ["-o", str(tmp_path / "x.npz"), "--keep-text"], "--keep-text needs Parquet"),  # as locally
+        (str(tiny_model_dir("bert")), ["-o", str(tmp_path / "x.npy"), "--keep-text"], "--keep-text needs Parquet"),
     ]
     for model_dir, extra, words in refusals:
         refused = CliRunner().invoke(app, ["embed", str(src), "-m", model_dir, *RAY, *extra])

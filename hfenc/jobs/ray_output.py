@@ -101,6 +101,9 @@ def choose_output(job: JobOptions, files: list[InputFile]) -> RayOutput:
     if fmt is not None and (fmt, kind) not in (("npy", "npy"), ("npz", "npz"), ("parquet", "dataset")):
         raise ConfigError(f"--out-format {fmt} does not fit the output {path} with --ray",
                           hint=f"name the output OUT{one} for one array, or a directory for Parquet shards")
+    if job.keep_text and kind != "dataset":  # as locally: an array holds numbers only
+        raise ConfigError(f"--keep-text needs Parquet: with --ray, a directory of shards, not {path.name}",
+                          hint=f"write -o {path.with_suffix('')}")
     return RayOutput(kind, OutputPaths(path))
 
 
