@@ -1,4 +1,4 @@
-"""Exact top-k search over an embeddings index (.npy or .parquet), in numpy, in flat memory.
+"""Exact top-k search over an embeddings index (.npy, .npz or .parquet), in numpy, in flat memory.
 
 `search(index, queries, k)` embeds the queries with exactly the settings the index's sidecar
 records (hfenc.io.sidecar: model, pooler, prompt, normalize, truncate-dim, max length, ...) and
@@ -13,6 +13,9 @@ Scores (higher is better; the table's `score`):
                            picks the `rescore * k` nearest rows, which are rescored with the float
                            query against their bits, q . bits (sentence-transformers' rescoring);
                            `hamming` is reported too
+  sparse rows (.npz, or a  q . x of the sparse query and row (SPLADE's "dot" similarity), exact over
+  Parquet list of index/   every row (hfenc.search_sparse); the queries are embedded on the model's
+  value entries)           query side: `side` says so
 Ties are broken by the lower row. A chunked index (`hfenc embed --chunk-tokens`, issue 23) has a
 row per chunk: each hit names its record (`doc_row`, `id`: the record's), its chunk and the
 chunk's character span of the record, and the chunk's text (a Parquet `text` column, or --texts:
@@ -21,10 +24,15 @@ best chunk per record is merged into the running top-k by record).
 
 The query prompt rule: when the model defines a prompt named "query", queries get it (the index
 may have used a document prompt or none); otherwise queries get the index's own prompt. The result says which (`prompt_name`, `prompt`).
+A sparse index's queries get what SparseEncoder.encode_query gives them: the "query" prompt where the
+model defines one, else none (hfenc.search_sparse.query_embedder).
 
 Memory: the index is read in blocks of ~32 MB from np.load(mmap_mode="r"); each block's pages
 are dropped from this process after use (madvise DONTNEED; they stay in the page cache), so RSS
 is a block plus the top-k lists whatever the index size. Parquet is read one row group at a time.
+A sparse index is read in blocks of BLOCK_BYTES / 64 entries (~4 MB of them: scoring a block takes
+several temporaries per entry, and smaller blocks stay in the CPU's caches) and at most
+BLOCK_BYTES / 2048 rows, the .npz's pages dropped the same way.
 Trade-off: one pass over the whole index per call (no ANN structure): exact, and linear in rows.
 """
 
@@ -44,6 +52,9 @@ from hfenc.errors import ConfigError, InputError
 from hfenc.io.outputs import OutputPaths, read_sidecar
 from hfenc.io.sidecar import check_sidecar, recorded_spec
 from hfenc.io.quantize import SCALAR, Quantization, as_ubinary, dequantize, unpack_bits
+from hfenc.model.sparse import SparseRows
+from hfenc.search_sparse import (QueryTerms, SparseTable, as_sparse, is_sparse_table, npz_blocks, query_embedder,
+                                 score_block, sparse_record)
 
 BLOCK_BYTES = 32 << 20
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -95,7 +106,7 @@ class SearchResult:
     index: str
     rows: int
     dim: int
-    stored: str  # float32 | float16 | int8 | uint8 | binary | ubinary
+    stored: str  # float32 | float16 | int8 | uint8 | binary | ubinary | sparse
     scoring: str
     model: str
     prompt_name: str | None  # the prompt the queries got
@@ -104,8 +115,9 @@ class SearchResult:
     seconds: float = 0.0  # the search over the index, embedding excluded
     embed_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
-    vectors: np.ndarray | None = field(default=None, repr=False)  # the float query embeddings
+    vectors: Any = field(default=None, repr=False)  # the float query embeddings (sparse: SparseRows)
     documents: int | None = None  # a chunked index: the records its rows (chunks) came from
+    side: str | None = None  # a sparse index: the side of the model the queries were embedded on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +125,7 @@ class SearchResult:
             "model": self.model, "prompt_name": self.prompt_name, "prompt": self.prompt,
             "seconds": round(self.seconds, 4), "embed_seconds": round(self.embed_seconds, 4),
             "warnings": self.warnings, **({"documents": self.documents} if self.documents is not None else {}),
+            **({"side": self.side} if self.stored == "sparse" else {}),
             "results": [{"query": r.query, "hits": [{k: v for k, v in vars(h).items()
                                                      if v is not None or k in ("id", "text")}
                                                     for h in r.hits]} for r in self.results],
@@ -122,23 +135,36 @@ class SearchResult:
 # ---- the index ------------------------------------------------------------------------------
 
 class Index:
-    """An embeddings file and its sidecar: rows, width, stored dtype, quantization, ids, texts."""
+    """An embeddings file and its sidecar: rows, width, stored dtype, quantization, ids, texts.
+    `allow_sparse`: open an index of sparse rows too (search does; a reader of dense rows refuses it)."""
 
-    def __init__(self, path: str | Path, block_bytes: int = BLOCK_BYTES) -> None:
+    sparse = False  # rows of a sparse (SPLADE) model: a CSR .npz, or Parquet list<struct<index, value>>
+
+    def __init__(self, path: str | Path, block_bytes: int | None = None, allow_sparse: bool = False) -> None:
+        block_bytes = block_bytes or BLOCK_BYTES
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"index {self.path} does not exist" if not self.path.exists()
                              else f"index {self.path} is not a file")
         self.parquet = self.path.suffix.lower() in (".parquet", ".pq")
-        if not self.parquet and self.path.suffix.lower() != ".npy":
-            raise InputError(f"index {self.path}: an index is a .npy or .parquet output of `hfenc embed`")
+        self.sparse = self.path.suffix.lower() == ".npz"
+        if not self.parquet and not self.sparse and self.path.suffix.lower() != ".npy":
+            raise InputError(f"index {self.path}: an index is a .npy or .parquet output of `hfenc embed` "
+                             "(or a sparse model's .npz)")
         self._table: Any = None
         sidecar = read_sidecar(OutputPaths(self.path).sidecar)
         if self.parquet:
             from hfenc.io.parquet import ParquetIndex, read_metadata
 
-            self._table = ParquetIndex(self.path)
             sidecar = read_metadata(self.path) or sidecar  # the file's own copy first: it travels with it
+            self.sparse = is_sparse_table(self.path)
+        if self.sparse and not allow_sparse:
+            raise InputError(f"{self.path} holds sparse (SPLADE) rows; this reads dense embeddings only",
+                             hint="`hfenc search` searches sparse rows")
+        if self.sparse:
+            self._open_sparse(sidecar, block_bytes)
+        elif self.parquet:
+            self._table = ParquetIndex(self.path)
             self.rows, self.width, self.dtype = self._table.rows, self._table.width, self._table.dtype
         else:
             try:
@@ -161,17 +187,39 @@ class Index:
                              f"{self.rows} in the file)")
         self.sidecar = sidecar
         self.dim = sidecar["dim"]
+        if self.sparse:
+            sparse_record(sidecar, str(self.path))
+        elif sidecar.get("sparse") is not None:
+            raise InputError(f"the sidecar of {self.path} describes sparse rows; the file holds dense embeddings")
         q = sidecar.get("quantization")
         self.quantization = Quantization.from_record(q, f"the sidecar of {self.path}") if q is not None else None
         expect = self.quantization.width if self.quantization else self.dim
         if self.width != expect:
             raise InputError(f"{self.path} rows are {self.width} wide; its sidecar says {expect}")
-        self.stored = self.quantization.precision if self.quantization else str(self.dtype)
+        self.stored = "sparse" if self.sparse else self.quantization.precision if self.quantization else str(self.dtype)
         self.chunked = isinstance(sidecar.get("chunking"), dict)
-        self.block_rows = max(1024, block_bytes // max(1, self.width * self.dtype.itemsize))
+        if not self.sparse:
+            self.block_rows = max(1024, block_bytes // max(1, self.width * self.dtype.itemsize))
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(row indices, rows) in blocks, in flat memory."""
+    def _open_sparse(self, sidecar: dict | None, block_bytes: int) -> None:
+        """A sparse index: blocks of block_bytes / 64 entries and at most block_bytes / 2048 rows."""
+        self.block_nnz, self.block_rows = max(1, block_bytes // 64), max(16, block_bytes // 2048)
+        self.dtype = np.dtype(np.float32)
+        if self.parquet:
+            dim = sidecar.get("dim") if isinstance(sidecar, dict) else None
+            self._table = SparseTable(self.path, dim if isinstance(dim, int) else 0, self.block_rows)
+            self.rows, self.width = self._table.rows, dim
+        else:
+            from hfenc.io.npz import CsrNpz
+
+            self._csr = CsrNpz(self.path)
+            self.rows, self.width = self._csr.rows, self._csr.dim
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, Any]]:
+        """(row indices, rows) in blocks, in flat memory (a sparse index's rows: SparseRows)."""
+        if self.sparse and self._table is None:
+            yield from npz_blocks(self._csr, self.block_nnz, self.block_rows)
+            return
         if self._table is not None:
             for rows, block, _ in self._table.blocks():
                 yield rows, block
@@ -284,25 +332,48 @@ def _best(key: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 def _float_rows(block: np.ndarray, index: Index) -> np.ndarray:
+    if isinstance(block, SparseRows):  # a sparse index reaches a reader of dense rows
+        raise InputError(f"{index.path} holds sparse (SPLADE) rows; this reads dense embeddings only")
     q = index.quantization
     if q is not None and q.precision in SCALAR:
         return dequantize(block, q.precision, q.ranges)
     return block.astype(np.float32, copy=False)
 
 
-def search_vectors(index: str | Path | Index, vectors: np.ndarray, k: int = 10,
+def _scores(q: Any, block: Any, idx: Index) -> np.ndarray:
+    """(queries, block rows) scores of float query vectors, or of QueryTerms against sparse rows."""
+    return score_block(q, block) if idx.sparse else q @ _float_rows(block, idx).T
+
+
+def _queries(vectors: Any, idx: Index) -> Any:
+    """The queries as the index's rows need them: float vectors, or QueryTerms of sparse rows."""
+    sparse = as_sparse(vectors, idx.dim)
+    if idx.sparse:
+        if sparse is None:
+            raise ConfigError(f"{idx.path} holds sparse (SPLADE) rows; the queries are dense vectors",
+                              hint="give SparseRows, as a sparse model's Embedder(side=\"query\").encode returns")
+        return QueryTerms(sparse)
+    if sparse is not None:
+        raise ConfigError(f"{idx.path} holds dense embeddings; the queries are sparse rows",
+                          hint="embed the queries with the index's model")
+    q = np.asarray(vectors, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != idx.dim:
+        raise ConfigError(f"query vectors are {q.shape[-1]} wide; the index holds {idx.dim}-d embeddings")
+    return q
+
+
+def search_vectors(index: str | Path | Index, vectors: Any, k: int = 10,
                    rescore: int = 4, per_doc: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Top-k rows for each float query vector: (rows, scores, hamming or None), each (n_queries,
     <=k), best first. Binary indexes: Hamming picks rescore*k candidates, rescored in float.
+    A sparse index's queries are sparse rows (SparseRows, or a SciPy sparse matrix): q . x.
     `per_doc` (a chunked index): the best chunk of each of the top-k records."""
-    idx = index if isinstance(index, Index) else Index(index)
+    idx = index if isinstance(index, Index) else Index(index, allow_sparse=True)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if rescore < 1:
         raise ConfigError(f"rescore must be at least 1, got {rescore}")
-    q = np.asarray(vectors, dtype=np.float32)
-    if q.ndim != 2 or q.shape[1] != idx.dim:
-        raise ConfigError(f"query vectors are {q.shape[-1]} wide; the index holds {idx.dim}-d embeddings")
+    q = _queries(vectors, idx)
     binary = idx.quantization is not None and idx.quantization.precision not in SCALAR
     if per_doc:
         if not idx.chunked:
@@ -323,7 +394,7 @@ def search_vectors(index: str | Path | Index, vectors: np.ndarray, k: int = 10,
         if binary:  # one query at a time: memory is the block plus one row of distances
             words = _words(as_ubinary(block, idx.quantization.precision))
         else:
-            scores = q @ _float_rows(block, idx).T  # (queries, block rows): small, the block dominates
+            scores = _scores(q, block, idx)  # (queries, block rows): small, the block dominates
         for i in range(nq):
             keys = _hamming(words, q_words[i]) if binary else -scores[i]  # smaller key is better
             key = np.concatenate((best_key[i], keys))
@@ -351,13 +422,13 @@ def search_vectors(index: str | Path | Index, vectors: np.ndarray, k: int = 10,
     return out_rows, out_scores, out_ham
 
 
-def _per_doc(idx: Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+def _per_doc(idx: Index, q: Any, k: int) -> tuple[np.ndarray, np.ndarray, None]:
     """Each query's top-k records by their best chunk: per block, each record's best chunk (a
     record's chunks are consecutive rows), merged into the running top-k, one entry per record."""
     nq = len(q)
     best = [(np.empty(0, np.float64), np.empty(0, np.int64), np.empty(0, np.int64)) for _ in range(nq)]
     for rows, block, docs in idx.doc_blocks():
-        scores = q @ _float_rows(block, idx).T
+        scores = _scores(q, block, idx)
         starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])
         segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(docs)]))
         for i in range(nq):
@@ -380,6 +451,8 @@ def _per_doc(idx: Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _scoring(idx: Index) -> str:
+    if idx.sparse:
+        return "dot product of the sparse query and rows"
     normalized = bool(idx.sidecar.get("normalize"))
     dot = "cosine" if normalized else "dot product"
     if idx.quantization is None:
@@ -389,13 +462,15 @@ def _scoring(idx: Index) -> str:
     return "Hamming distance of the bits, the nearest rescored with the float query"
 
 
-def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, texts: str | Path | None = None,
+def search(index: str | Path | Index, queries: str | Sequence[str], k: int = 10, *, texts: str | Path | None = None,
            rescore: int = 4, device: str = "auto", prompt: str | None = None, prompt_name: str | None = None,
            embedder: Any = None, per_doc: bool = False) -> SearchResult:
     """Embed `queries` as the index was embedded (with the model's "query" prompt where it
     defines one), and return the exact top-k rows of the index for each. `texts`: the input the
     index was made from, to show the hits' texts (a Parquet index with a text column has them).
-    `embedder`: one made by hfenc.io.sidecar.recorded_embedder for this index, to reuse it."""
+    A sparse index's queries are embedded on the model's query side (hfenc.search_sparse).
+    `embedder`: one made by hfenc.io.sidecar.recorded_embedder (a sparse index's: by
+    hfenc.search_sparse.query_embedder) for this index, to reuse it."""
     if isinstance(queries, str):
         queries = [queries]
     queries = list(queries)
@@ -409,8 +484,10 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
         except UnicodeEncodeError:  # a command-line argument of bytes that are not UTF-8 arrives as surrogates
             raise InputError(f"query {number} is not valid UTF-8 text",
                              hint="give the query in UTF-8 (check the terminal's or the file's encoding)") from None
-    idx = Index(index)
-    if embedder is None:
+    idx = index if isinstance(index, Index) else Index(index, allow_sparse=True)
+    if embedder is None and idx.sparse:
+        embedder = query_embedder(idx.sidecar, idx.path.parent, prompt=prompt, prompt_name=prompt_name, device=device)
+    elif embedder is None:
         from hfenc.io.sidecar import recorded_embedder
 
         embedder = recorded_embedder(idx.sidecar, idx.path.parent, prompt=prompt, prompt_name=prompt_name,
@@ -429,7 +506,8 @@ def search(index: str | Path, queries: str | Sequence[str], k: int = 10, *, text
                 for rank, r in enumerate(rows[i])]
         results.append(QueryHits(query, hits))
     settings = embedder.settings
-    return SearchResult(str(index), idx.rows, idx.dim, idx.stored, _scoring(idx), settings.model,
-                        settings.prompt_name, settings.prompt, results, seconds=t2 - t1, embed_seconds=t1 - t0,
-                        warnings=list(embedder.notes), vectors=vectors,
-                        documents=idx.sidecar.get("documents") if idx.chunked else None)
+    return SearchResult(str(index.path if isinstance(index, Index) else index), idx.rows, idx.dim, idx.stored,
+                        _scoring(idx), settings.model, settings.prompt_name, settings.prompt, results,
+                        seconds=t2 - t1, embed_seconds=t1 - t0, warnings=list(embedder.notes), vectors=vectors,
+                        documents=idx.sidecar.get("documents") if idx.chunked else None,
+                        side=settings.side if idx.sparse else None)

@@ -22,6 +22,7 @@ RANK = {
     "io": 3,
     "jobs": 4,
     "searching": 5, "compare": 5.5, "verification": 5,
+    "search_sparse": 4.5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }

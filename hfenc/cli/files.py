@@ -277,7 +277,11 @@ def _summary(result: Any, out_dtype: str) -> str:
         f"{result.rows:,} chunks of {result.documents:,} records"
     unit = "texts/s" if result.documents is None else "chunks/s"
     sparse = result.metadata.get("sparse")
-    shape = f"sparse {what} over a vocabulary of {result.dim:,}" if sparse else f"{what} x {result.dim}"
+    if sparse:  # "3 sparse rows", "12 sparse chunks of 3 records"
+        count, _, rest = what.partition(" ")
+        shape = f"{count} sparse {rest} over a {result.dim:,}-token vocabulary"
+    else:
+        shape = f"{what} x {result.dim}"
     return (f"Wrote {shape} ({how}) to {result.output} in {total:.1f} s "
             f"(start-up {total - result.embed_seconds:.1f} s, embedding {result.embed_seconds:.1f} s, "
             f"{rate:,.0f} {unit}); {result.truncated:,} truncated; sidecar {result.sidecar}")
@@ -302,7 +306,7 @@ def _threads_note(policy: Any) -> str | None:
 @handles_errors
 def search(
     index: Path = typer.Argument(..., metavar="INDEX", show_default=False,
-                                 help="An output of `hfenc embed`: OUT.npy or OUT.parquet (its sidecar beside it)."),
+                                 help="An output of `hfenc embed`: OUT.npy, OUT.parquet or OUT.npz (its sidecar beside it)."),
     queries: Optional[list[str]] = typer.Argument(None, metavar="QUERY...", show_default=False, help="Query texts."),
     k: int = typer.Option(10, "-k", "--top-k", help="Rows per query."),
     queries_file: Optional[str] = typer.Option(None, "--queries", help="More queries, one per line, from a file or - (stdin)."),
@@ -318,6 +322,7 @@ def search(
 
     The queries get the model, pooler, prompt, normalization, truncation and quantization the
     index's sidecar records; where the model defines a prompt named `query`, queries get it.
+    A sparse (SPLADE) index's queries are embedded on the model's query side and scored by dot product.
     The index is read in blocks (flat memory whatever its size).
 
     [b]Examples[/b]
@@ -348,8 +353,12 @@ def search(
                                               else repr(result.prompt))
     what = f"{result.rows:,} rows" if result.documents is None else \
         f"{result.rows:,} chunks of {result.documents:,} records"
-    say(f"{what} of {result.stored}, {result.scoring}; query prompt: {shown}; "
-        f"searched in {result.seconds:.3f} s")
+    if result.stored == "sparse":  # "10 sparse rows, dot product ...; query side: query"
+        count, _, rest = what.partition(" ")
+        say(f"{count} sparse {rest}, {result.scoring}; query side: {result.side or 'none (plain encode)'}; "
+            f"query prompt: {shown}; searched in {result.seconds:.3f} s")
+    else:
+        say(f"{what} of {result.stored}, {result.scoring}; query prompt: {shown}; searched in {result.seconds:.3f} s")
     with_ids = any(h.id is not None for r in result.results for h in r.hits)
     with_texts = any(h.text is not None for r in result.results for h in r.hits)
     with_ham = any(h.hamming is not None for r in result.results for h in r.hits)
