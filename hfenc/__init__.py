@@ -18,7 +18,7 @@ set_wait_policy()  # before torch loads: OpenMP threads that spin only briefly w
 _EXPORTS = {
     "ARCHS": "model.archs", "Arch": "model.archs", "discover_arch": "model.archs", "register_arch": "model.archs",
     "Embedder": "compute.embedder", "encode": "compute.embedder",
-    "HFTextEncoder": "model.encoder",
+    "HFTextEncoder": "model.encoder", "SparseRows": "model.sparse",
     "HfencError": "errors",
     "JobOptions": "jobs.local", "embed_file": "jobs.local", "ChunkOptions": "compute.chunking",
     "InputSpec": "io.inputs",
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from hfenc.model.archs import ARCHS, Arch, discover_arch, register_arch
     from hfenc.compute.embedder import Embedder, encode
     from hfenc.model.encoder import HFTextEncoder
+    from hfenc.model.sparse import SparseRows
     from hfenc.errors import HfencError
     from hfenc.io.inputs import InputSpec
     from hfenc.jobs.local import JobOptions, embed_file

@@ -102,7 +102,12 @@ def info(
     table.add_column(style="bold")
     table.add_column()
     rows = [(k, v) for k, v in data.items() if k != "sparse"]
-    rows += [(k if k.endswith("_side") else f"sparse {k}", v) for k, v in (data.get("sparse") or {}).items()]
+    sparse = data.get("sparse")
+    if sparse:  # a row each: what the output is, its pruning and each side
+        kind = "asymmetric" if sparse["asymmetric"] else "one side for queries and documents"
+        rows += [("output", f"sparse over {sparse['vocabulary']:,} tokens, {sparse['similarity']} product; {kind}"),
+                 ("max active dims", sparse["max_active_dims"]),
+                 *((k, v) for k, v in sparse.items() if k.endswith("_side"))]
     for key, value in rows:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
