@@ -15,12 +15,23 @@ a cosine is the dot product over both norms (0 for a zero row). Metrics:
   spearman   rank correlation (average ranks for ties) of A's and B's cosines of `pairs` pairs
   moved      the `top` rows of lowest cosine, lower row first on ties, with ids (and record, chunk)
 
+Sparse outputs (issue 25: a SciPy CSR .npz, or Parquet list<struct<index, value>>) compare with
+sparse outputs only (a dense against a sparse one is refused): `cosine` and `moved` as above (rows
+of one vocabulary only), but neighbours and pairs by the dot product, a sparse model's similarity
+(`similarity` says which). Rows stay sparse throughout: a piece's scores against the sample are a
+sparse-sparse product (each entry of the piece meets the sample rows active in its dimension),
+summed in float64 in ascending dimension order, so that a pair scores bit for bit the same from
+either end; the work is the pairs of entries that share a dimension, not rows x vocabulary.
+
 Memory: a piece of each file (at most PIECE_ROWS rows, ~16 MB as float64) and the sample's scores
 against it, the sample's rows and top-k lists, and 8 bytes a row for the per-row cosines (exact
 percentiles need them all: a fraction 2/dim of float32 rows' size); measured flat from 100k to
 300k rows of 384-d. Trade-offs: scores in float64 (rows of one model are often so alike that
 float32 reorders neighbours), about twice float32's time; a pair is (a sample row, any other row,
 uniform), so its cosines come free with the neighbour scores, and the pairs' first rows repeat.
+Sparse outputs: a piece's rows stay sparse, so the memory is the scores (the sample x a piece of
+at most PIECE_ROWS rows, ~16 MB), the sample's rows by dimension (8 bytes per vocabulary entry,
+16 per active entry) and a product's temporaries (~PAIRS x 40 bytes).
 """
 
 from __future__ import annotations
@@ -36,10 +47,13 @@ import numpy as np
 
 from hfenc.errors import ConfigError, InputError
 from hfenc.io.hashes import hex_hashes
+from hfenc.io.outputs import OutputPaths, read_sidecar
 from hfenc.io.quantize import SCALAR, unpack_bits
+from hfenc.model.sparse import SparseRows
 from hfenc.searching import Index, _best, _float_rows
 
 PIECE_ROWS = 4096
+PAIRS = 1 << 20  # pairs of entries (a piece's, the sample's) multiplied at a time: ~30 MB
 _READING = ("format", "field", "column", "skip_blank", "tsv_quoting", "encoding_errors")
 _SAME = "diff compares outputs of one input (two models, versions or dtypes): embed the same file for both"
 _CUT = "embed both with the same --chunk-tokens, --chunk-overlap and --chunk-by, and models with one tokenizer"
@@ -77,12 +91,114 @@ class DiffResult:
     spearman: float | None  # None without pairs, or when one side's cosines are all equal
     moved: list[Moved]
     seconds: float = 0.0
+    similarity: str = "cosine"  # of neighbours and pairs: "dot" for sparse outputs
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seconds"] = round(self.seconds, 3)
         d["moved"] = [{k: v for k, v in asdict(m).items() if v is not None or k == "id"} for m in self.moved]
         return d
+
+
+class SparseIndex(Index):
+    """A sparse output (a CSR .npz or a sparse Parquet file) and its sidecar, as diff reads it.
+    It sets the attributes Index's ids(), provenance() and _chunks_file() read (path, sidecar,
+    rows, dim, chunked, _table), so those apply as they are; blocks() yields SparseRows."""
+
+    stored = "sparse"
+    sparse = True
+    quantization = None
+
+    def __init__(self, path: str | Path) -> None:  # not Index.__init__, which reads dense rows
+        from hfenc.io.sidecar import check_sidecar
+
+        self.path = Path(path)
+        self.parquet = self.path.suffix.lower() in (".parquet", ".pq")
+        sidecar = read_sidecar(OutputPaths(self.path).sidecar)
+        self._npz: Any = None
+        self._table: Any = None
+        if self.parquet:
+            from hfenc.io.parquet import read_metadata
+
+            self._table = _SparseTable(self.path)
+            sidecar = read_metadata(self.path) or sidecar
+            self.rows = self._table.rows
+        else:
+            from hfenc.io.npz import CsrNpz
+
+            self._npz = CsrNpz(self.path)
+            self.rows = self._npz.rows
+        if sidecar is None:
+            raise InputError(f"{self.path} has no hfenc sidecar ({OutputPaths(self.path).sidecar.name})",
+                             hint="diff compares outputs of `hfenc embed`")
+        sidecar = check_sidecar(sidecar, f"the sidecar of {self.path}")
+        if not sidecar.get("complete") or sidecar.get("rows") != self.rows or "dim" not in sidecar:
+            raise InputError(f"the sidecar of {self.path} does not describe it ({sidecar.get('rows')} rows recorded, "
+                             f"{self.rows} in the file)")
+        self.sidecar, self.dim = sidecar, int(sidecar["dim"])
+        if self._npz is not None and self._npz.dim != self.dim:
+            raise InputError(f"{self.path} rows are {self._npz.dim} wide; its sidecar says {self.dim}")
+        self.chunked = isinstance(sidecar.get("chunking"), dict)
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, SparseRows]]:  # type: ignore[override]
+        if self._npz is not None:
+            for start, rows in self._npz.blocks():
+                yield np.arange(start, start + len(rows), dtype=np.int64), rows
+            return
+        from hfenc.io.parquet import sparse_rows
+
+        pf = self._table._file
+        for group in range(pf.metadata.num_row_groups):
+            table = pf.read_row_group(group, columns=["row", "embedding"])
+            yield table.column("row").to_numpy(), sparse_rows(table.column("embedding"), self.dim)
+
+
+class _SparseTable:
+    """A sparse Parquet file, with the column lookups hfenc.io.parquet.ParquetIndex makes (ids, chunks)."""
+
+    def __init__(self, path: Path) -> None:
+        from hfenc.io.parquet import ParquetIndex, arrow
+
+        a = arrow()
+        try:
+            self._file = a.pq.ParquetFile(str(path))
+        except (a.pa.ArrowException, OSError) as exc:
+            raise InputError(f"cannot read {path} as a Parquet file: {' '.join(str(exc).split())[:200]}") from None
+        self.columns = self._file.schema_arrow.names
+        self.rows = self._file.metadata.num_rows
+        self.lookup = ParquetIndex.lookup.__get__(self)
+
+
+def _sparse_file(path: Path) -> bool:
+    """Whether `path` holds sparse rows: a .npz, or Parquet whose embedding column is a variable list."""
+    if path.suffix.lower() == ".npz":
+        return True
+    if path.suffix.lower() not in (".parquet", ".pq") or not path.is_file():
+        return False
+    from hfenc.io.parquet import arrow
+
+    a = arrow()
+    try:
+        schema = a.pq.read_schema(str(path))
+    except (a.pa.ArrowException, OSError):
+        return False  # Index names what is wrong with it
+    return "embedding" in schema.names and a.pa.types.is_list(schema.field("embedding").type)
+
+
+def open_index(path: str | Path) -> Index:
+    """An output for diff: Index (dense rows) or SparseIndex."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"index {path} does not exist")
+    return SparseIndex(path) if _sparse_file(path) else Index(path)
+
+
+def check_same_kind(a: Index, b: Index) -> None:
+    sa, sb = isinstance(a, SparseIndex), isinstance(b, SparseIndex)
+    if sa != sb:
+        sparse, dense = (a, b) if sa else (b, a)
+        raise InputError(f"{sparse.path} holds sparse rows and {dense.path} dense ones: diff compares two dense "
+                         "or two sparse outputs", hint="diff each against an output of the same kind of model")
 
 
 def check_same_input(a: Index, b: Index) -> None:
@@ -195,12 +311,24 @@ def _pieces(streams: list[Iterable[np.ndarray]], step: int, names: list[str]) ->
             taken = []
             while sum(map(len, taken)) < n:
                 want = n - sum(map(len, taken))
-                taken.append(parts[0][:want])
-                parts[0] = parts[0][want:]
+                taken.append(_cut(parts[0], 0, want))
+                parts[0] = _cut(parts[0], want, len(parts[0]))
                 if not len(parts[0]):
                     parts.pop(0)
-            out.append(taken[0] if len(taken) == 1 else np.concatenate(taken))
+            out.append(taken[0] if len(taken) == 1 else _join(taken))
         yield out
+
+
+def _cut(block: Any, start: int, end: int) -> Any:
+    """Rows start..end of a block: a view (SparseRows: of its arrays, its indptr need not start at 0)."""
+    if isinstance(block, SparseRows):  # as numpy slices: start and end clipped to the rows
+        start, end = min(start, len(block)), min(end, len(block))
+        return SparseRows(block.indptr[start:max(start, end) + 1], block.indices, block.values, block.dim)
+    return block[start:end]
+
+
+def _join(parts: list[Any]) -> Any:
+    return SparseRows.concat(parts) if isinstance(parts[0], SparseRows) else np.concatenate(parts)
 
 
 def _floats(block: np.ndarray, idx: Index) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +341,60 @@ def _floats(block: np.ndarray, idx: Index) -> tuple[np.ndarray, np.ndarray]:
         x = _float_rows(block, idx).astype(np.float64)
     norm = np.linalg.norm(x, axis=1)
     return x, np.where(norm > 0, norm, 1)
+
+
+def _entries(rows: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A piece's entries: (row of each, index, value as float64)."""
+    base, end = int(rows.indptr[0]), int(rows.indptr[-1])
+    of = np.repeat(np.arange(len(rows), dtype=np.int64), rows.counts())
+    return of, rows.indices[base:end].astype(np.int64), rows.values[base:end].astype(np.float64)
+
+
+def _sparse_cosines(a: SparseRows, b: SparseRows) -> np.ndarray:
+    """Row i of `a` against row i of `b` (one vocabulary), 0 for a zero row."""
+    n, dim = len(a), max(1, a.dim)
+    (ra, ia, va), (rb, ib, vb) = _entries(a), _entries(b)
+    _, at_a, at_b = np.intersect1d(ra * dim + ia, rb * dim + ib, assume_unique=True, return_indices=True)
+    dot = np.bincount(ra[at_a], va[at_a] * vb[at_b], minlength=n)
+    na, nb = (np.sqrt(np.bincount(r, v * v, minlength=n)) for r, v in ((ra, va), (rb, vb)))
+    return dot / (np.where(na > 0, na, 1) * np.where(nb > 0, nb, 1))
+
+
+def _by_dimension(rows: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sample's rows by dimension (CSC): (where each dimension's entries start, dim + 1 of them;
+    each entry's row; its value), the rows ascending within a dimension."""
+    of, index, value = _entries(rows)
+    order = np.argsort(index, kind="stable")
+    return np.searchsorted(index[order], np.arange(rows.dim + 1)), of[order], value[order]
+
+
+def _dots(sample: tuple[np.ndarray, np.ndarray, np.ndarray], nq: int, piece: SparseRows) -> np.ndarray:
+    """(nq, len(piece)) dot products of the sample's rows (_by_dimension) and a piece's, as float64
+    sums over their shared dimensions in ascending order: the products of float32 values are exact,
+    so the score of rows i and j does not depend on which of them is the sample row. A row's pairs
+    are summed at once (groups of whole rows, of about PAIRS pairs; a row alone may hold more)."""
+    start, who, weight = sample
+    n = len(piece)
+    of, index, value = _entries(piece)
+    meets = start[index + 1] - start[index]  # the sample rows active in each entry's dimension
+    ends = np.zeros(n + 1, np.int64)  # pairs up to each row
+    np.cumsum(np.bincount(of, meets, minlength=n).astype(np.int64), out=ends[1:])
+    first = np.asarray(piece.indptr, np.int64) - int(piece.indptr[0])  # each row's first entry
+    out = np.zeros((n, nq))
+    r = 0
+    while r < n:
+        r2 = min(n, max(r + 1, int(np.searchsorted(ends, ends[r] + PAIRS, "right")) - 1))
+        e0, e1 = int(first[r]), int(first[r2])
+        count = meets[e0:e1]
+        total = int(count.sum())
+        if total:
+            offsets = np.cumsum(count) - count
+            pos = np.repeat(start[index[e0:e1]] - offsets, count) + np.arange(total)
+            cell = np.repeat(of[e0:e1] - r, count) * nq + who[pos]
+            out[r:r2] = np.bincount(cell, weight[pos] * np.repeat(value[e0:e1], count),
+                                    minlength=(r2 - r) * nq).reshape(r2 - r, nq)
+        r = r2
+    return np.ascontiguousarray(out.T)
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -266,14 +448,18 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def _rows_pass(ia: Index, ib: Index, queries: np.ndarray, step: int) -> tuple[np.ndarray | None, list[Any]]:
-    """Pass 1: the row-by-row checks (chunks, text hashes), the per-row cosines, the sample's rows."""
+    """Pass 1: the row-by-row checks (chunks, text hashes), the per-row cosines, the sample's rows
+    (dense: float64 rows and norms; sparse: SparseRows)."""
     checks: list[tuple[str, Any, Any]] = [("chunk", _spans(ia), _spans(ib))] if ia.chunked else []
     if (hashes := (_hashes(ia), _hashes(ib)))[0] is not None and hashes[1] is not None:
         checks.append(("text", *hashes))
     names = [str(x.path) for x in (ia, ib)] + [f"the {w} records of {x.path}" for w, _, _ in checks for x in (ia, ib)]
     cosines = np.empty(ia.rows) if ia.dim == ib.dim else None
-    # the sample's rows and norms, in float64: near-ties (one model's rows are often alike) keep their order
-    qs = [(np.zeros((len(queries), x.dim)), np.ones(len(queries))) for x in (ia, ib)]
+    sparse = isinstance(ia, SparseIndex)
+    # the sample's rows and norms, in float64: near-ties (one model's rows are often alike) keep their order;
+    # sparse rows: the sample's rows, piece by piece
+    qs: list[Any] = [[] for _ in (ia, ib)] if sparse else \
+        [(np.zeros((len(queries), x.dim)), np.ones(len(queries))) for x in (ia, ib)]
     at = 0
     for piece in _pieces([_stored(ia), _stored(ib), *(s for _, x, y in checks for s in (x, y))], step, names):
         n = len(piece[0])
@@ -284,31 +470,46 @@ def _rows_pass(ia: Index, ib: Index, queries: np.ndarray, step: int) -> tuple[np
                                  + (f"another chunk (record, characters: {x[r].tolist()} vs {y[r].tolist()})"
                                     if what == "chunk" else "another text (their text hashes differ)"),
                                  hint=_CUT if what == "chunk" else _SAME)
-        (xa, na), (xb, nb) = _floats(piece[0], ia), _floats(piece[1], ib)
-        if cosines is not None:
-            cosines[at:at + n] = np.einsum("ij,ij->i", xa, xb) / (na * nb)
         lo, hi = np.searchsorted(queries, [at, at + n])
-        for (q, qn), x, norm in zip(qs, (xa, xb), (na, nb)):
-            q[lo:hi], qn[lo:hi] = x[queries[lo:hi] - at], norm[queries[lo:hi] - at]
+        if sparse:
+            if cosines is not None:
+                cosines[at:at + n] = _sparse_cosines(piece[0], piece[1])
+            for q, block in zip(qs, piece[:2]):
+                q.append(block.take(queries[lo:hi] - at))
+        else:
+            (xa, na), (xb, nb) = _floats(piece[0], ia), _floats(piece[1], ib)
+            if cosines is not None:
+                cosines[at:at + n] = np.einsum("ij,ij->i", xa, xb) / (na * nb)
+            for (q, qn), x, norm in zip(qs, (xa, xb), (na, nb)):
+                q[lo:hi], qn[lo:hi] = x[queries[lo:hi] - at], norm[queries[lo:hi] - at]
         at += n
+    if sparse:
+        qs = [SparseRows.concat(q, x.dim) for q, x in zip(qs, (ia, ib))]
     return cosines, qs
 
 
 def _neighbours_pass(ia: Index, ib: Index, qs: list[Any], queries: np.ndarray, first: np.ndarray,
                      other: np.ndarray, keep: int, step: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Pass 2: the sample's top-`keep` rows in A and in B, and the pairs' cosines (pairs by `other`)."""
+    """Pass 2: the sample's top-`keep` rows in A and in B, and the pairs' similarities (cosines; sparse
+    rows: dot products), pairs by `other`."""
     best = [(np.full((len(queries), keep), -np.inf), np.full((len(queries), keep), -1, np.int64)) for _ in qs]
     sims = np.zeros((2, len(other)))
+    sparse = isinstance(ia, SparseIndex)
+    if sparse:  # the sample by dimension, for the sparse product with each piece
+        qs = [_by_dimension(q) for q in qs]
     at = 0
     for piece in _pieces([_stored(ia), _stored(ib)], step, [str(ia.path), str(ib.path)]):
         n = len(piece[0])
         lo, hi = np.searchsorted(other, [at, at + n])
         qlo, qhi = np.searchsorted(queries, [at, at + n])
-        for side, (block, idx, (q, qn)) in enumerate(zip(piece, (ia, ib), qs)):
-            x, norm = _floats(block, idx)
-            s = q @ x.T
-            s /= qn[:, None]
-            s /= norm
+        for side, (block, idx, q) in enumerate(zip(piece, (ia, ib), qs)):
+            if sparse:
+                s = _dots(q, len(queries), block)
+            else:
+                x, norm = _floats(block, idx)
+                s = q[0] @ x.T
+                s /= q[1][:, None]
+                s /= norm
             sims[side, lo:hi] = s[first[lo:hi], other[lo:hi] - at]
             s[np.arange(qlo, qhi), queries[qlo:qhi] - at] = -np.inf  # not its own neighbour
             best[side] = _merge(best[side], s, np.arange(at, at + n), keep)
@@ -324,12 +525,14 @@ def diff(a: str | Path, b: str | Path, *, sample: int = 1000, k: int = 10, pairs
         if value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
     t0 = time.perf_counter()
-    ia, ib = Index(a), Index(b)
+    ia, ib = open_index(a), open_index(b)
+    check_same_kind(ia, ib)
     check_same_input(ia, ib)
+    sparse = isinstance(ia, SparseIndex)
     rows, keep = ia.rows, max(0, min(k, ia.rows - 1))
     queries, first, other = draws(rows, sample, pairs, seed)
-    # a piece's float rows, and the sample's scores against it, in about 16 MB each
-    step = int(min(PIECE_ROWS, max(16, (16 << 20) // (8 * max(ia.dim, ib.dim, len(queries))))))
+    # a piece's float rows, and the sample's scores against it, in about 16 MB each (sparse rows: the scores)
+    step = int(min(PIECE_ROWS, max(16, (16 << 20) // (8 * max(1 if sparse else max(ia.dim, ib.dim), len(queries))))))
     cosines, qs = _rows_pass(ia, ib, queries, step)
     overlap, rho = None, None
     if keep and len(queries):
@@ -346,4 +549,4 @@ def diff(a: str | Path, b: str | Path, *, sample: int = 1000, k: int = 10, pairs
         moved = [Moved(r, float(cosines[r]), ids.get(r), *spans.get(r, ())[:2]) for r in low]
     side = [Side(str(x.path), x.sidecar.get("model"), x.sidecar.get("dtype"), x.stored, x.dim, x.rows) for x in (ia, ib)]
     return DiffResult(side[0], side[1], rows, stats, k, len(queries), overlap, len(other), rho, moved,
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, similarity="dot" if sparse else "cosine")

@@ -14,7 +14,7 @@ from hfenc.cli.show import Sheet
 @handles_errors
 def diff(
     a: Path = typer.Argument(..., metavar="A", show_default=False,
-                             help="An output of `hfenc embed`: OUT.npy or OUT.parquet (its sidecar beside it)."),
+                             help="An output of `hfenc embed`: OUT.npy, OUT.npz or OUT.parquet (its sidecar beside it)."),
     b: Path = typer.Argument(..., metavar="B", show_default=False, help="Another output of the same input."),
     sample: int = typer.Option(1000, "--sample", help="Rows whose nearest neighbours are compared (seeded)."),
     k: int = typer.Option(10, "-k", help="Neighbours per sample row (overlap@k)."),
@@ -30,12 +30,15 @@ def diff(
     cosine: row i of A against row i of B, min, p1, median, mean (one width).
     overlap@k: the exact top-k neighbours of --sample rows, in A and in B.
     spearman: the rank correlation of A's and B's cosines of --pairs pairs.
+    Sparse (SPLADE) outputs compare with sparse ones: neighbours and pairs by
+    dot product, their similarity.
 
     [b]Examples[/b]
 
     [dim]hfenc diff docs-f32.npy docs-bf16.npy[/dim]
     [dim]hfenc diff minilm.parquet bge.parquet --sample 2000 --top 20[/dim]
     [dim]hfenc diff docs.npy docs-int8.npy --json[/dim]
+    [dim]hfenc diff splade.npz splade-k64.npz[/dim]
     """
     from hfenc.compare import diff as run_diff
 
@@ -48,7 +51,8 @@ def diff(
     for col in ("", "output", "embedded with"):
         sides.add_column(col)
     for label, s in (("A", result.a), ("B", result.b)):
-        sides.add_row(label, s.path, f"{s.model or '?'} ({s.dtype or '?'}), stored {s.stored}, {s.dim}-d")
+        width = f"vocabulary {s.dim:,}" if s.stored == "sparse" else f"{s.dim}-d"
+        sides.add_row(label, s.path, f"{s.model or '?'} ({s.dtype or '?'}), stored {s.stored}, {width}")
     print_table(sides)
 
     metrics = Sheet(title="How far B is from A", title_justify="left")
@@ -60,11 +64,12 @@ def diff(
     else:
         for name, value in result.cosine.items():
             metrics.add_row(f"cosine {name}", f"{value:.6f}", f"{result.rows:,} rows")
+    by = "" if result.similarity == "cosine" else f", by {result.similarity}"  # sparse: dot products
     if result.overlap is not None:
         for name, value in result.overlap.items():
-            metrics.add_row(f"overlap@{result.k} {name}", f"{value:.4f}", f"{result.sample:,} sample rows")
+            metrics.add_row(f"overlap@{result.k} {name}", f"{value:.4f}", f"{result.sample:,} sample rows{by}")
     metrics.add_row("spearman", "-" if result.spearman is None else f"{result.spearman:.6f}",
-                    f"{result.pairs:,} pairs")
+                    f"{result.pairs:,} pairs{by}")
     print_table(metrics)
 
     if result.moved:

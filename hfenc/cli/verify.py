@@ -15,7 +15,7 @@ from hfenc.cli.show import wrap
 @handles_errors
 def verify(
     output: Path = typer.Argument(..., metavar="OUT", show_default=False,
-                                  help="An output of `hfenc embed`: OUT.npy, OUT.parquet or a --ray directory."),
+                                  help="An output of `hfenc embed`: OUT.npy, OUT.npz, OUT.parquet or a --ray directory."),
     sample: int = typer.Option(64, "--sample", metavar="N", help="Rows to embed again and compare."),
     every: bool = typer.Option(False, "--all", help="Embed every row again (slow: a whole embedding job)."),
     input: Optional[Path] = typer.Option(None, "--input", metavar="PATH",
@@ -28,7 +28,8 @@ def verify(
     The sidecar is hfenc's and unedited (its seal); every file it lists has its
     recorded size and SHA-256; shapes, dtypes, rows and side files agree; and a
     sample of rows, embedded again from the input as recorded, matches the stored
-    rows within the tolerance of the dtype they were computed in.
+    rows within the tolerance of the dtype they were computed in (sparse rows:
+    their active dimensions, cosine and values).
 
     [b]Examples[/b]
 
@@ -50,8 +51,10 @@ def verify(
     elif report.ok:  # the figures (min cosine, ...) are in --json: this line is the same on every machine
         files = f"{report.files} file{'s' if report.files != 1 else ''} match{'es' if report.files == 1 else ''} " \
                 f"{'its hash' if report.files == 1 else 'their hashes'}"
+        values = f", its values within {report.value_tolerance} x the row's largest" \
+            if report.value_tolerance is not None else ""  # sparse rows
         checked = f", {report.sampled:,} embedded again in {report.computed_in}: each within cosine " \
-                  f"{report.tolerance} of its stored row" if report.sampled else ""
+                  f"{report.tolerance} of its stored row{values}" if report.sampled else ""
         _line(f"ok: {output}: {files}; {report.rows:,} rows{checked}")
     else:
         for problem in report.problems:

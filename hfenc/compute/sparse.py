@@ -6,7 +6,7 @@
 
 Both return SparseRows, so a batch's (batch, vocabulary) vector leaves the device as its active
 entries only. `max_active_dims` keeps each row's k largest values by magnitude, after the whole
-pipeline, as SparseEncoder.encode does (ties at the k-th value: torch.topk's choice, as there).
+pipeline, as SparseEncoder.encode does (hfenc.model.poolers.prune).
 """
 
 from __future__ import annotations
@@ -19,32 +19,26 @@ from torch import nn
 
 from hfenc.errors import ConfigError, ModelLoadError, UnknownChoiceError
 from hfenc.model.head import load_state
-from hfenc.model.poolers import get_pooler_class
+from hfenc.model.poolers import get_pooler_class, prune
 from hfenc.model.resolve import weight_files
 from hfenc.model.sparse import SparseRows
 from hfenc.model.st import SparseRoute
 
 
-def prune(x: torch.Tensor, k: int | None) -> torch.Tensor:
-    """Each row's k entries of largest magnitude kept, the rest zero (SparseEncoder's rule)."""
-    if k is None or k >= x.shape[-1]:
-        return x
-    _, top = torch.topk(x.abs(), k, dim=-1)
-    return torch.zeros_like(x).scatter_(-1, top, x.gather(-1, top))
-
-
 class SpladePipeline(nn.Module):
-    """HFTextEncoder with a splade_* pooler (its transformer the masked-language model), pruned."""
+    """HFTextEncoder with a splade_* pooler (its transformer the masked-language model; the pooler
+    prunes to `max_active_dims`), its rows handed back as SparseRows."""
 
     sparse_rows = True
 
     def __init__(self, encoder: nn.Module, max_active_dims: int | None = None) -> None:
         super().__init__()
-        self.encoder, self.max_active_dims = encoder, max_active_dims
+        self.encoder = encoder
+        encoder.pooler.max_active_dims = max_active_dims
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SparseRows:
         pooled, _ = self.encoder.pool(input_ids, attention_mask)
-        return SparseRows.from_dense(prune(pooled.float(), self.max_active_dims))
+        return SparseRows.from_dense(pooled)
 
 
 class StaticPipeline(nn.Module):

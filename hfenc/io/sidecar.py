@@ -32,7 +32,8 @@ _KEYS = {"format": "str", "complete": "bool | None", "output": "str | None", "ro
          "ids_file": "str | None", "lines_file": "str | None", "files": "dict | None",
          "weights_sha256": "str | None", "config_sha256": "str | None", "model_path": "str | None",
          "chunking": "dict | None", "documents": "int | None", "chunks_file": "str | None", "docs_file": "str | None",
-         "hashes_file": "str | None", "reuse": "dict | None", "sidecar_sha256": "str | None"}
+         "hashes_file": "str | None", "reuse": "dict | None", "sidecar_sha256": "str | None",
+         "sparse": "dict | None"}
 
 
 def _fits(value: object, annotation: str) -> bool:
@@ -116,6 +117,8 @@ def embedder_options(settings: Any, *, prompt: str | None = None, prompt_name: s
     else:
         options["prompt"] = settings.prompt or ""
     options["device"] = device
+    if options.get("pooler") == "sparse_static":  # a sparse model's static query side: no pooler to name
+        options["pooler"] = None
     return options
 
 

@@ -242,19 +242,31 @@ class MeanSqrtLenPooler(Pooler):
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 
 
+def prune(x: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Each row's k entries of largest magnitude kept, the rest zero (SparseEncoder's
+    max_active_dims; ties at the k-th value: torch.topk's choice, as there)."""
+    if k is None or k >= x.shape[-1]:
+        return x
+    _, top = torch.topk(x.abs(), k, dim=-1)
+    return torch.zeros_like(x).scatter_(-1, top, x.gather(-1, top))
+
+
 class SpladePooler(Pooler):
     """Base of the SPLADE poolers: `hidden` is the logits (batch, tokens, vocabulary); each real
     token's logits go through f = log1p(relu(x)) ("log1p_relu": log1p(log1p(relu(x)))), pooled
     over the real tokens, as sentence-transformers' SpladePooling does (special and prompt tokens
-    count; padding does not). The result stays in the logits' dtype until Pooler.forward."""
+    count; padding does not). `max_active_dims`: keep each row's k largest values (top-k)."""
 
     sparse = True
 
-    def __init__(self, activation: str = "relu") -> None:
+    def __init__(self, activation: str = "relu", max_active_dims: int | None = None) -> None:
         super().__init__()
         if activation not in SPLADE_ACTIVATIONS:
             raise UnknownChoiceError("SPLADE activation", activation, SPLADE_ACTIVATIONS)
-        self.activation = activation
+        self.activation, self.max_active_dims = activation, max_active_dims
+
+    def forward(self, x: Any, attention_mask: torch.Tensor, skip: int = 0) -> torch.Tensor:
+        return prune(super().forward(x, attention_mask, skip), self.max_active_dims)
 
     def f(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.log1p(torch.relu(x))

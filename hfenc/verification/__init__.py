@@ -16,6 +16,12 @@ rows are quantized again with the recorded ranges and compared as codes, int8/ui
 binary as +-1 vectors, with the float bound less a little for a code that tips over: 0.9999 /
 0.999 / 0.98 (binary: 0.98 / 0.95 / 0.9). A late-chunked row is embedded with its whole document,
 as `embed` made it.
+
+Sparse (SPLADE) outputs, a CSR .npz or Parquet list<struct<index, value>> (hfenc.verification.sparse):
+the layout of their entries (sorted indices inside the vocabulary, finite values, at most
+max_active_dims a row), and rows embedded again on the recorded side compared entry by entry:
+the active dimensions alike but for entries near 0 (or a near-tie at the top-k cut), the cosine
+as above, and each value within 1e-3 (float32) / 5e-2 (16-bit) of its row's largest.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class Report:
     min_cosine: float | None = None
     tolerance: float | None = None
     computed_in: str | None = None
+    # sparse rows: the largest difference of a value over its row's largest value, and its bound
+    max_difference: float | None = None
+    value_tolerance: float | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -50,12 +59,15 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "ok": self.ok, "rows": self.rows, "files_checked": self.files,
                 "rows_embedded_again": self.sampled, "min_cosine": self.min_cosine, "tolerance": self.tolerance,
-                "computed_in": self.computed_in, "problems": self.problems, "notes": self.notes}
+                "computed_in": self.computed_in,
+                **({"max_difference": self.max_difference, "value_tolerance": self.value_tolerance}
+                   if self.value_tolerance is not None else {}),
+                "problems": self.problems, "notes": self.notes}
 
 
 def verify(output: str | Path, *, sample: int = 64, every: bool = False, input: str | Path | None = None,
            device: str = "auto", seed: int = 0) -> Report:
-    """Check `output` (an .npy or Parquet output, or a --ray directory); see the module docstring."""
+    """Check `output` (an .npy, .npz or Parquet output, or a --ray directory); see the module docstring."""
     path = Path(output)
     report = Report(str(path))
     if not path.exists():

@@ -11,6 +11,7 @@ import numpy as np
 from hfenc.errors import HfencError
 from hfenc.io.outputs import OutputPaths
 from hfenc.io.parquet import arrow
+from hfenc.verification.sparse import check_sparse_layout, check_sparse_rows, is_sparse, stored_rows
 
 PROVENANCE = ("doc_row", "chunk", "char_start", "char_end", "token_start", "token_end")
 # Per row, by the dtype the rows are computed in: the cosine float rows must reach, and
@@ -25,6 +26,17 @@ LISTED = 20  # rows named one by one before "and N more"
 def check_layout(path: Path, sidecar: dict[str, Any], report: Any) -> None:
     rows, width = report.rows, _width(sidecar)
     dtype = str(sidecar.get("out_dtype"))
+    sparse = is_sparse(path, sidecar)
+    if sparse and path.suffix.lower() == ".npy":
+        report.problems.append(f"{path.name} is an array of dense rows; the sidecar describes a sparse model's")
+        return
+    files = [path / s["file"] for s in sidecar.get("shards") or []] if path.is_dir() else [path]
+    if path.suffix.lower() == ".npz":
+        check_sparse_layout(path, sidecar, report, files)
+        _side_files(path, sidecar, report)
+        return
+    if sparse and not check_sparse_layout(path, sidecar, report, files):
+        return  # a sparse Parquet file whose column or entries could not be read
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -36,7 +48,6 @@ def check_layout(path: Path, sidecar: dict[str, Any], report: Any) -> None:
                                    f"({rows}, {width}) {dtype}")
         _side_files(path, sidecar, report)
         return
-    files = [path / s["file"] for s in sidecar.get("shards") or []] if path.is_dir() else [path]
     seen = np.zeros(rows, np.int64)
     for f in files:
         try:
@@ -47,7 +58,8 @@ def check_layout(path: Path, sidecar: dict[str, Any], report: Any) -> None:
             report.problems.append(f"cannot read {f.name} as Parquet: {' '.join(str(exc).split())[:200]}")
             return
         kind = schema.field("embedding").type
-        if kind.list_size != width or str(kind.value_type.to_pandas_dtype().__name__) != dtype:
+        if not sparse and (not arrow().pa.types.is_fixed_size_list(kind) or kind.list_size != width  # sparse: above
+                           or str(kind.value_type.to_pandas_dtype().__name__) != dtype):
             report.problems.append(f"{f.name} stores {kind}; the sidecar says {width} x {dtype}")
         inside = index[(index >= 0) & (index < rows)]
         np.add.at(seen, inside, 1)
@@ -65,7 +77,7 @@ def _width(sidecar: dict[str, Any]) -> int:
 
 
 def _side_files(path: Path, sidecar: dict[str, Any], report: Any) -> None:
-    """A .npy output's side files have a line or row per row of the output."""
+    """A .npy (or sparse .npz) output's side files have a line or row per row of the output."""
     folder, rows = path.parent, report.rows
     for key, shape in (("hashes_file", (rows, 32)), ("lines_file", (rows,))):
         name = sidecar.get(key)
@@ -105,8 +117,13 @@ def check_rows(path: Path, sidecar: dict[str, Any], report: Any, *, sample: int 
     except HfencError as exc:
         report.problems.append(f"cannot embed the rows again: {exc}" + (f" ({exc.hint})" if exc.hint else ""))
         return
-    stored = table.stored(picks)
     computed = embedder.settings.dtype
+    if table.sparse:
+        check_sparse_rows(table.stored(picks), fresh, picks, computed, TOLERANCE[computed],
+                          sidecar.get("max_active_dims"), report, LISTED)
+        report.notes.extend(embedder.notes)
+        return
+    stored = table.stored(picks)
     q = sidecar.get("quantization")
     if q is not None:
         quant = Quantization.from_record(q)
@@ -131,7 +148,8 @@ def check_rows(path: Path, sidecar: dict[str, Any], report: Any, *, sample: int 
     report.notes.extend(embedder.notes)
 
 
-def _embed_again(table: _Rows, sidecar: dict[str, Any], embedder: Any, picks: np.ndarray, input: Any) -> np.ndarray:
+def _embed_again(table: _Rows, sidecar: dict[str, Any], embedder: Any, picks: np.ndarray, input: Any) -> Any:
+    """The rows `picks` embedded again: an array, or SparseRows for a sparse model."""
     chunking = sidecar.get("chunking")
     late = isinstance(chunking, dict) and chunking.get("late")
     if table.has("text") and not late:  # --keep-text: the rows' own texts (a chunk's, when chunked)
@@ -194,12 +212,13 @@ def _records(sidecar: dict[str, Any], wanted: np.ndarray, input: Any) -> list[st
 
 
 class _Rows:
-    """Stored rows and their columns by row number: an .npy (+ OUT.chunks.tsv), a Parquet file,
-    or a --ray directory's shards."""
+    """Stored rows and their columns by row number: an .npy or a sparse .npz (+ OUT.chunks.tsv),
+    a Parquet file, or a --ray directory's shards."""
 
     def __init__(self, path: Path, sidecar: dict[str, Any]) -> None:
         self.path, self.sidecar = path, sidecar
-        self.npy = path.suffix.lower() == ".npy"
+        self.npy = path.suffix.lower() in (".npy", ".npz")  # an array file: the columns are side files
+        self.sparse = is_sparse(path, sidecar)
         self.files = [path / s["file"] for s in sidecar.get("shards") or []] if path.is_dir() else [path]
 
     def has(self, column: str) -> bool:
@@ -227,7 +246,9 @@ class _Rows:
                     out[c][pos] = values[k]
         return {c: (np.stack(v) if c == "embedding" else np.array(v, dtype=object)) for c, v in out.items()}
 
-    def stored(self, picks: np.ndarray) -> np.ndarray:
+    def stored(self, picks: np.ndarray) -> Any:
+        if self.sparse:
+            return stored_rows(self.path, self.files, self.sidecar, picks)
         if self.npy:
             return np.asarray(np.load(self.path, mmap_mode="r", allow_pickle=False)[picks])
         return self._read(picks, ["embedding"])["embedding"]
