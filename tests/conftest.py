@@ -28,6 +28,7 @@ import pytest  # noqa: E402
 
 import corpus  # noqa: E402  (tests/ is on sys.path: rootdir-relative conftest)
 import tiny_models  # noqa: E402
+from sparse_models import sparse_models  # noqa: E402,F401  (the session fixture: tiny SparseEncoder folders)
 
 N_REAL_SENTENCES = 1200
 

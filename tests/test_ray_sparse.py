@@ -33,7 +33,6 @@ from hfenc.io.parquet import sparse_rows, sparse_type
 from hfenc.jobs import ray_runner
 from hfenc.jobs.local import JobOptions
 from hfenc.jobs.ray_runner import MANIFEST, RayOptions, embed_ray
-from sparse_models import sparse_models  # noqa: F401  (the session fixture)
 
 TOL = 1e-6
 ROWS = 90

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import tiny_models
 import torch
 from handmade import write_output
-from sparse_models import load_st, sparse_models  # noqa: F401  (sparse_models: the session fixture)
+from sparse_models import load_st
 from typer.testing import CliRunner
 
 import hfenc

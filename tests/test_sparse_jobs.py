@@ -24,7 +24,7 @@ from hfenc.errors import Interrupted
 from hfenc.io.inputs import InputSpec
 from hfenc.jobs.local import JobOptions, embed_file
 from hfenc.model.encoder import HFTextEncoder
-from sparse_models import TEXTS, save_tiny_mlm, sparse_models, st_reference  # noqa: F401  (the fixture)
+from sparse_models import TEXTS, save_tiny_mlm, st_reference
 
 ROWS = 120
 CHUNK = 16  # rows per saved chunk: a run has several

@@ -22,7 +22,7 @@ import torch
 from hfenc.errors import ModelLoadError
 from hfenc.model.sparse import SparseRows
 from sparse_models import (PRUNE_K, QUERY_MAX_LENGTH, SPARSE_LAYOUTS, SPARSE_REFUSALS, TEXTS, kth_margin, load_st,
-                           sides, sparse_models, st_reference)  # noqa: F401  (sparse_models: the session fixture)
+                           sides, st_reference)
 
 TOLERANCE = 1e-5  # max |hfenc - sentence-transformers| over every element, float32
 ACTIVE = 1e-6  # a value above this is an active dimension, on either side

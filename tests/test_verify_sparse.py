@@ -28,7 +28,6 @@ from typer.testing import CliRunner
 
 import tiny_models
 from handmade import write_output
-from sparse_models import sparse_models  # noqa: F401 (the session fixture)
 
 import hfenc.compare
 from hfenc import Embedder
