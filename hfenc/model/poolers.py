@@ -251,6 +251,31 @@ def prune(x: torch.Tensor, k: int | None) -> torch.Tensor:
     return torch.zeros_like(x).scatter_(-1, top, x.gather(-1, top))
 
 
+def by_length(hidden: torch.Tensor, mask: torch.Tensor, reduce: Any, empty: float) -> torch.Tensor:
+    """reduce(rows' real positions) for each group of rows of one length, read in place: the
+    (batch, tokens, vocabulary) logits are never copied with their padding masked out (that copy
+    cost more than the rest of the pooling). A mask that is not one run of real tokens at the start
+    or the end of each row (right or left padding) is masked the plain way."""
+    lengths = mask.sum(dim=1)
+    width = mask.shape[1]
+    positions = torch.arange(width, device=mask.device)[None, :]
+    right = bool((mask == (positions < lengths[:, None])).all())
+    if not right and not bool((mask == (positions >= width - lengths[:, None])).all()):
+        return reduce(hidden.masked_fill(~mask.unsqueeze(-1), empty))
+    out = hidden.new_full((hidden.shape[0], hidden.shape[2]), empty)
+    for length in torch.unique(lengths).tolist():
+        rows = torch.nonzero(lengths == length).squeeze(1)
+        if length == 0:
+            continue  # a row with no token: `empty` (f(0) = 0)
+        first, last = int(rows[0]), int(rows[-1])
+        span = slice(0, length) if right else slice(width - length, width)
+        if last - first + 1 == len(rows):  # a run of rows (the engine sorts a batch by length): a view
+            out[first:last + 1] = reduce(hidden[first:last + 1, span])
+        else:
+            out[rows] = reduce(hidden[rows][:, span])
+    return out
+
+
 class SpladePooler(Pooler):
     """Base of the SPLADE poolers: `hidden` is the logits (batch, tokens, vocabulary); each real
     token's logits go through f = log1p(relu(x)) ("log1p_relu": log1p(log1p(relu(x)))), pooled
@@ -281,8 +306,7 @@ class SpladeMaxPooler(SpladePooler):
         # f is monotone, so f(max x) == max f(x) bit for bit, and f runs once per row, not per token.
         # A padding position counts as a logit of 0 (sentence-transformers multiplies the mask in),
         # which changes nothing after relu.
-        top = hidden.masked_fill(~mask.unsqueeze(-1), 0.0).amax(dim=1) if not bool(mask.all()) else hidden.amax(dim=1)
-        return self.f(top)
+        return self.f(by_length(hidden, mask, lambda x: x.amax(dim=1), 0.0))
 
 
 @register_pooler("splade_sum")
@@ -290,4 +314,4 @@ class SpladeSumPooler(SpladePooler):
     """Sparse: SPLADE sum over real tokens of log1p(relu(MLM logits)), a vocabulary-wide vector."""
 
     def pool(self, hidden, mask, outputs, real):
-        return self.f(hidden.masked_fill(~mask.unsqueeze(-1), 0.0)).sum(dim=1)
+        return by_length(hidden, mask, lambda x: self.f(x).sum(dim=1), 0.0)
