@@ -47,7 +47,6 @@ import numpy as np
 
 from hfenc.errors import ConfigError, InputError
 from hfenc.io.hashes import hex_hashes
-from hfenc.io.outputs import OutputPaths, read_sidecar
 from hfenc.io.quantize import SCALAR, unpack_bits
 from hfenc.model.sparse import SparseRows
 from hfenc.searching import Index, _best, _float_rows
@@ -100,101 +99,16 @@ class DiffResult:
         return d
 
 
-class SparseIndex(Index):
-    """A sparse output (a CSR .npz or a sparse Parquet file) and its sidecar, as diff reads it.
-    It sets the attributes Index's ids(), provenance() and _chunks_file() read (path, sidecar,
-    rows, dim, chunked, _table), so those apply as they are; blocks() yields SparseRows."""
-
-    stored = "sparse"
-    sparse = True
-    quantization = None
-
-    def __init__(self, path: str | Path) -> None:  # not Index.__init__, which reads dense rows
-        from hfenc.io.sidecar import check_sidecar
-
-        self.path = Path(path)
-        self.parquet = self.path.suffix.lower() in (".parquet", ".pq")
-        sidecar = read_sidecar(OutputPaths(self.path).sidecar)
-        self._npz: Any = None
-        self._table: Any = None
-        if self.parquet:
-            from hfenc.io.parquet import read_metadata
-
-            self._table = _SparseTable(self.path)
-            sidecar = read_metadata(self.path) or sidecar
-            self.rows = self._table.rows
-        else:
-            from hfenc.io.npz import CsrNpz
-
-            self._npz = CsrNpz(self.path)
-            self.rows = self._npz.rows
-        if sidecar is None:
-            raise InputError(f"{self.path} has no hfenc sidecar ({OutputPaths(self.path).sidecar.name})",
-                             hint="diff compares outputs of `hfenc embed`")
-        sidecar = check_sidecar(sidecar, f"the sidecar of {self.path}")
-        if not sidecar.get("complete") or sidecar.get("rows") != self.rows or "dim" not in sidecar:
-            raise InputError(f"the sidecar of {self.path} does not describe it ({sidecar.get('rows')} rows recorded, "
-                             f"{self.rows} in the file)")
-        self.sidecar, self.dim = sidecar, int(sidecar["dim"])
-        if self._npz is not None and self._npz.dim != self.dim:
-            raise InputError(f"{self.path} rows are {self._npz.dim} wide; its sidecar says {self.dim}")
-        self.chunked = isinstance(sidecar.get("chunking"), dict)
-
-    def blocks(self) -> Iterator[tuple[np.ndarray, SparseRows]]:  # type: ignore[override]
-        if self._npz is not None:
-            for start, rows in self._npz.blocks():
-                yield np.arange(start, start + len(rows), dtype=np.int64), rows
-            return
-        from hfenc.io.parquet import sparse_rows
-
-        pf = self._table._file
-        for group in range(pf.metadata.num_row_groups):
-            table = pf.read_row_group(group, columns=["row", "embedding"])
-            yield table.column("row").to_numpy(), sparse_rows(table.column("embedding"), self.dim)
-
-
-class _SparseTable:
-    """A sparse Parquet file, with the column lookups hfenc.io.parquet.ParquetIndex makes (ids, chunks)."""
-
-    def __init__(self, path: Path) -> None:
-        from hfenc.io.parquet import ParquetIndex, arrow
-
-        a = arrow()
-        try:
-            self._file = a.pq.ParquetFile(str(path))
-        except (a.pa.ArrowException, OSError) as exc:
-            raise InputError(f"cannot read {path} as a Parquet file: {' '.join(str(exc).split())[:200]}") from None
-        self.columns = self._file.schema_arrow.names
-        self.rows = self._file.metadata.num_rows
-        self.lookup = ParquetIndex.lookup.__get__(self)
-
-
-def _sparse_file(path: Path) -> bool:
-    """Whether `path` holds sparse rows: a .npz, or Parquet whose embedding column is a variable list."""
-    if path.suffix.lower() == ".npz":
-        return True
-    if path.suffix.lower() not in (".parquet", ".pq") or not path.is_file():
-        return False
-    from hfenc.io.parquet import arrow
-
-    a = arrow()
-    try:
-        schema = a.pq.read_schema(str(path))
-    except (a.pa.ArrowException, OSError):
-        return False  # Index names what is wrong with it
-    return "embedding" in schema.names and a.pa.types.is_list(schema.field("embedding").type)
-
-
 def open_index(path: str | Path) -> Index:
-    """An output for diff: Index (dense rows) or SparseIndex."""
+    """An output for diff, dense or sparse (hfenc.searching.Index reads both)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"index {path} does not exist")
-    return SparseIndex(path) if _sparse_file(path) else Index(path)
+    return Index(path, allow_sparse=True)
 
 
 def check_same_kind(a: Index, b: Index) -> None:
-    sa, sb = isinstance(a, SparseIndex), isinstance(b, SparseIndex)
+    sa, sb = a.sparse, b.sparse
     if sa != sb:
         sparse, dense = (a, b) if sa else (b, a)
         raise InputError(f"{sparse.path} holds sparse rows and {dense.path} dense ones: diff compares two dense "
@@ -455,7 +369,7 @@ def _rows_pass(ia: Index, ib: Index, queries: np.ndarray, step: int) -> tuple[np
         checks.append(("text", *hashes))
     names = [str(x.path) for x in (ia, ib)] + [f"the {w} records of {x.path}" for w, _, _ in checks for x in (ia, ib)]
     cosines = np.empty(ia.rows) if ia.dim == ib.dim else None
-    sparse = isinstance(ia, SparseIndex)
+    sparse = ia.sparse
     # the sample's rows and norms, in float64: near-ties (one model's rows are often alike) keep their order;
     # sparse rows: the sample's rows, piece by piece
     qs: list[Any] = [[] for _ in (ia, ib)] if sparse else \
@@ -494,7 +408,7 @@ def _neighbours_pass(ia: Index, ib: Index, qs: list[Any], queries: np.ndarray, f
     rows: dot products), pairs by `other`."""
     best = [(np.full((len(queries), keep), -np.inf), np.full((len(queries), keep), -1, np.int64)) for _ in qs]
     sims = np.zeros((2, len(other)))
-    sparse = isinstance(ia, SparseIndex)
+    sparse = ia.sparse
     if sparse:  # the sample by dimension, for the sparse product with each piece
         qs = [_by_dimension(q) for q in qs]
     at = 0
@@ -528,7 +442,7 @@ def diff(a: str | Path, b: str | Path, *, sample: int = 1000, k: int = 10, pairs
     ia, ib = open_index(a), open_index(b)
     check_same_kind(ia, ib)
     check_same_input(ia, ib)
-    sparse = isinstance(ia, SparseIndex)
+    sparse = ia.sparse
     rows, keep = ia.rows, max(0, min(k, ia.rows - 1))
     queries, first, other = draws(rows, sample, pairs, seed)
     # a piece's float rows, and the sample's scores against it, in about 16 MB each (sparse rows: the scores)

@@ -101,3 +101,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.section("hfenc figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A module of width-32 models: they gain nothing from a second thread, and on a busy 2-core
+    machine OpenMP's spinning threads made such a module 4x slower (59 s against 15 s measured).
+    Used as `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import tiny_models
-import torch
 from handmade import write_output
 from sparse_models import load_st
 from typer.testing import CliRunner
@@ -42,12 +41,7 @@ QUERIES = ["the cat and the dog", "hello world", "a long book at night", "red se
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from hfenc.errors import ModelLoadError
 from hfenc.model.sparse import SparseRows
@@ -39,13 +38,7 @@ def _no_debug(monkeypatch):
     monkeypatch.delenv("HFENC_DEBUG", raising=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Width-32 models gain nothing from a second thread on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _hfenc(folder, side, texts=TEXTS, **options) -> SparseRows:

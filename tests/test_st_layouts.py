@@ -47,14 +47,7 @@ def _no_debug(monkeypatch):
     monkeypatch.delenv("HFENC_DEBUG", raising=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Width-32 models gain nothing from a second thread, and on a busy 2-core machine OpenMP's
-    # spinning threads made this module 4x slower (59 s against 15 s measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

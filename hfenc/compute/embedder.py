@@ -27,6 +27,7 @@ from hfenc.errors import ConfigError, InputError, ModelLoadError, UnknownChoiceE
 from hfenc.model.head import Pipeline, build_head, build_token_stage, head_out_dim, load_state
 from hfenc.model.resolve import DEFAULT_MODEL, hash_files, weight_files
 from hfenc.compute.openvino import BACKENDS
+from hfenc.compute.sparse import batch_tokens as sparse_batch_tokens
 from hfenc.compute.sparse import (SpladePipeline, StaticPipeline, load_static, refuse_dense_options, sparse_model,
                                   sparse_prompt, sparse_route)
 from hfenc.compute.threads import ThreadPolicy
@@ -337,8 +338,8 @@ class Embedder:
                 compute_dtype = torch.float32  # the bf16 probe compares dense vectors; sparse ones stay exact
             compute_dtype, _ = precision.prepare(self.encoder.transformer, compute_dtype, self.device)
         self.threads.count()
-        self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype, o.batch_tokens,
-                             threads=self.threads)
+        self.engine = Engine(self.pipeline, self.tokenizer, self.device, compute_dtype,
+                             o.batch_tokens or sparse_batch_tokens(self.device), threads=self.threads)
         self.sparse_info = {"vocab_size": self.dim, "route": route.kind, "side": o.side,
                             "pooling": route.splade.strategy if route.splade else None,
                             "activation": self.encoder.pooler.activation if self.encoder is not None else None,

@@ -74,6 +74,15 @@ def load_static(folder: Path, vocab: int) -> torch.Tensor:
     return weight
 
 
+def batch_tokens(device: torch.device) -> int:
+    """A sparse model's default token budget: its batch's logits are tokens x vocabulary floats
+    (3,072 tokens x 30,522 = 375 MB), so batches are smaller than a dense model's. Measured on
+    BERT-base SPLADE, 300 real texts, 2-core AMD EPYC: float32 512 tokens 16.5 texts/s against
+    12.9 at 3,072 and 10.2 at 8,192; bf16 512 33.4 against 30.7 at 1,024. On a GPU (not measured)
+    16,384 tokens keep the logits near 1 GB in bf16."""
+    return 512 if device.type == "cpu" else 16384
+
+
 # ---- which side of which model (the Embedder's choices, checked before any weight is read) ------
 
 def sparse_model(layout: Any, pooler: str | None) -> bool:
