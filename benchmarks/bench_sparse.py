@@ -287,12 +287,16 @@ def part_memory(small: str, total: int, tmp: Path, args) -> bool:
     check_rows = min(200, sizes[0])
     reference = hfenc_embedder(small, "float32").encode(base[:check_rows]).to_scipy()
     words = [len(t.split()) for t in base]
-    print("\n### Memory: `hfenc embed FILE -m SPLADE-small -o out.npz`, whole process\n")
+    build = json.loads((Path(small) / "splade_build.json").read_text()) if (Path(small) / "splade_build.json").is_file() \
+        else {"size": "?", "config": {}}
+    cfg = build.get("config", {})
+    print("\n### Memory: `hfenc embed FILE -m SPLADE -o out.npz`, whole process\n")
     print(f"    python benchmarks/bench_sparse.py --only memory --memory {total}"
           f"{' --small-model DIR' if args.small_model else ''}\n")
     print(f"Input: {len(base):,} distinct real texts of at most 32 words (median {int(np.median(words))}, "
-          f"mean {np.mean(words):.1f}), repeated to each row count. Model: make_splade.py --size small "
-          f"(4 layers, width 256, 30,522-token vocabulary), float32, `--device cpu`; scipy {scipy.__version__}.\n")
+          f"mean {np.mean(words):.1f}), repeated to each row count. Model: make_splade.py --size {build.get('size')} "
+          f"({cfg.get('num_hidden_layers')} layers, width {cfg.get('hidden_size')}, 30,522-token vocabulary), "
+          f"float32, `--device cpu`; scipy {scipy.__version__}.\n")
     print("| rows | input MB | output MB | nnz | mean active dims | seconds | texts/s | peak RSS | "
           "scipy load_npz | CsrNpz | first rows vs Embedder.encode |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")

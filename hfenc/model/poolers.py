@@ -300,7 +300,7 @@ class SpladePooler(Pooler):
 
 @register_pooler("splade_max")
 class SpladeMaxPooler(SpladePooler):
-    """Sparse: SPLADE max over real tokens of log1p(relu(MLM logits)), a vocabulary-wide vector."""
+    """SPLADE: max over real tokens of log1p(relu(a fill-mask model's logits))."""
 
     def pool(self, hidden, mask, outputs, real):
         # f is monotone, so f(max x) == max f(x) bit for bit, and f runs once per row, not per token.
@@ -311,7 +311,7 @@ class SpladeMaxPooler(SpladePooler):
 
 @register_pooler("splade_sum")
 class SpladeSumPooler(SpladePooler):
-    """Sparse: SPLADE sum over real tokens of log1p(relu(MLM logits)), a vocabulary-wide vector."""
+    """SPLADE: sum over real tokens of log1p(relu(a fill-mask model's logits))."""
 
     def pool(self, hidden, mask, outputs, real):
         return by_length(hidden, mask, lambda x: self.f(x).sum(dim=1), 0.0)
