@@ -196,11 +196,11 @@ def query_embedder(sidecar: dict[str, Any], folder: Path, *, prompt: str | None 
                    prompt_name: str | None = None, device: str = "auto") -> Any:
     """An Embedder of the index's sparse model on its query side (module docstring)."""
     from hfenc.compute.embedder import Embedder
-    from hfenc.io.sidecar import _FREE, _model_spec, embedder_options, recorded_settings
+    from hfenc.io.sidecar import FREE_SETTINGS, recorded_model, embedder_options, recorded_settings
 
     info = sidecar["sparse"]
     settings = recorded_settings(sidecar)
-    spec = _model_spec(sidecar, folder)
+    spec = recorded_model(sidecar, folder)
     same_route = not info["asymmetric"] or (info["side"] or settings.side) == "query"
     options = {k: v for k, v in embedder_options(settings, device=device).items() if k not in ("prompt", "prompt_name")}
     if prompt is not None or prompt_name is not None:
@@ -216,7 +216,7 @@ def query_embedder(sidecar: dict[str, Any], folder: Path, *, prompt: str | None 
                           hint="search with the model files the index was made with, or embed the input again")
     got, want = asdict(embedder.settings), asdict(settings)
     route = () if same_route else ("pooler", "max_length", "lowercase", "padding_side", "include_prompt")
-    skip = {*_FREE, "model", "dtype", "side", "prompt", "prompt_name", *route}
+    skip = {*FREE_SETTINGS, "model", "dtype", "side", "prompt", "prompt_name", *route}
     differ = [k for k in want if k not in skip and got[k] != want[k]]
     for key, value in (("weights_sha256", embedder.weights_hash), ("config_sha256", embedder.config_hash)):
         if key in sidecar and sidecar[key] != value:

@@ -21,7 +21,7 @@ from typing import Any
 
 from hfenc.errors import ConfigError, InputError, ModelNotFoundError
 
-_FREE = ("device", "batch_tokens")  # recorded, but they do not change the numbers
+FREE_SETTINGS = ("device", "batch_tokens")  # recorded, but they do not change the numbers
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float),
@@ -107,7 +107,7 @@ def embedder_options(settings: Any, *, prompt: str | None = None, prompt_name: s
     from hfenc.compute.embedder import EmbedOptions
 
     shared = {f.name for f in fields(EmbedOptions)} & {f.name for f in fields(type(settings))}
-    options = {n: getattr(settings, n) for n in shared if n not in (*_FREE, "prompt", "prompt_name", "dim")}
+    options = {n: getattr(settings, n) for n in shared if n not in (*FREE_SETTINGS, "prompt", "prompt_name", "dim")}
     if settings.proj != "none":
         options["dim"] = settings.dim  # a projection's width; without one, dim is the model's own
     if prompt is not None or prompt_name is not None:
@@ -122,7 +122,7 @@ def embedder_options(settings: Any, *, prompt: str | None = None, prompt_name: s
     return options
 
 
-def _model_spec(sidecar: dict[str, Any], folder: Path) -> Any:
+def recorded_model(sidecar: dict[str, Any], folder: Path) -> Any:
     """The recorded model: its name, else the folder it was loaded from (as recorded, or relative
     to the index's folder)."""
     from hfenc.model.spec import load_spec
@@ -147,12 +147,12 @@ def recorded_embedder(sidecar: dict[str, Any], folder: Path, *, query_prompt: bo
     from hfenc.compute.embedder import Embedder
 
     settings = recorded_settings(sidecar)
-    spec = _model_spec(sidecar, folder)
+    spec = recorded_model(sidecar, folder)
     if prompt is None and prompt_name is None and query_prompt and "query" in spec.layout.prompts:
         prompt_name = "query"
     embedder = Embedder(spec, **embedder_options(settings, prompt=prompt, prompt_name=prompt_name, device=device))
     got, want = asdict(embedder.settings), asdict(settings)
-    skip = {*_FREE, "model", "dtype", *(("prompt", "prompt_name") if prompt is not None or prompt_name is not None else ())}
+    skip = {*FREE_SETTINGS, "model", "dtype", *(("prompt", "prompt_name") if prompt is not None or prompt_name is not None else ())}
     differ = [k for k in want if k not in skip and got[k] != want[k]]
     for key in ("weights_sha256", "config_sha256"):
         if key in sidecar and sidecar[key] != (embedder.weights_hash if key == "weights_sha256" else embedder.config_hash):
