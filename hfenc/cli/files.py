@@ -32,6 +32,7 @@ class _Line(ProgressColumn):
 
 
 _IN, _OUT, _CHUNK, _MODEL, _SPEED, _RESUME, _RAY = "Input", "Output", "Chunks", "Model", "Speed", "Resume", "Ray"
+_SPARSE = "Sparse models"
 _opt = functools.partial(typer.Option, show_default=False)  # defaults are in the help text, in ( )
 
 
@@ -43,7 +44,7 @@ def embed(
     text: Optional[list[str]] = _opt(None, "--text", "-t", metavar="TEXT", rich_help_panel=_IN,
                                      help="A text (repeatable)."),
     format: Optional[str] = _opt(None, "--format", metavar="FMT", rich_help_panel=_IN,
-                                 help="txt jsonl json csv tsv parquet arrow (suffix)"),
+                                 help="txt jsonl json csv tsv parquet arrow."),
     field: str = _opt("text", metavar="NAME", rich_help_panel=_IN, help="JSON text field (text)."),
     column: Optional[str] = _opt(None, metavar="NAME", rich_help_panel=_IN,
                                  help="Table text column (text)."),
@@ -99,10 +100,10 @@ def embed(
                                         help="Trained projection weights."),
     seed: Optional[int] = _opt(None, metavar="N", rich_help_panel=_MODEL,
                                help="Seed of a random projection."),
-    query: bool = _opt(False, "--query", rich_help_panel=_MODEL, help="Sparse: the query side."),
-    document: bool = _opt(False, "--document", rich_help_panel=_MODEL, help="Sparse: the document side."),
-    max_active_dims: Optional[int] = _opt(None, "--max-active-dims", metavar="K", rich_help_panel=_MODEL,
-                                          help="Sparse: keep K largest (the model's)."),
+    query: bool = _opt(False, "--query", rich_help_panel=_SPARSE, help="Embed as queries."),
+    document: bool = _opt(False, "--document", rich_help_panel=_SPARSE, help="Embed as documents."),
+    max_active_dims: Optional[int] = _opt(None, "--max-active-dims", metavar="K", rich_help_panel=_SPARSE,
+                                          help="Keep K largest (the model's)."),
     device: str = _opt("auto", metavar="DEV", rich_help_panel=_SPEED, help="auto cpu cuda cuda:N mps (auto)."),
     dtype: str = _opt("auto", metavar="DTYPE", rich_help_panel=_SPEED,
                       help="auto float32 float16 bfloat16 int8 (auto)"),
@@ -122,10 +123,9 @@ def embed(
     workers: Optional[int] = _opt(None, "--workers", metavar="N", rich_help_panel=_RAY,
                                   help="Replicas (GPUs, else CPUs)."),
 ) -> None:
-    """Embed every record of the INPUTs into rows of OUT.npy (or .parquet; a sparse model's: .npz),
-    with a JSON sidecar.
+    """Embed each record of the INPUTs as a row of OUT (.npy .parquet .npz) with a sidecar.
 
-    Row i is record i. OUT appears only when complete; --resume continues a stopped run.
+    Row i is record i; OUT appears only when complete (--resume goes on).
 
     A value in ( ) is the default; every option is explained in docs/cli.md.
 
@@ -133,7 +133,7 @@ def embed(
 
     [dim]hfenc embed examples/sentences.txt[/dim]
     [dim]hfenc embed docs.jsonl --field body --id-field id -o docs.parquet[/dim]
-    [dim]hfenc embed papers.jsonl --chunk-tokens 256 --chunk-overlap 32 -o papers.parquet[/dim]
+    [dim]hfenc embed papers.jsonl --chunk-tokens 256 -o papers.parquet[/dim]
     [dim]cat queries.txt | hfenc embed - -o queries.npy --prompt-name query[/dim]
     [dim]hfenc embed 'shards/*.jsonl.gz' -o corpus.npy --resume[/dim]
     """
