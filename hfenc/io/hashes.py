@@ -81,15 +81,20 @@ def raw_rows(path: Path, start: int, n: int) -> np.ndarray:
 
 
 def raw_to_npy(raw: Path, out: Path, rows: int) -> None:
-    """The raw file as OUT.sha256.npy (uint8, rows x 32), copied a block at a time, fsynced."""
-    from numpy.lib.format import open_memmap
+    """The raw file's first `rows` rows as OUT.sha256.npy (uint8, rows x 32), copied a block at a
+    time through file writes, fsynced: a memory map of the whole output would hold every dirtied
+    page in this process until the end (32 MB of RSS per million rows)."""
+    from numpy.lib.format import write_array_header_1_0
 
-    array = open_memmap(out, mode="w+", dtype=np.uint8, shape=(rows, WIDTH))
-    with open(raw, "rb") as fh:
-        for at in range(0, rows, _BLOCK):
-            block = np.frombuffer(fh.read(min(_BLOCK, rows - at) * WIDTH), np.uint8)
-            array[at:at + len(block) // WIDTH] = block.reshape(-1, WIDTH)
-    array.flush()
-    del array
-    with open(out, "rb+") as fh:
-        os.fsync(fh.fileno())
+    with open(out, "wb") as dst:
+        write_array_header_1_0(dst, {"descr": "|u1", "fortran_order": False, "shape": (rows, WIDTH)})
+        with open(raw, "rb") as fh:
+            left = rows * WIDTH
+            while left:
+                block = fh.read(min(_BLOCK * WIDTH, left))
+                if not block:
+                    raise OSError(f"{raw} holds fewer than {rows:,} hashes")
+                dst.write(block)
+                left -= len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
